@@ -1,0 +1,365 @@
+// Command runtime is batchgate's model sidecar: it runs an ONNX image
+// classifier with ONNX Runtime on one CPU thread and serves batches over a
+// unix socket (see package wire).
+//
+// Usage:
+//
+//	runtime [serve]       serve the model (the default)
+//	runtime fetch-model   download the pinned ResNet50, or generate one offline
+//	runtime bench         raw ONNX Runtime throughput per batch size
+//
+// Every flag has an environment variable that sets its default; run
+// `runtime serve -h` for the list.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/batchgate/batchgate/runtime/engine"
+	"github.com/batchgate/batchgate/runtime/modelfetch"
+	"github.com/batchgate/batchgate/runtime/modelgen"
+	"github.com/batchgate/batchgate/runtime/server"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+//go:embed labels/imagenet.txt
+var imagenetLabels string
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(args)
+	case "fetch-model":
+		err = fetchModel(args)
+	case "bench":
+		err = bench(args)
+	default:
+		err = fmt.Errorf("unknown command %q; want serve, fetch-model or bench", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "runtime:", err)
+		os.Exit(1)
+	}
+}
+
+// env returns the environment variable name, or def when it is unset.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "runtime: %s=%q is not an integer\n", name, v)
+		os.Exit(2)
+	}
+	return n
+}
+
+func defaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "batchgate", "ort")
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("LOG_LEVEL %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: l})), nil
+}
+
+// engineFlags are shared by serve and bench.
+type engineFlags struct {
+	model, library, cacheDir string
+	threads                  int
+}
+
+func (e *engineFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&e.model, "model", env("MODEL_PATH", "/models/model.onnx"), "ONNX model file (env MODEL_PATH)")
+	fs.StringVar(&e.library, "ort-library", env("ORT_LIBRARY", "libonnxruntime.so.1"), "ONNX Runtime shared library (env ORT_LIBRARY)")
+	fs.StringVar(&e.cacheDir, "ort-cache-dir", env("ORT_CACHE_DIR", defaultCacheDir()), `optimized-graph cache folder; "off" disables it (env ORT_CACHE_DIR)`)
+	fs.IntVar(&e.threads, "threads", envInt("INTRA_OP_THREADS", 1), "ONNX Runtime intra-op threads (env INTRA_OP_THREADS)")
+}
+
+func (e *engineFlags) open(log *slog.Logger) (*engine.Engine, error) {
+	if e.threads < 1 {
+		return nil, fmt.Errorf("INTRA_OP_THREADS must be >= 1, got %d", e.threads)
+	}
+	cache := e.cacheDir
+	if cache == "off" {
+		cache = ""
+	}
+	return engine.Open(engine.Config{
+		LibraryPath: e.library, ModelPath: e.model, IntraOpThreads: e.threads, CacheDir: cache, Logger: log,
+	})
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var ef engineFlags
+	ef.register(fs)
+	socket := fs.String("socket", env("RUNTIME_SOCKET", "/tmp/batchgate/runtime.sock"), "unix socket path (env RUNTIME_SOCKET)")
+	name := fs.String("model-name", env("MODEL_NAME", "resnet50"), "model name reported to clients (env MODEL_NAME)")
+	maxBatch := fs.Int("max-batch-size", envInt("MAX_BATCH_SIZE", 8), "largest batch served; every size up to it is warmed up (env MAX_BATCH_SIZE)")
+	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest wait for the batch in flight on SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(*level)
+	if err != nil {
+		return err
+	}
+	if *maxBatch < 1 || *maxBatch > 1024 {
+		return fmt.Errorf("MAX_BATCH_SIZE must be in [1, 1024], got %d", *maxBatch)
+	}
+	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
+		return fmt.Errorf("cannot create socket folder: %w", err)
+	}
+	// Claim the socket before the slow model load, so that a second
+	// runtime started by mistake fails at once.
+	ln, err := server.Listen(*socket)
+	if err != nil {
+		return err
+	}
+
+	eng, err := ef.open(log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer eng.Close()
+	mi := eng.Info()
+	generated := mi.Metadata[modelgen.MetaGenerated] == "true"
+	if generated {
+		log.Warn("!!! THIS MODEL HAS GENERATED PSEUDO-RANDOM WEIGHTS: ITS PREDICTIONS ARE MEANINGLESS. " +
+			"Run `runtime fetch-model` where the model zoo is reachable to get the real ResNet50. !!!")
+	}
+	labels := strings.Split(strings.TrimSpace(imagenetLabels), "\n")
+	labelSet := "imagenet-1k"
+	if len(labels) != mi.Classes {
+		log.Warn("model has no matching label set; labels are class numbers", "classes", mi.Classes)
+		labels, labelSet = nil, "none"
+		for i := range mi.Classes {
+			labels = append(labels, strconv.Itoa(i))
+		}
+	}
+	srv := server.New(eng, server.Config{Logger: log, Info: wire.Info{
+		Model: *name, ModelSHA256: mi.SHA256, Generated: generated,
+		InputName: mi.InputName, OutputName: mi.OutputName,
+		Channels: mi.Channels, Height: mi.Height, Width: mi.Width,
+		ResizeShorter: 256, Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
+		Classes: mi.Classes, LabelSet: labelSet, Labels: labels,
+		MaxBatchSize: *maxBatch, ORTVersion: mi.ORTVersion, Threads: ef.threads,
+	}})
+	log.Info("model loaded", "model", *name, "path", ef.model, "sha256", mi.SHA256, "generated", generated,
+		"ort_version", mi.ORTVersion, "threads", ef.threads, "from_cache", mi.FromCache,
+		"load_ms", mi.LoadTime.Milliseconds(), "rss_mb", rssMB(), "socket", *socket)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	warm := make(chan error, 1)
+	go func() {
+		took, err := srv.Warmup()
+		if err == nil {
+			log.Info("warm-up done; ready", "batch_sizes", fmt.Sprintf("1..%d", *maxBatch), "warmup_ms", took.Milliseconds())
+			srv.SetReady(true)
+		}
+		warm <- err
+	}()
+
+	for {
+		select {
+		case err := <-warm:
+			if err != nil {
+				srv.Shutdown(context.Background())
+				return err
+			}
+		case err := <-serveErr:
+			return err
+		case sig := <-stop:
+			log.Info("shutting down", "signal", sig.String())
+			ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				return err
+			}
+			st := srv.Stats()
+			log.Info("stopped", "batches", st.Batches, "items", st.Items)
+			return nil
+		}
+	}
+}
+
+// rssMB returns the process's resident memory in MB, or -1 if unknown.
+func rssMB() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+func fetchModel(args []string) error {
+	fs := flag.NewFlagSet("fetch-model", flag.ContinueOnError)
+	dir := fs.String("dir", ".deps/models", "folder for models")
+	generate := fs.Bool("generate-only", false, "skip the download and write the generated ResNet50-architecture model")
+	tiny := fs.Bool("tiny", false, "write the tiny test model (same contract) and exit")
+	fallback := fs.Bool("offline-fallback", true, "generate a ResNet50-architecture model when the download host is unreachable")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	gen := func() []byte { b, _ := modelgen.ResNet50(modelgen.DefaultSeed); return b }
+	var path string
+	switch {
+	case *tiny:
+		b, _ := modelgen.Tiny(modelgen.DefaultSeed)
+		path = filepath.Join(*dir, "tiny.onnx")
+		if err := writeFile(path, b); err != nil {
+			return err
+		}
+	case *generate:
+		path = filepath.Join(*dir, "resnet50-v1-generated.onnx")
+		if err := writeFile(path, gen()); err != nil {
+			return err
+		}
+	default:
+		cfg := modelfetch.EnsureConfig{
+			Spec: modelfetch.ResNet50, Dir: *dir, Name: "resnet50-v1-12.onnx",
+			GeneratedName: "resnet50-v1-generated.onnx", Progress: os.Stderr, Logger: log,
+		}
+		if *fallback {
+			cfg.Generate = gen
+		}
+		var err error
+		if path, _, err = modelfetch.Ensure(context.Background(), cfg); err != nil {
+			return err
+		}
+	}
+	fmt.Println(path) // the one line on stdout: scripts read it
+	return nil
+}
+
+func writeFile(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path+".partial", b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(path+".partial", path)
+}
+
+func bench(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var ef engineFlags
+	ef.register(fs)
+	sizes := fs.String("batch-sizes", "1,2,4,8,16,32", "comma-separated batch sizes")
+	minTime := fs.Duration("min-time", 3*time.Second, "least time measured per batch size")
+	minRuns := fs.Int("min-runs", 3, "least runs per batch size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var bs []int
+	for s := range strings.SplitSeq(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fmt.Errorf("bad batch size %q", s)
+		}
+		bs = append(bs, n)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	eng, err := ef.open(log)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	mi := eng.Info()
+	fmt.Printf("# raw ONNX Runtime %s, %d thread(s), model %s (sha256 %.12s, generated=%v, load %d ms, from cache %v)\n",
+		mi.ORTVersion, ef.threads, filepath.Base(ef.model), mi.SHA256, mi.Metadata[modelgen.MetaGenerated] == "true",
+		mi.LoadTime.Milliseconds(), mi.FromCache)
+	fmt.Println("batch_size\truns\tfirst_run_ms\tmedian_batch_ms\tmedian_ms_per_image\timages_per_s")
+	for _, n := range bs {
+		r, err := BenchBatch(eng, n, *minTime, *minRuns)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%d\t%d\t%.1f\t%.1f\t%.2f\t%.2f\n", n, r.Runs, ms(r.First), ms(r.Median), ms(r.Median)/float64(n), r.ImagesPerSec)
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+// BenchResult is one batch size's raw timing.
+type BenchResult struct {
+	Runs          int
+	First, Median time.Duration
+	ImagesPerSec  float64
+}
+
+// BenchBatch times batches of n through the engine: the first run apart,
+// then at least minRuns runs and minTime.
+func BenchBatch(eng *engine.Engine, n int, minTime time.Duration, minRuns int) (BenchResult, error) {
+	in := make([]float32, n*eng.Info().ImageSize())
+	for i := range in {
+		in[i] = float32(i%255)/255 - 0.5
+	}
+	start := time.Now()
+	if _, err := eng.Run(in, n); err != nil {
+		return BenchResult{}, err
+	}
+	r := BenchResult{First: time.Since(start)}
+	var times []time.Duration
+	begin := time.Now()
+	for len(times) < minRuns || time.Since(begin) < minTime {
+		t := time.Now()
+		if _, err := eng.Run(in, n); err != nil {
+			return BenchResult{}, err
+		}
+		times = append(times, time.Since(t))
+	}
+	slices.Sort(times)
+	r.Runs, r.Median = len(times), times[len(times)/2]
+	r.ImagesPerSec = float64(n) / r.Median.Seconds()
+	return r, nil
+}

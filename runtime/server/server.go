@@ -1,0 +1,369 @@
+// Package server serves a model over a unix socket with the wire protocol.
+//
+// Batches from every connection go through one bounded queue to one executor
+// goroutine, so exactly one batch runs at a time, in arrival order: the model
+// is meant to own its CPU thread. Items holding non-finite values fail alone
+// with a per-item error; the rest of their batch runs.
+//
+// Goroutines: Serve's accept loop exits when the listener closes; one reader
+// per connection exits when its connection closes; the executor exits on
+// Shutdown after the batch in flight. Replies are written under the
+// connection's write lock by whichever goroutine produces them.
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// Model runs one batch: n images in, n*classes scores out.
+type Model interface {
+	Run(input []float32, n int) ([]float32, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	// Info is the handshake; Ready is managed by the server. Its
+	// MaxBatchSize bounds batches and frames. Required.
+	Info wire.Info
+	// QueueCapacity bounds batches waiting for the executor. Zero means 64.
+	// A reader that finds it full stops reading its connection, which
+	// pushes back on that client.
+	QueueCapacity int
+	// Logger receives JSON logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server serves one Model.
+type Server struct {
+	cfg   Config
+	model Model
+	log   *slog.Logger
+	ready atomic.Bool
+
+	jobs     chan job
+	quit     chan struct{} // closed by Shutdown, under mu
+	quitOnce sync.Once
+	exec     chan struct{} // closed when the executor exits
+
+	mu    sync.Mutex // guards ln and conns
+	ln    net.Listener
+	conns map[*conn]struct{}
+	wg    sync.WaitGroup // connection readers
+
+	batches, items atomic.Uint64
+}
+
+type job struct {
+	c     *conn
+	batch wire.Batch
+}
+
+// conn is one client connection.
+type conn struct {
+	net.Conn
+	wmu  sync.Mutex
+	wbuf []byte
+}
+
+// write sends one frame built by frame; errors mean the client is gone,
+// which its reader notices.
+func (c *conn) write(frame func([]byte) []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf = frame(c.wbuf[:0])
+	c.Write(c.wbuf)
+}
+
+// New returns a server for model. It is not ready until SetReady(true).
+func New(model Model, cfg Config) *Server {
+	if cfg.QueueCapacity == 0 {
+		cfg.QueueCapacity = 64
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.Info.ProtocolVersion = wire.Version
+	s := &Server{
+		cfg: cfg, model: model, log: cfg.Logger,
+		jobs:  make(chan job, cfg.QueueCapacity),
+		quit:  make(chan struct{}),
+		exec:  make(chan struct{}),
+		conns: map[*conn]struct{}{},
+	}
+	go s.executor()
+	return s
+}
+
+// SetReady sets the readiness that handshakes report; batches sent while
+// not ready fail with CodeNotReady.
+func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
+
+// Stats returns the number of batches and items the model ran.
+func (s *Server) Stats() wire.Stats {
+	return wire.Stats{Batches: s.batches.Load(), Items: s.items.Load()}
+}
+
+// Listen creates the unix socket at path with mode 0660. A socket file left
+// by a dead runtime is removed; one that a live runtime answers on is left
+// alone and Listen fails, as it does for a path that is not a socket.
+func Listen(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("cannot listen on %q: it exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("cannot listen on %q: another runtime is serving there", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("cannot tell whether %q is stale: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("cannot remove stale socket %q: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on %q: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("cannot set mode of %q: %w", path, err)
+	}
+	return ln, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It returns nil after
+// Shutdown and the accept error otherwise.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	select {
+	case <-s.quit: // Shutdown came first
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	default:
+		s.ln = ln
+	}
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.quit:
+				return nil
+			default:
+				return fmt.Errorf("cannot accept: %w", err)
+			}
+		}
+		c := &conn{Conn: nc}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go s.handle(c)
+	}
+}
+
+// Shutdown stops accepting, lets the batch in flight finish and answers
+// queued batches with CodeShuttingDown, then closes every connection. The
+// listener's close removes the socket file.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.quitOnce.Do(func() { close(s.quit) })
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.exec:
+	case <-ctx.Done():
+		return fmt.Errorf("batch in flight did not finish: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// handle reads one connection's frames until it closes.
+func (s *Server) handle(c *conn) {
+	defer s.wg.Done()
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	r := bufio.NewReaderSize(c, 256<<10)
+	typ, body, err := wire.ReadFrame(r, wire.MaxControlFrame, nil)
+	if err != nil {
+		return
+	}
+	if typ != wire.TypeHello {
+		c.write(func(b []byte) []byte {
+			return wire.AppendError(b, &wire.Error{Code: wire.CodeBadRequest, Message: "expected hello"})
+		})
+		return
+	}
+	if v, err := wire.ParseHello(body); err != nil || v != wire.Version {
+		c.write(func(b []byte) []byte {
+			return wire.AppendError(b, &wire.Error{Code: wire.CodeVersion,
+				Message: fmt.Sprintf("unsupported protocol version %d, this runtime speaks %d", v, wire.Version)})
+		})
+		return
+	}
+	info := s.cfg.Info
+	info.Ready = s.ready.Load()
+	c.write(func(b []byte) []byte {
+		b, _ = wire.AppendJSON(b, wire.TypeInfo, &info) // Info always marshals
+		return b
+	})
+
+	size, maxN := info.ImageSize(), info.MaxBatchSize
+	var buf []byte
+	for {
+		typ, body, err := wire.ReadFrame(r, info.MaxBatchFrame(), buf)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("closing runtime connection", "error", err)
+				if errors.Is(err, wire.ErrFrameTooLarge) {
+					c.write(func(b []byte) []byte {
+						return wire.AppendError(b, &wire.Error{Code: wire.CodeTooLarge, Message: err.Error()})
+					})
+				}
+			}
+			return
+		}
+		buf = body[:0]
+		switch typ {
+		case wire.TypeStatsRequest:
+			id, err := wire.ParseID(body)
+			if err != nil {
+				s.replyError(c, 0, wire.CodeBadRequest, err.Error())
+				continue
+			}
+			c.write(func(b []byte) []byte { return wire.AppendStats(b, id, s.Stats()) })
+		case wire.TypeBatch:
+			batch, code, err := wire.ParseBatch(body, size, maxN)
+			switch {
+			case err != nil:
+				s.replyError(c, batch.ID, code, err.Error())
+			case !s.ready.Load():
+				s.replyError(c, batch.ID, wire.CodeNotReady, "runtime is warming up")
+			default:
+				select {
+				case s.jobs <- job{c: c, batch: batch}:
+				case <-s.quit:
+					s.replyError(c, batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
+				}
+			}
+		default:
+			s.replyError(c, 0, wire.CodeBadRequest, fmt.Sprintf("unexpected message type %d", typ))
+		}
+	}
+}
+
+func (s *Server) replyError(c *conn, id uint64, code uint16, msg string) {
+	c.write(func(b []byte) []byte { return wire.AppendError(b, &wire.Error{ID: id, Code: code, Message: msg}) })
+}
+
+// executor runs queued batches one at a time until Shutdown, then answers
+// what is still queued.
+func (s *Server) executor() {
+	defer close(s.exec)
+	for {
+		select {
+		case j := <-s.jobs:
+			s.run(j)
+		case <-s.quit:
+			for {
+				select {
+				case j := <-s.jobs:
+					s.replyError(j.c, j.batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// run executes one batch, leaving out items with non-finite values.
+func (s *Server) run(j job) {
+	size, classes := s.cfg.Info.ImageSize(), s.cfg.Info.Classes
+	b := j.batch
+	res := &wire.Result{ID: b.ID, Classes: classes, Scores: make([]float32, b.N*classes), Errors: make([]string, b.N)}
+	valid := make([]int, 0, b.N)
+	for i := range b.N {
+		if finite(b.Images[i*size : (i+1)*size]) {
+			valid = append(valid, i)
+		} else {
+			res.Errors[i] = "input holds NaN or infinite values"
+		}
+	}
+	if len(valid) > 0 {
+		input := b.Images
+		if len(valid) < b.N {
+			input = make([]float32, 0, len(valid)*size)
+			for _, i := range valid {
+				input = append(input, b.Images[i*size:(i+1)*size]...)
+			}
+		}
+		start := time.Now()
+		scores, err := s.model.Run(input, len(valid))
+		res.ExecNanos = uint64(time.Since(start))
+		if err != nil {
+			s.log.Error("batch failed", "batch_size", len(valid), "error", err)
+			s.replyError(j.c, b.ID, wire.CodeInternal, "model failed on the batch")
+			return
+		}
+		for k, i := range valid {
+			copy(res.Scores[i*classes:(i+1)*classes], scores[k*classes:(k+1)*classes])
+		}
+		s.batches.Add(1)
+		s.items.Add(uint64(len(valid)))
+	}
+	j.c.write(func(buf []byte) []byte { return wire.AppendResult(buf, res) })
+}
+
+func finite(xs []float32) bool {
+	for _, x := range xs {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// Warmup runs one batch of every size from 1 to the max batch size, so that
+// no client pays for a first run, and returns how long that took.
+func (s *Server) Warmup() (time.Duration, error) {
+	start := time.Now()
+	size := s.cfg.Info.ImageSize()
+	zeros := make([]float32, s.cfg.Info.MaxBatchSize*size)
+	for n := 1; n <= s.cfg.Info.MaxBatchSize; n++ {
+		if _, err := s.model.Run(zeros[:n*size], n); err != nil {
+			return 0, fmt.Errorf("warm-up at batch size %d failed: %w", n, err)
+		}
+	}
+	return time.Since(start), nil
+}

@@ -1,0 +1,365 @@
+// Package wire is the protocol between the batchgate proxy and the runtime
+// sidecar, spoken over a unix socket. Both sides import it.
+//
+// Every message is a frame: a 4-byte big-endian length, then that many bytes,
+// the first of which is the message type. Lengths are checked against a
+// limit before anything is allocated.
+//
+// A connection starts with the client's Hello (protocol version); the
+// server answers Info (JSON: the model, its input contract, the labels,
+// readiness) or an Error and closes. Then the client sends Batch frames, each
+// with an id it chose, and gets one Result or Error per Batch with the same
+// id. A client may have several batches outstanding; the server runs them one
+// at a time in arrival order. StatsRequest asks for the server's counters.
+//
+// Batch body:  id u64 | n u32 | n*C*H*W float32 (little-endian, NCHW)
+// Result body: id u64 | exec_ns u64 | n u32 | classes u32 | n items, each
+// status u8 (0 ok: classes float32 follow; 1 error: u16 length + message)
+// Error body:  id u64 | code u16 | message
+// StatsRequest body: id u64; Stats body: id u64 | JSON
+//
+// All integers are big-endian except tensor data, which is little-endian.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// Message types.
+const (
+	TypeHello        byte = 1
+	TypeInfo         byte = 2
+	TypeBatch        byte = 3
+	TypeResult       byte = 4
+	TypeError        byte = 5
+	TypeStatsRequest byte = 6
+	TypeStats        byte = 7
+)
+
+// Error codes carried by Error frames.
+const (
+	CodeBadRequest   uint16 = 1 // malformed frame or batch
+	CodeVersion      uint16 = 2 // unsupported protocol version
+	CodeTooLarge     uint16 = 3 // frame or batch larger than allowed
+	CodeNotReady     uint16 = 4 // still loading or warming up
+	CodeShuttingDown uint16 = 5 // the batch was not run: the server is stopping
+	CodeInternal     uint16 = 6 // the model failed on the whole batch
+)
+
+// MaxControlFrame bounds frames other than Batch and Result.
+const MaxControlFrame = 1 << 20
+
+// Info is the handshake: everything the proxy needs to preprocess images and
+// interpret scores, and the runtime's state.
+type Info struct {
+	ProtocolVersion int    `json:"protocol_version"`
+	Model           string `json:"model"`
+	// ModelSHA256 is the sha256 of the model file: its identity.
+	ModelSHA256 string `json:"model_sha256"`
+	// Generated is true for models with generated weights, whose
+	// predictions are meaningless.
+	Generated  bool   `json:"generated"`
+	InputName  string `json:"input_name"`
+	OutputName string `json:"output_name"`
+	Channels   int    `json:"channels"`
+	Height     int    `json:"height"`
+	Width      int    `json:"width"`
+	// ResizeShorter is the size the shorter image side is resized to
+	// before the center crop to Height x Width.
+	ResizeShorter int        `json:"resize_shorter"`
+	Mean          [3]float32 `json:"mean"`
+	Std           [3]float32 `json:"std"`
+	Classes       int        `json:"classes"`
+	LabelSet      string     `json:"label_set"`
+	Labels        []string   `json:"labels"`
+	MaxBatchSize  int        `json:"max_batch_size"`
+	Ready         bool       `json:"ready"`
+	ORTVersion    string     `json:"ort_version"`
+	Threads       int        `json:"threads"`
+}
+
+// ImageSize is the number of float32 values of one preprocessed image.
+func (i *Info) ImageSize() int { return i.Channels * i.Height * i.Width }
+
+// MaxBatchFrame is the largest Batch frame a server with this Info accepts.
+func (i *Info) MaxBatchFrame() int { return 1 + 12 + i.MaxBatchSize*i.ImageSize()*4 }
+
+// MaxResultFrame bounds the Result frames a client may receive.
+func (i *Info) MaxResultFrame() int {
+	return 1 + 24 + i.MaxBatchSize*(1+max(i.Classes*4, 2+maxItemError))
+}
+
+// Stats are the server's counters.
+type Stats struct {
+	Batches uint64 `json:"batches"`
+	Items   uint64 `json:"items"`
+}
+
+// AppendStatsRequest appends a StatsRequest frame.
+func AppendStatsRequest(dst []byte, id uint64) []byte {
+	return AppendFrame(dst, TypeStatsRequest, func(b []byte) []byte { return binary.BigEndian.AppendUint64(b, id) })
+}
+
+// AppendStats appends a Stats frame answering request id.
+func AppendStats(dst []byte, id uint64, s Stats) []byte {
+	j, _ := json.Marshal(s) // cannot fail: two integers
+	return AppendFrame(dst, TypeStats, func(b []byte) []byte {
+		return append(binary.BigEndian.AppendUint64(b, id), j...)
+	})
+}
+
+// ParseID returns the request id that starts StatsRequest, Stats, Batch,
+// Result and Error bodies.
+func ParseID(body []byte) (uint64, error) {
+	if len(body) < 8 {
+		return 0, fmt.Errorf("want an 8-byte id, got %d bytes", len(body))
+	}
+	return binary.BigEndian.Uint64(body), nil
+}
+
+// ErrFrameTooLarge is returned by ReadFrame for a frame over its limit.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// ReadFrame reads one frame of at most limit bytes. It returns the type and
+// the body, which aliases buf when buf is large enough.
+func ReadFrame(r *bufio.Reader, limit int, buf []byte) (typ byte, body []byte, err error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 {
+		return 0, nil, errors.New("empty frame")
+	}
+	if uint64(n) > uint64(limit) {
+		return 0, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, limit)
+	}
+	if cap(buf) >= int(n) {
+		buf = buf[:n]
+	} else {
+		buf = make([]byte, n)
+	}
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return buf[0], buf[1:], nil
+}
+
+// AppendFrame appends a frame of type typ whose body body writes.
+func AppendFrame(dst []byte, typ byte, body func([]byte) []byte) []byte {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0, typ)
+	dst = body(dst)
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
+	return dst
+}
+
+// AppendHello appends a Hello frame.
+func AppendHello(dst []byte, version uint16) []byte {
+	return AppendFrame(dst, TypeHello, func(b []byte) []byte { return binary.BigEndian.AppendUint16(b, version) })
+}
+
+// ParseHello returns the version in a Hello body.
+func ParseHello(body []byte) (uint16, error) {
+	if len(body) != 2 {
+		return 0, fmt.Errorf("hello: want 2 bytes, got %d", len(body))
+	}
+	return binary.BigEndian.Uint16(body), nil
+}
+
+// AppendJSON appends a frame of type typ holding v as JSON.
+func AppendJSON(dst []byte, typ byte, v any) ([]byte, error) {
+	j, err := json.Marshal(v)
+	if err != nil {
+		return dst, err
+	}
+	return AppendFrame(dst, typ, func(b []byte) []byte { return append(b, j...) }), nil
+}
+
+// AppendBatch appends a Batch frame for n images held in images.
+func AppendBatch(dst []byte, id uint64, n int, images []float32) []byte {
+	return AppendFrame(dst, TypeBatch, func(b []byte) []byte {
+		b = binary.BigEndian.AppendUint64(b, id)
+		b = binary.BigEndian.AppendUint32(b, uint32(n))
+		return appendFloats(b, images)
+	})
+}
+
+// Batch is a decoded Batch frame.
+type Batch struct {
+	ID     uint64
+	N      int
+	Images []float32
+}
+
+// ParseBatch decodes a Batch body for images of imageSize values and at most
+// maxN images. On error it still returns the id when the body holds one, so
+// the error can be sent back for the right batch.
+func ParseBatch(body []byte, imageSize, maxN int) (Batch, uint16, error) {
+	if len(body) < 12 {
+		return Batch{}, CodeBadRequest, fmt.Errorf("batch: header needs 12 bytes, got %d", len(body))
+	}
+	b := Batch{ID: binary.BigEndian.Uint64(body), N: int(binary.BigEndian.Uint32(body[8:]))}
+	data := body[12:]
+	switch {
+	case b.N == 0:
+		return b, CodeBadRequest, errors.New("batch: holds no images")
+	case b.N > maxN:
+		return b, CodeTooLarge, fmt.Errorf("batch: %d images, max batch size is %d", b.N, maxN)
+	case len(data) != b.N*imageSize*4:
+		return b, CodeBadRequest, fmt.Errorf("batch: %d images need %d bytes of tensor data, got %d", b.N, b.N*imageSize*4, len(data))
+	}
+	b.Images = make([]float32, b.N*imageSize)
+	for i := range b.Images {
+		b.Images[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+	}
+	return b, 0, nil
+}
+
+// Result is a decoded Result frame: the outcome of one batch.
+type Result struct {
+	ID uint64
+	// ExecNanos is how long the model ran on the batch.
+	ExecNanos uint64
+	Classes   int
+	// Scores holds Classes scores per item; an item with an error has zeros.
+	Scores []float32
+	// Errors[i] is non-empty when item i failed.
+	Errors []string
+}
+
+// maxItemError bounds per-item error messages.
+const maxItemError = 1024
+
+// AppendResult appends a Result frame.
+func AppendResult(dst []byte, r *Result) []byte {
+	return AppendFrame(dst, TypeResult, func(b []byte) []byte {
+		b = binary.BigEndian.AppendUint64(b, r.ID)
+		b = binary.BigEndian.AppendUint64(b, r.ExecNanos)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(r.Errors)))
+		b = binary.BigEndian.AppendUint32(b, uint32(r.Classes))
+		for i, msg := range r.Errors {
+			if msg != "" {
+				msg = msg[:min(len(msg), maxItemError)]
+				b = append(b, 1)
+				b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+				b = append(b, msg...)
+				continue
+			}
+			b = append(b, 0)
+			b = appendFloats(b, r.Scores[i*r.Classes:(i+1)*r.Classes])
+		}
+		return b
+	})
+}
+
+// ParseResult decodes a Result body, which must hold at most maxN items of
+// exactly classes scores: a peer cannot make it allocate more than that.
+func ParseResult(body []byte, classes, maxN int) (*Result, error) {
+	if len(body) < 24 {
+		return nil, fmt.Errorf("result: header needs 24 bytes, got %d", len(body))
+	}
+	r := &Result{
+		ID:        binary.BigEndian.Uint64(body),
+		ExecNanos: binary.BigEndian.Uint64(body[8:]),
+		Classes:   int(binary.BigEndian.Uint32(body[20:])),
+	}
+	n := int(binary.BigEndian.Uint32(body[16:]))
+	body = body[24:]
+	if r.Classes != classes || n < 1 || n > maxN {
+		return nil, fmt.Errorf("result: %d items of %d scores, want 1 to %d items of %d", n, r.Classes, maxN, classes)
+	}
+	r.Scores = make([]float32, n*r.Classes)
+	r.Errors = make([]string, n)
+	for i := range n {
+		if len(body) < 1 {
+			return nil, errors.New("result: truncated")
+		}
+		status := body[0]
+		body = body[1:]
+		switch status {
+		case 0:
+			if len(body) < 4*r.Classes {
+				return nil, errors.New("result: truncated scores")
+			}
+			for j := range r.Classes {
+				r.Scores[i*r.Classes+j] = math.Float32frombits(binary.LittleEndian.Uint32(body[4*j:]))
+			}
+			body = body[4*r.Classes:]
+		case 1:
+			if len(body) < 2 {
+				return nil, errors.New("result: truncated error")
+			}
+			l := int(binary.BigEndian.Uint16(body))
+			if len(body) < 2+l {
+				return nil, errors.New("result: truncated error")
+			}
+			r.Errors[i] = string(body[2 : 2+l])
+			if r.Errors[i] == "" {
+				r.Errors[i] = "unknown error"
+			}
+			body = body[2+l:]
+		default:
+			return nil, fmt.Errorf("result: item %d has unknown status %d", i, status)
+		}
+	}
+	if len(body) != 0 {
+		return nil, fmt.Errorf("result: %d trailing bytes", len(body))
+	}
+	return r, nil
+}
+
+// Error is a request-level error sent by the server.
+type Error struct {
+	ID      uint64
+	Code    uint16
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("runtime error %d: %s", e.Code, e.Message) }
+
+// AppendError appends an Error frame.
+func AppendError(dst []byte, e *Error) []byte {
+	return AppendFrame(dst, TypeError, func(b []byte) []byte {
+		b = binary.BigEndian.AppendUint64(b, e.ID)
+		b = binary.BigEndian.AppendUint16(b, e.Code)
+		return append(b, e.Message...)
+	})
+}
+
+// ParseError decodes an Error body.
+func ParseError(body []byte) (*Error, error) {
+	if len(body) < 10 {
+		return nil, fmt.Errorf("error: header needs 10 bytes, got %d", len(body))
+	}
+	return &Error{ID: binary.BigEndian.Uint64(body), Code: binary.BigEndian.Uint16(body[8:]), Message: string(body[10:])}, nil
+}
+
+func appendFloats(b []byte, fs []float32) []byte {
+	b = grow(b, 4*len(fs))
+	for _, f := range fs {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(f))
+	}
+	return b
+}
+
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+n)
+		copy(nb, b)
+		return nb
+	}
+	return b
+}
