@@ -1,0 +1,627 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"log/slog"
+	"math"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/batchgate/batchgate/internal/testenv"
+	"github.com/batchgate/batchgate/runtime/engine"
+	"github.com/batchgate/batchgate/runtime/server"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// rtServer is a real runtime (ONNX Runtime, unix socket) in the test process.
+type rtServer struct {
+	*server.Server
+	socket string
+}
+
+func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtServer {
+	t.Helper()
+	eng, err := engine.Open(engine.Config{LibraryPath: testenv.ORTLibrary(t), ModelPath: model})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mi := eng.Info()
+	labels := make([]string, mi.Classes)
+	for i := range labels {
+		labels[i] = "label" + strconv.Itoa(i)
+	}
+	srv := server.New(eng, server.Config{Info: wire.Info{
+		Model: "resnet50", ModelSHA256: mi.SHA256, InputName: mi.InputName, OutputName: mi.OutputName,
+		Channels: mi.Channels, Height: mi.Height, Width: mi.Width, ResizeShorter: 256,
+		Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
+		Classes: mi.Classes, Labels: labels, MaxBatchSize: maxBatch, Generated: true,
+	}, Logger: slog.New(slog.DiscardHandler)})
+	srv.SetReady(true)
+	if socket == "" {
+		socket = filepath.Join(t.TempDir(), "rt.sock")
+	}
+	ln, err := server.Listen(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		eng.Close()
+	})
+	return &rtServer{Server: srv, socket: socket}
+}
+
+// testProxy is a real proxy on a loopback port.
+type testProxy struct {
+	*proxy
+	url string
+	log *bytes.Buffer
+}
+
+func testConfig(socket string) Config {
+	c, err := configFromEnv(func(string) string { return "" })
+	if err != nil {
+		panic(err)
+	}
+	c.Socket, c.DrainDelay = socket, 0
+	return c
+}
+
+func startProxy(t *testing.T, cfg Config) *testProxy {
+	t.Helper()
+	var logBuf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&syncWriter{w: &logBuf}, nil))
+	set := metrics.NewSet()
+	metrics.RegisterSet(set)
+	p := newProxy(cfg, log, set)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.serve(ln)
+	tp := &testProxy{proxy: p, url: "http://" + ln.Addr().String(), log: &logBuf}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		p.shutdown(ctx, log)
+		metrics.UnregisterSet(set, true)
+	})
+	tp.waitReady(t, true)
+	return tp
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+// waitReady polls /readyz until it answers as wanted (bounded: 60 s).
+func (tp *testProxy) waitReady(t *testing.T, want bool) {
+	t.Helper()
+	for range 1200 {
+		resp, err := http.Get(tp.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if (resp.StatusCode == 200) == want {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("/readyz never became ready=%v", want)
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    []byte
+}
+
+func do(t *testing.T, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(raw, &r.body); err != nil {
+			t.Fatalf("response is not JSON: %v: %s", err, raw)
+		}
+	}
+	return r
+}
+
+func multipartReq(t *testing.T, url, field string, data []byte) *http.Request {
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, _ := mw.CreateFormFile(field, "photo")
+	fw.Write(data)
+	mw.Close()
+	req, _ := http.NewRequest("POST", url, &buf)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	return req
+}
+
+func rawReq(url, contentType string, data []byte) *http.Request {
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(data))
+	req.Header.Set("Content-Type", contentType)
+	return req
+}
+
+func get(t *testing.T, url string) response {
+	req, _ := http.NewRequest("GET", url, nil)
+	return do(t, req)
+}
+
+func readFile(t *testing.T, name string) []byte {
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// uniquePNG returns a small PNG that no other call returns.
+func uniquePNG(seed int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i*7 + seed*13)
+	}
+	img.Set(0, 0, color.RGBA{uint8(seed), uint8(seed >> 8), uint8(seed >> 16), 255})
+	var buf bytes.Buffer
+	png.Encode(&buf, img)
+	return buf.Bytes()
+}
+
+// metricValue sums the samples of name (with any labels) on /metrics.
+func metricValue(t *testing.T, url, name string) float64 {
+	t.Helper()
+	r := get(t, url+"/metrics")
+	var sum float64
+	sc := bufio.NewScanner(bytes.NewReader(r.raw))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+func TestPredictFormats(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	for _, name := range []string{"grace_hopper.jpg", "small.png", "small.gif", "small.webp", "small_alpha.png"} {
+		data := readFile(t, name)
+		for _, req := range []*http.Request{
+			multipartReq(t, tp.url+"/predict?top_k=3", "file", data),
+			rawReq(tp.url+"/predict?top_k=3", "image/anything", data),
+		} {
+			r := do(t, req)
+			if r.status != 200 {
+				t.Fatalf("%s: status %d: %s", name, r.status, r.raw)
+			}
+			preds, _ := r.body["predictions"].([]any)
+			if len(preds) != 3 || r.body["model"] != "resnet50" || r.body["generated_weights"] != true {
+				t.Fatalf("%s: body %s", name, r.raw)
+			}
+			p0 := preds[0].(map[string]any)
+			if p0["label"] != "label"+strconv.Itoa(int(p0["class_id"].(float64))) || p0["probability"].(float64) <= 0 {
+				t.Errorf("%s: first prediction %v", name, p0)
+			}
+			if r.header.Get("X-Request-Id") == "" {
+				t.Errorf("%s: no X-Request-Id", name)
+			}
+		}
+	}
+	// The per-request log line is JSON with the request id.
+	req := rawReq(tp.url+"/predict", "image/png", uniquePNG(1))
+	req.Header.Set("X-Request-Id", "abc-123")
+	if r := do(t, req); r.header.Get("X-Request-Id") != "abc-123" {
+		t.Errorf("X-Request-Id echoed as %q", r.header.Get("X-Request-Id"))
+	}
+	if !strings.Contains(tp.log.String(), `"request_id":"abc-123","method":"POST","route":"/predict","status":200`) {
+		t.Errorf("no request log line for abc-123 in:\n%s", tp.log.String())
+	}
+}
+
+func TestOtherEndpoints(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	for _, tc := range []struct {
+		path   string
+		status int
+		check  func(response) bool
+	}{
+		{"/healthz", 200, func(r response) bool { return r.body["live"] == true }},
+		{"/readyz", 200, func(r response) bool { return r.body["ready"] == true }},
+		{"/v2", 200, func(r response) bool { return r.body["name"] == "batchgate" }},
+		{"/v2/health/live", 200, nil},
+		{"/v2/health/ready", 200, nil},
+		{"/v2/models/resnet50", 200, func(r response) bool { return len(r.body["inputs"].([]any)) == 2 }},
+		{"/v2/models/resnet50/versions/1", 200, nil},
+		{"/v2/models/resnet50/ready", 200, func(r response) bool { return r.body["ready"] == true }},
+		{"/v2/models/other", 404, func(r response) bool { return r.body["error"] != nil }},
+		{"/nope", 404, func(r response) bool { return r.body["error"] != nil }},
+		{"/docs", 200, func(r response) bool { return bytes.Contains(r.raw, []byte("/openapi.json")) }},
+		{"/openapi.json", 200, func(r response) bool { return r.body["openapi"] == "3.0.3" }},
+		{"/metrics", 200, func(r response) bool {
+			return bytes.Contains(r.raw, []byte("inference_queue_depth 0")) && bytes.Contains(r.raw, []byte("go_goroutines"))
+		}},
+	} {
+		r := get(t, tp.url+tc.path)
+		if r.status != tc.status || (tc.check != nil && !tc.check(r)) {
+			t.Errorf("GET %s = %d %s", tc.path, r.status, r.raw)
+		}
+	}
+}
+
+func TestV2Infer(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	jpeg := readFile(t, "grace_hopper.jpg")
+	url := tp.url + "/v2/models/resnet50/infer"
+
+	// Reference scores through /predict's path: the BYTES input must
+	// agree with it.
+	want := do(t, rawReq(tp.url+"/predict?top_k=1", "image/jpeg", jpeg)).body["predictions"].([]any)[0].(map[string]any)
+
+	b64 := base64.StdEncoding.EncodeToString(jpeg)
+	jsonReq := fmt.Sprintf(`{"id":"r1","inputs":[{"name":"image","shape":[2],"datatype":"BYTES","data":[%q,{"b64":%q}]}],
+		"outputs":[{"name":"classification","parameters":{"classification":2}}]}`, b64, b64)
+	r := do(t, rawReq(url, "application/json", []byte(jsonReq)))
+	if r.status != 200 || r.body["id"] != "r1" {
+		t.Fatalf("BYTES JSON infer = %d %s", r.status, r.raw)
+	}
+	out := r.body["outputs"].([]any)[0].(map[string]any)
+	data := out["data"].([]any)
+	wantPrefix := fmt.Sprintf(":%d:label%d", int(want["class_id"].(float64)), int(want["class_id"].(float64)))
+	if out["datatype"] != "BYTES" || len(data) != 4 || !strings.Contains(data[0].(string), wantPrefix) || data[0] != data[2] {
+		t.Errorf("classification output = %v, want 2x2 strings led by %q", out, wantPrefix)
+	}
+
+	// Binary-data extension: JSON header, then <u32 LE length><jpeg>.
+	header := fmt.Sprintf(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}]}`, 4+len(jpeg))
+	body := append([]byte(header), binary.LittleEndian.AppendUint32(nil, uint32(len(jpeg)))...)
+	body = append(body, jpeg...)
+	req := rawReq(url, "application/octet-stream", body)
+	req.Header.Set("Inference-Header-Content-Length", strconv.Itoa(len(header)))
+	r = do(t, req)
+	if r.status != 200 {
+		t.Fatalf("binary infer = %d %s", r.status, r.raw)
+	}
+	out = r.body["outputs"].([]any)[0].(map[string]any)
+	if out["datatype"] != "FP32" || len(out["data"].([]any)) != 1000 {
+		t.Errorf("binary infer output: datatype %v, %d values", out["datatype"], len(out["data"].([]any)))
+	}
+
+	// A preprocessed FP32 tensor, as JSON.
+	tensor := make([]float32, 3*224*224)
+	for i := range tensor {
+		tensor[i] = float32(math.Sin(float64(i)))
+	}
+	tj, _ := json.Marshal(tensor)
+	r = do(t, rawReq(url, "application/json", []byte(`{"inputs":[{"name":"data","shape":[1,3,224,224],"datatype":"FP32","data":`+string(tj)+`}]}`)))
+	if r.status != 200 || len(r.body["outputs"].([]any)[0].(map[string]any)["data"].([]any)) != 1000 {
+		t.Errorf("FP32 infer = %d %.300s", r.status, r.raw)
+	}
+}
+
+// TestBadInput sends each class of bad input and checks the status, the
+// JSON error, and that the server still serves.
+func TestBadInput(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	cfg := testConfig(rt.socket)
+	cfg.MaxBodyBytes, cfg.MaxPixels = 700_000, 1_000_000
+	tp := startProxy(t, cfg)
+	jpeg := readFile(t, "grace_hopper.jpg")
+	big := image.NewGray(image.Rect(0, 0, 1100, 1000)) // 1.1 M pixels, a small file
+	var bigPNG bytes.Buffer
+	png.Encode(&bigPNG, big)
+	nanTensor := make([]byte, 4*3*224*224)
+	binary.LittleEndian.PutUint32(nanTensor[40:], math.Float32bits(float32(math.NaN())))
+	nanHeader := `{"inputs":[{"name":"data","shape":[1,3,224,224],"datatype":"FP32","parameters":{"binary_data_size":602112}}]}`
+	nanReq := rawReq(tp.url+"/v2/models/resnet50/infer", "application/octet-stream", append([]byte(nanHeader), nanTensor...))
+	nanReq.Header.Set("Inference-Header-Content-Length", strconv.Itoa(len(nanHeader)))
+	badTimeout := rawReq(tp.url+"/predict", "image/jpeg", jpeg)
+	badTimeout.Header.Set("X-Request-Timeout-Ms", "soon")
+	infer := tp.url + "/v2/models/resnet50/infer"
+
+	for _, tc := range []struct {
+		name   string
+		req    *http.Request
+		status int
+	}{
+		{"not an image", rawReq(tp.url+"/predict", "image/jpeg", []byte("hello")), 415},
+		{"truncated jpeg", rawReq(tp.url+"/predict", "image/jpeg", jpeg[:len(jpeg)/3]), 400},
+		{"wrong content type", rawReq(tp.url+"/predict", "text/plain", jpeg), 415},
+		{"missing file field", multipartReq(t, tp.url+"/predict", "image", jpeg), 400},
+		{"body too large", rawReq(tp.url+"/predict", "image/jpeg", make([]byte, 750_000)), 413},
+		{"body far too large", rawReq(tp.url+"/predict", "image/jpeg", make([]byte, 3_000_000)), 413},
+		{"too many pixels", rawReq(tp.url+"/predict", "image/png", bigPNG.Bytes()), 413},
+		{"top_k zero", rawReq(tp.url+"/predict?top_k=0", "image/jpeg", jpeg), 400},
+		{"top_k text", rawReq(tp.url+"/predict?top_k=abc", "image/jpeg", jpeg), 400},
+		{"top_k above classes", rawReq(tp.url+"/predict?top_k=1001", "image/jpeg", jpeg), 400},
+		{"bad timeout header", badTimeout, 400},
+		{"GET predict", func() *http.Request { r, _ := http.NewRequest("GET", tp.url+"/predict", nil); return r }(), 405},
+		{"v2 not JSON", rawReq(infer, "application/json", []byte("{")), 400},
+		{"v2 no inputs", rawReq(infer, "application/json", []byte(`{"inputs":[]}`)), 400},
+		{"v2 bad datatype", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1]}]}`)), 400},
+		{"v2 bad base64", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["***"]}]}`)), 400},
+		{"v2 shape mismatch", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"x","shape":[2],"datatype":"BYTES","data":["aGk="]}]}`)), 400},
+		{"v2 FP32 wrong shape", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"data","shape":[1,3,2,2],"datatype":"FP32","data":[1,2,3]}]}`)), 400},
+		{"v2 FP32 NaN", nanReq, 400},
+		{"v2 bad classification", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["aGk="]}],"outputs":[{"name":"classification","parameters":{"classification":0}}]}`)), 400},
+		{"v2 unknown output", rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["aGk="]}],"outputs":[{"name":"what"}]}`)), 400},
+	} {
+		r := do(t, tc.req)
+		if r.status != tc.status || r.body["error"] == nil || r.body["error"] == "" {
+			t.Errorf("%s: %d %s; want %d with a JSON error", tc.name, r.status, r.raw, tc.status)
+		}
+		if ok := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(7))); ok.status != 200 {
+			t.Fatalf("after %s, a good request got %d", tc.name, ok.status)
+		}
+	}
+	if got := metricValue(t, tp.url, "inference_rejections_total"); got < 15 {
+		t.Errorf("inference_rejections_total = %v, want the rejections counted", got)
+	}
+}
+
+// TestCacheAndCoalescing runs the ResNet50-architecture model: slow enough
+// that identical concurrent requests overlap.
+func TestCacheAndCoalescing(t *testing.T) {
+	rt := startRuntime(t, testenv.ResNet50Model(t), 4, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	img := uniquePNG(42)
+	const n = 8
+	before := rt.Stats().Items
+	results := make([]response, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", img)) })
+	}
+	wg.Wait()
+	if got := rt.Stats().Items - before; got != 1 {
+		t.Fatalf("%d identical concurrent requests ran %d inferences, want 1", n, got)
+	}
+	first := string(mustJSON(results[0].body["predictions"]))
+	shared := 0
+	for i, r := range results {
+		if r.status != 200 || string(mustJSON(r.body["predictions"])) != first {
+			t.Fatalf("request %d: %d %s", i, r.status, r.raw)
+		}
+		if r.body["coalesced"] == true || r.body["cached"] == true {
+			shared++
+		}
+	}
+	if shared != n-1 {
+		t.Errorf("%d responses say cached or coalesced, want %d", shared, n-1)
+	}
+	hits, coalesced := metricValue(t, tp.url, "inference_cache_hits_total"), metricValue(t, tp.url, "inference_cache_coalesced_total")
+	if hits+coalesced != n-1 {
+		t.Errorf("metrics: %v hits + %v coalesced, want %d", hits, coalesced, n-1)
+	}
+
+	// A cache hit: same answer, no inference.
+	r := do(t, rawReq(tp.url+"/predict", "image/png", img))
+	if r.body["cached"] != true || rt.Stats().Items-before != 1 || string(mustJSON(r.body["predictions"])) != first {
+		t.Errorf("repeat: cached=%v, inferences %d", r.body["cached"], rt.Stats().Items-before)
+	}
+	// Cache-Control: no-cache runs the model again.
+	req := rawReq(tp.url+"/predict", "image/png", img)
+	req.Header.Set("Cache-Control", "no-cache")
+	if r := do(t, req); r.body["cached"] != false || rt.Stats().Items-before != 2 {
+		t.Errorf("no-cache: cached=%v, inferences %d; want a fresh inference", r.body["cached"], rt.Stats().Items-before)
+	}
+}
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+func TestBatchesUnderLoad(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	cfg := testConfig(rt.socket)
+	cfg.Batch.Window = 50 * time.Millisecond
+	tp := startProxy(t, cfg)
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(1000+i))); r.status != 200 {
+				t.Errorf("status %d %s", r.status, r.raw)
+			}
+		})
+	}
+	wg.Wait()
+	count := metricValue(t, tp.url, "inference_batch_size_count")
+	sum := metricValue(t, tp.url, "inference_batch_size_sum")
+	st := rt.Stats()
+	if sum != 24 || count >= 24 || st.Items != 24 || st.Batches >= 24 {
+		t.Errorf("24 requests: %v items in %v batches (metrics), %d in %d (runtime); want batches > 1", sum, count, st.Items, st.Batches)
+	}
+	t.Logf("mean batch size %.2f", sum/count)
+}
+
+func TestDeadlineAndQueueFull(t *testing.T) {
+	rt := startRuntime(t, testenv.ResNet50Model(t), 1, "")
+	cfg := testConfig(rt.socket)
+	cfg.Batch.MaxBatchSize, cfg.Batch.QueueCapacity = 1, 1
+	tp := startProxy(t, cfg)
+
+	// A deadline shorter than decoding: 504, and nothing reaches the runtime.
+	before := rt.Stats().Items
+	req := rawReq(tp.url+"/predict", "image/jpeg", readFile(t, "grace_hopper.jpg"))
+	req.Header.Set("X-Request-Timeout-Ms", "1")
+	if r := do(t, req); r.status != 504 || r.body["error"] == nil {
+		t.Errorf("1ms deadline: %d %s, want 504", r.status, r.raw)
+	}
+	time.Sleep(200 * time.Millisecond) // let a wrongly surviving inference show up
+	if got := rt.Stats().Items - before; got != 0 {
+		t.Errorf("an expired request reached the runtime (%d inferences)", got)
+	}
+
+	// One running and one queued (~53 ms each): the others get 429.
+	const n = 8
+	results := make([]response, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(2000+i))) })
+	}
+	wg.Wait()
+	full := 0
+	for _, r := range results {
+		switch r.status {
+		case 200:
+		case 429:
+			full++
+			if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || r.body["error"] == nil {
+				t.Errorf("429 with Retry-After %q, body %s", r.header.Get("Retry-After"), r.raw)
+			}
+		default:
+			t.Errorf("status %d %s", r.status, r.raw)
+		}
+	}
+	if full == 0 {
+		t.Errorf("no 429 from %d concurrent requests on a queue of 1", n)
+	}
+}
+
+// TestRuntimeRestart kills the runtime process with SIGKILL and restarts it.
+func TestRuntimeRestart(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "runtime")
+	if out, err := runCmd("go", "build", "-o", bin, "../runtime"); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	socket := filepath.Join(t.TempDir(), "rt.sock")
+	start := func() *os.Process {
+		p, err := os.StartProcess(bin, []string{bin, "serve", "-socket", socket, "-model", testenv.TinyModel(t),
+			"-ort-library", testenv.ORTLibrary(t), "-ort-cache-dir", "off", "-max-batch-size", "4"},
+			&os.ProcAttr{Files: []*os.File{nil, nil, os.Stderr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	proc := start()
+	defer func() { proc.Kill(); proc.Wait() }()
+	tp := startProxy(t, testConfig(socket))
+	img := readFile(t, "small.png")
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 {
+		t.Fatalf("before the kill: %d %s", r.status, r.raw)
+	}
+	proc.Kill()
+	proc.Wait()
+	tp.waitReady(t, false)
+	r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3)))
+	if r.status != 503 || r.header.Get("Retry-After") == "" {
+		t.Errorf("runtime down: %d %s, want 503 with Retry-After", r.status, r.raw)
+	}
+	proc = start() // the stale socket file is taken over
+	tp.waitReady(t, true)
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(4))); r.status != 200 {
+		t.Errorf("after restart: %d %s", r.status, r.raw)
+	}
+	if got := metricValue(t, tp.url, "inference_runtime_connected"); got != 1 {
+		t.Errorf("inference_runtime_connected = %v", got)
+	}
+}
+
+func runCmd(name string, args ...string) ([]byte, error) {
+	return execCommand(name, args...).CombinedOutput()
+}
+
+// TestDrain: shutdown fails readiness at once, keeps serving for the drain
+// delay, and completes every accepted request.
+func TestDrain(t *testing.T) {
+	rt := startRuntime(t, testenv.ResNet50Model(t), 2, "")
+	cfg := testConfig(rt.socket)
+	cfg.DrainDelay = 300 * time.Millisecond
+	tp := startProxy(t, cfg)
+	const n = 6
+	results := make([]response, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3000+i))) })
+	}
+	time.Sleep(20 * time.Millisecond) // the requests are accepted
+	done := make(chan error, 1)
+	go func() { done <- tp.shutdown(context.Background(), slog.New(slog.DiscardHandler)) }()
+	time.Sleep(50 * time.Millisecond)
+	if r := get(t, tp.url+"/readyz"); r.status != 503 {
+		t.Errorf("/readyz while draining = %d, want 503", r.status)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.status != 200 {
+			t.Errorf("accepted request %d lost in drain: %d %s", i, r.status, r.raw)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if _, err := http.Get(tp.url + "/healthz"); err == nil {
+		t.Error("still accepting connections after shutdown")
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string // substring of the error; "" for success
+	}{
+		{map[string]string{}, ""},
+		{map[string]string{"PORT": "8080", "BATCH_WINDOW": "2ms", "MAX_BATCH_SIZE": "16"}, ""},
+		{map[string]string{"PORT": "99999"}, "PORT"},
+		{map[string]string{"BATCH_WINDOW": "2"}, "BATCH_WINDOW"},
+		{map[string]string{"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"},
+		{map[string]string{"QUEUE_CAPACITY": "x"}, "QUEUE_CAPACITY"},
+		{map[string]string{"REQUEST_TIMEOUT": "-1s"}, "REQUEST_TIMEOUT"},
+		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{map[string]string{"CACHE_BYTES": "-5", "DRAIN_DELAY": "forever"}, "DRAIN_DELAY"},
+	} {
+		c, err := configFromEnv(func(k string) string { return tc.env[k] })
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: %v", tc.env, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: error %v, want one naming %s", tc.env, err, tc.want)
+		}
+		if tc.want == "" && tc.env["BATCH_WINDOW"] == "2ms" && (c.Batch.Window != 2*time.Millisecond || c.Addr != ":8080" || c.Batch.MaxBatchSize != 16) {
+			t.Errorf("parsed %+v", c)
+		}
+	}
+}
+
+var execCommand = exec.Command
