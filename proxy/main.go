@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -186,6 +188,9 @@ func main() {
 	set := metrics.NewSet()
 	metrics.RegisterSet(set)
 	p := newProxy(cfg, log, set)
+	if addr := os.Getenv("PPROF_ADDR"); addr != "" { // profiling, for benchmarks only
+		go http.ListenAndServe(addr, nil)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

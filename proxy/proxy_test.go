@@ -625,3 +625,20 @@ func TestConfigFromEnv(t *testing.T) {
 }
 
 var execCommand = exec.Command
+
+func TestTopIndices(t *testing.T) {
+	for _, tc := range []struct {
+		vs   []float32
+		k    int
+		want []int
+	}{
+		{[]float32{1, 5, 3, 5, 0}, 3, []int{1, 3, 2}},
+		{[]float32{1, 2}, 5, []int{1, 0}},
+		{[]float32{3, 3, 3}, 2, []int{0, 1}},
+		{[]float32{-1, -2, -0.5}, 1, []int{2}},
+	} {
+		if got := topIndices(tc.vs, tc.k); fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("topIndices(%v, %d) = %v, want %v", tc.vs, tc.k, got, tc.want)
+		}
+	}
+}
