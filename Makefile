@@ -7,7 +7,7 @@ ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
 export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 15s
 
-.PHONY: run test deps tools check unit fuzz bench clean
+.PHONY: run test deps tools check unit fuzz bench perf perf-full clean
 
 run: deps
 	scripts/run.sh
@@ -38,6 +38,13 @@ fuzz:
 bench: deps
 	$(GO) build -o bin/runtime ./runtime
 	bin/runtime bench -model "$$(bin/runtime fetch-model -dir $(DEPS)/models)" -ort-cache-dir $(DEPS)/ort-cache
+
+# The perf harness (perf/): a quick sweep (about 3 minutes) and the whole grid.
+perf: deps
+	$(GO) run ./perf -quick
+
+perf-full: deps
+	$(GO) run ./perf
 
 clean:
 	rm -rf bin

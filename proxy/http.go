@@ -231,7 +231,7 @@ func (a *api) failErr(ctx *fasthttp.RequestCtx, err error) {
 	if errors.As(err, &qf) {
 		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds(qf.RetryAfter)))
 	}
-	if status == 503 {
+	if status == 503 || errors.Is(err, errDecodeBusy) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	a.failReason(ctx, status, msg, reason)

@@ -35,16 +35,16 @@ const version = "0.1.0"
 // Config is the proxy's configuration. Zero values are not defaults: use
 // configFromEnv, which applies them and validates.
 type Config struct {
-	Addr           string // PORT: listen address
-	Socket         string // RUNTIME_SOCKET
-	Batch          batching.Config
-	RequestTimeout time.Duration // REQUEST_TIMEOUT
-	CacheEntries   int           // CACHE_ENTRIES; 0 disables the cache
-	CacheBytes     int64         // CACHE_BYTES
-	MaxBodyBytes   int           // MAX_BODY_BYTES
-	MaxPixels      int           // MAX_IMAGE_PIXELS
-	DrainDelay     time.Duration // DRAIN_DELAY
-	LogLevel       slog.Level    // LOG_LEVEL
+	Addr           string          // PORT: listen address
+	Socket         string          // RUNTIME_SOCKET
+	Batch          batching.Config // MAX_BATCH_SIZE, BATCH_WINDOW, QUEUE_CAPACITY, MAX_INFLIGHT_BATCHES
+	RequestTimeout time.Duration   // REQUEST_TIMEOUT
+	CacheEntries   int             // CACHE_ENTRIES; 0 disables the cache
+	CacheBytes     int64           // CACHE_BYTES
+	MaxBodyBytes   int             // MAX_BODY_BYTES
+	MaxPixels      int             // MAX_IMAGE_PIXELS
+	DrainDelay     time.Duration   // DRAIN_DELAY
+	LogLevel       slog.Level      // LOG_LEVEL
 }
 
 // configFromEnv reads and validates the environment through getenv.
@@ -85,6 +85,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	c.Batch.MaxBatchSize = int(num("MAX_BATCH_SIZE", 8, 1, 1024))
 	c.Batch.Window = dur("BATCH_WINDOW", 0, 0, 10*time.Second)
 	c.Batch.QueueCapacity = int(num("QUEUE_CAPACITY", 64, 1, 1<<20))
+	c.Batch.MaxInFlight = int(num("MAX_INFLIGHT_BATCHES", 2, 1, 64))
 	c.RequestTimeout = dur("REQUEST_TIMEOUT", 30*time.Second, time.Millisecond, time.Hour)
 	c.CacheEntries = int(num("CACHE_ENTRIES", 10000, 0, 1<<30))
 	c.CacheBytes = num("CACHE_BYTES", 64<<20, 0, 1<<40)
@@ -128,10 +129,12 @@ func newProxy(cfg Config, log *slog.Logger, set *metrics.Set) *proxy {
 	b = batching.New[*item, *inference](&runner{rt: rt, metrics: m}, bc)
 	p.svc = &service{
 		rt: rt, batcher: b, metrics: m,
-		cache:   newResultCache(cfg.CacheEntries, cfg.CacheBytes),
-		decode:  make(chan struct{}, runtime.GOMAXPROCS(0)),
-		limits:  imageprep.Limits{MaxPixels: cfg.MaxPixels},
-		timeout: cfg.RequestTimeout,
+		cache:  newResultCache(cfg.CacheEntries, cfg.CacheBytes),
+		decode: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		// As many may wait for decoding as for a batch.
+		maxDecodeWaiting: int64(cfg.Batch.QueueCapacity + runtime.GOMAXPROCS(0)),
+		limits:           imageprep.Limits{MaxPixels: cfg.MaxPixels},
+		timeout:          cfg.RequestTimeout,
 	}
 	p.api = &api{svc: p.svc, log: log, metrics: m, requestTimeout: cfg.RequestTimeout, maxBodyBytes: cfg.MaxBodyBytes, version: version}
 	p.server = &fasthttp.Server{

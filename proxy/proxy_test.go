@@ -474,6 +474,39 @@ func TestBatchesUnderLoad(t *testing.T) {
 	t.Logf("mean batch size %.2f", sum/count)
 }
 
+// TestDecodeOverload floods decoding: requests beyond the decode queue get
+// 429 at once instead of waiting for their deadline.
+func TestDecodeOverload(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	cfg := testConfig(rt.socket)
+	cfg.Batch.QueueCapacity = 1 // decode queue: 1 + GOMAXPROCS
+	tp := startProxy(t, cfg)
+	big := readFile(t, "grace_hopper.jpg")
+	const n = 24
+	statuses := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			// Bytes after the end-of-image marker make each body distinct
+			// (no coalescing) without changing the picture.
+			body := append(append([]byte(nil), big...), fmt.Sprintf("trailer %d", i)...)
+			r := do(t, rawReq(tp.url+"/predict", "image/jpeg", body))
+			statuses[i] = r.status
+			if r.status == 429 && r.header.Get("Retry-After") == "" {
+				t.Error("429 without Retry-After")
+			}
+		})
+	}
+	wg.Wait()
+	count := map[int]int{}
+	for _, s := range statuses {
+		count[s]++
+	}
+	if count[429] == 0 || count[200] == 0 || count[200]+count[429] != n {
+		t.Errorf("statuses %v: want some 200 and some 429, nothing else", count)
+	}
+}
+
 func TestDeadlineAndQueueFull(t *testing.T) {
 	rt := startRuntime(t, testenv.ResNet50Model(t), 1, "")
 	cfg := testConfig(rt.socket)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -23,9 +24,14 @@ type service struct {
 	cache   *resultCache
 	flights flightGroup
 	decode  chan struct{} // semaphore: one slot per CPU
-	limits  imageprep.Limits
-	timeout time.Duration // longest a shared inference may run
-	metrics *proxyMetrics
+	// decodeWaiting counts requests waiting for or holding a decode slot;
+	// beyond maxDecodeWaiting they are refused, so overload in decoding
+	// gets 429 too instead of a queue bounded only by the deadline.
+	decodeWaiting    atomic.Int64
+	maxDecodeWaiting int64
+	limits           imageprep.Limits
+	timeout          time.Duration // longest a shared inference may run
+	metrics          *proxyMetrics
 }
 
 // outcome is a classification with what the response reports about it.
@@ -85,6 +91,10 @@ func (s *service) classify(ctx context.Context, data []byte, noCache bool) (*out
 
 // preprocess decodes and transforms data on the bounded decode pool.
 func (s *service) preprocess(ctx context.Context, data []byte, info wire.Info) ([]float32, error) {
+	defer s.decodeWaiting.Add(-1)
+	if s.decodeWaiting.Add(1) > s.maxDecodeWaiting {
+		return nil, errDecodeBusy
+	}
 	select {
 	case s.decode <- struct{}{}:
 	case <-ctx.Done():
@@ -106,6 +116,9 @@ func (s *service) preprocess(ctx context.Context, data []byte, info wire.Info) (
 func (s *service) infer(ctx context.Context, tensor []float32, info wire.Info) (*inference, error) {
 	return s.batcher.Submit(ctx, &item{tensor: tensor, modelSHA: info.ModelSHA256, submitted: time.Now()})
 }
+
+// errDecodeBusy: too many requests wait to be decoded. Clients get 429.
+var errDecodeBusy = errors.New("decode queue full")
 
 // resultCache is an LRU of scores bounded by entries and by bytes.
 type resultCache struct {
@@ -222,7 +235,7 @@ func errStatus(err error) (status int, msg, reason string) {
 	var qf *batching.QueueFullError
 	var ie *itemError
 	switch {
-	case errors.As(err, &qf):
+	case errors.As(err, &qf), errors.Is(err, errDecodeBusy):
 		return 429, "server overloaded: queue full, retry later", "queue_full"
 	case errors.Is(err, context.DeadlineExceeded):
 		return 504, "request deadline exceeded before the inference finished", "deadline"

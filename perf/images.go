@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/jpeg"
+	"math/rand/v2"
+	"mime/multipart"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/image/draw"
+)
+
+// upload is one test image.
+type upload struct {
+	jpeg []byte
+}
+
+// uploadSeq numbers unique uploads.
+var uploadSeq atomic.Uint64
+
+// body returns the multipart form for the image. With unique set, bytes
+// after the JPEG's end-of-image marker (which decoders ignore) make the
+// body differ from every other one, so that neither the cache nor the
+// coalescing of identical requests can serve it: each request costs an
+// inference, as with real traffic of distinct photos.
+func (u upload) body(unique bool) ([]byte, string) {
+	img := u.jpeg
+	if unique {
+		img = fmt.Appendf(append([]byte(nil), img...), "batchgate-perf-%d", uploadSeq.Add(1))
+	}
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	fw, _ := mw.CreateFormFile("file", "photo.jpg") // writes to a bytes.Buffer cannot fail
+	fw.Write(img)
+	mw.Close()
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+// imagePool makes n distinct JPEG photos from the committed photograph:
+// random crops, sizes (320 to 1024 px wide) and qualities, so every body is
+// unique and typical of uploads (tens to a few hundred KB).
+func imagePool(photo string, n int, seed uint64) ([]upload, int, error) {
+	data, err := os.ReadFile(photo)
+	if err != nil {
+		return nil, 0, err
+	}
+	src, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, 0, fmt.Errorf("cannot decode %s: %w", photo, err)
+	}
+	rng := rand.New(rand.NewPCG(seed, 1))
+	b := src.Bounds()
+	out := make([]upload, 0, n)
+	total := 0
+	for i := range n {
+		cw, ch := b.Dx()*(80+rng.IntN(21))/100, b.Dy()*(80+rng.IntN(21))/100
+		x0, y0 := rng.IntN(b.Dx()-cw+1), rng.IntN(b.Dy()-ch+1)
+		w := 320 + rng.IntN(705)
+		h := w * ch / cw
+		dst := image.NewRGBA(image.Rect(0, 0, w, h))
+		draw.ApproxBiLinear.Scale(dst, dst.Bounds(), src, image.Rect(x0, y0, x0+cw, y0+ch), draw.Src, nil)
+		dst.Pix[0] = uint8(i) // distinct bytes even for equal draws
+		var buf bytes.Buffer
+		if err := jpeg.Encode(&buf, dst, &jpeg.Options{Quality: 75 + rng.IntN(21)}); err != nil {
+			return nil, 0, err
+		}
+		out = append(out, upload{jpeg: buf.Bytes()})
+		total += buf.Len()
+	}
+	return out, total / n, nil
+}

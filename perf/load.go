@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// result is one request's outcome.
+type result struct {
+	latency time.Duration // from the scheduled send time (open loop) or the send (closed loop)
+	status  int           // 0: transport error
+	cached  bool
+}
+
+// client sends images to a classifier: multipart "file", as the FastAPI
+// server and batchgate's /predict take.
+type client struct {
+	url  string
+	http *http.Client
+}
+
+func newClient(url string) *client {
+	return &client{url: url, http: &http.Client{
+		Timeout:   60 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 1024, MaxConnsPerHost: 0},
+	}}
+}
+
+// send uploads up (a unique body when unique is set) and returns the status
+// and whether the answer came from the cache.
+func (c *client) send(ctx context.Context, up upload, unique bool) (int, bool) {
+	body, contentType := up.body(unique)
+	req, err := http.NewRequestWithContext(ctx, "POST", c.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, false
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, false
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, bytes.Contains(b, []byte(`"cached":true`))
+}
+
+// openLoop sends one request at each scheduled time, whatever the server
+// does, and measures latency from the scheduled time: a slow server cannot
+// slow the arrivals down and hide its queueing (no coordinated omission).
+// At most maxInFlight requests are outstanding; arrivals beyond that count
+// as transport errors rather than being delayed.
+func openLoop(ctx context.Context, c *client, schedule []time.Duration, pick func(i int) upload, unique bool, maxInFlight int, progress func()) []result {
+	results := make([]result, len(schedule))
+	sem := make(chan struct{}, maxInFlight)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, at := range schedule {
+		if d := time.Until(start.Add(at)); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				wg.Wait()
+				return results[:i]
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			results[i] = result{latency: 0, status: 0}
+			progress()
+			continue
+		}
+		scheduled := start.Add(at)
+		up := pick(i)
+		wg.Go(func() {
+			defer func() { <-sem }()
+			status, cached := c.send(ctx, up, unique)
+			results[i] = result{latency: time.Since(scheduled), status: status, cached: cached}
+			progress()
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+// closedLoop runs n clients that each send a request as soon as their
+// previous one is answered. The first warmup fills the pipeline and is not
+// counted; then it measures for d and returns the results and the time
+// they were measured over, and how many requests were answered in all.
+func closedLoop(ctx context.Context, c *client, n int, warmup, d time.Duration, pick func(rng *rand.Rand) upload, unique bool, progress func()) ([]result, int, time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, warmup+d)
+	defer cancel()
+	var mu sync.Mutex
+	var all []result
+	var total int
+	var wg sync.WaitGroup
+	from := time.Now().Add(warmup)
+	to := from.Add(d)
+	for k := range n {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(k), 7))
+			var mine []result
+			answered := 0
+			for ctx.Err() == nil {
+				up := pick(rng)
+				t := time.Now()
+				status, cached := c.send(context.Background(), up, unique)
+				done := time.Now()
+				if done.After(from) && !done.After(to) { // answered inside the window
+					mine = append(mine, result{latency: done.Sub(t), status: status, cached: cached})
+				}
+				progress()
+				answered++
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			total += answered
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return all, total, d
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"image/png"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/batchgate/batchgate/internal/testenv"
+)
+
+func TestPercentile(t *testing.T) {
+	var data []time.Duration
+	for i := 1; i <= 100; i++ {
+		data = append(data, time.Duration(i)*time.Millisecond)
+	}
+	for _, tc := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 50 * time.Millisecond}, {90, 90 * time.Millisecond}, {99, 99 * time.Millisecond},
+		{100, 100 * time.Millisecond}, {0, time.Millisecond}, {99.5, 100 * time.Millisecond}} {
+		if got := percentile(data, tc.p); got != tc.want {
+			t.Errorf("percentile(1..100 ms, %v) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+	if got := summarize([]time.Duration{3, 1, 2}); got.P50 != 2 || got.Max != 3 {
+		t.Errorf("summarize(3,1,2) = %+v, want p50 2, max 3", got)
+	}
+	if got := percentile(nil, 50); got != 0 {
+		t.Errorf("percentile of nothing = %v", got)
+	}
+}
+
+// TestPoissonSchedule checks the achieved rate and that inter-arrival times
+// are exponential: mean 1/rate, coefficient of variation 1, and a share
+// exp(-1) of gaps longer than the mean.
+func TestPoissonSchedule(t *testing.T) {
+	const rate = 200.0
+	d := 100 * time.Second
+	s := poissonSchedule(rand.New(rand.NewPCG(1, 2)), rate, d)
+	if got := float64(len(s)) / d.Seconds(); math.Abs(got-rate)/rate > 0.02 {
+		t.Errorf("achieved rate %.1f/s, want %.0f within 2%%", got, rate)
+	}
+	var gaps []float64
+	prev := time.Duration(0)
+	for _, at := range s {
+		if at < prev || at >= d {
+			t.Fatalf("schedule not increasing within [0, %v): %v after %v", d, at, prev)
+		}
+		gaps = append(gaps, (at - prev).Seconds())
+		prev = at
+	}
+	var mean, sq float64
+	for _, g := range gaps {
+		mean += g
+	}
+	mean /= float64(len(gaps))
+	long := 0
+	for _, g := range gaps {
+		sq += (g - mean) * (g - mean)
+		if g > mean {
+			long++
+		}
+	}
+	cv := math.Sqrt(sq/float64(len(gaps))) / mean
+	share := float64(long) / float64(len(gaps))
+	if math.Abs(mean-1/rate)*rate > 0.03 || math.Abs(cv-1) > 0.03 || math.Abs(share-math.Exp(-1)) > 0.01 {
+		t.Errorf("gaps: mean %.5f (want %.5f), CV %.3f (want 1), share above mean %.3f (want %.3f)", mean, 1/rate, cv, share, math.Exp(-1))
+	}
+}
+
+func TestZipf(t *testing.T) {
+	z := newZipf(rand.New(rand.NewPCG(3, 4)), 1.1, 100)
+	counts := make([]int, 100)
+	for range 100_000 {
+		counts[z()]++
+	}
+	if counts[0] <= counts[1] || counts[1] <= counts[10] || counts[10] <= counts[99] {
+		t.Errorf("counts not decreasing with rank: %d %d %d %d", counts[0], counts[1], counts[10], counts[99])
+	}
+}
+
+// TestSmoke runs a tiny sweep end to end (real runtime, proxy, HTTP) and
+// checks that every report file is produced and well formed.
+func TestSmoke(t *testing.T) {
+	out := t.TempDir()
+	os.Setenv("ORT_LIBRARY", testenv.ORTLibrary(t))
+	o := options{batchSizes: []int{1, 2}, windows: []time.Duration{0, 2 * time.Millisecond}, loads: []float64{0.002},
+		duration: time.Second, model: testenv.TinyModel(t), outDir: out, images: 6, dedup: true}
+	if err := run(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(out, "*"))
+	if len(dirs) != 1 {
+		t.Fatalf("results folders: %v", dirs)
+	}
+	dir := dirs[0]
+
+	var rep report
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil || json.Unmarshal(b, &rep) != nil {
+		t.Fatalf("results.json: %v", err)
+	}
+	// 2 batch sizes x 2 windows x (saturation + 1 load) + 2 dedup points.
+	if len(rep.Points) != 10 || rep.Raw[1] <= 0 || rep.Raw[2] <= 0 {
+		t.Fatalf("results.json: %d points, raw %v", len(rep.Points), rep.Raw)
+	}
+	for _, p := range rep.Points {
+		if p.Statuses["200"] == 0 || p.Throughput <= 0 || p.P99ms < p.P50ms {
+			t.Errorf("point %s %s: %+v", p.Setting, p.Mode, p)
+		}
+		if p.Mode == "closed" && (p.Ratio <= 0 || p.MeanBatch < 1) {
+			t.Errorf("saturation point %s: ratio %v, mean batch %v", p.Setting, p.Ratio, p.MeanBatch)
+		}
+	}
+	var hit float64
+	for _, p := range rep.Points {
+		if p.Mode == "dedup-cache" {
+			hit = p.HitRatio
+		}
+	}
+	if hit <= 0 {
+		t.Errorf("dedup with cache: hit ratio %v", hit)
+	}
+
+	f, _ := os.Open(filepath.Join(dir, "results.csv"))
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil || len(rows) != 11 || strings.Join(rows[0], ",") != strings.Join(csvHeader, ",") {
+		t.Errorf("results.csv: %d rows, %v", len(rows), err)
+	}
+	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
+	for _, want := range []string{"## Raw ONNX Runtime reference", "## Saturation", "## Open loop", "## Dedup", "| batch=2 window=2ms |"} {
+		if !bytes.Contains(md, []byte(want)) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+	for _, name := range []string{"throughput.png", "p99_latency.png", "batch_sizes.png"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if cfg, err := png.DecodeConfig(f); err != nil || cfg.Width < 300 {
+			t.Errorf("%s: %v, %dx%d", name, err, cfg.Width, cfg.Height)
+		}
+		f.Close()
+	}
+}
