@@ -291,18 +291,32 @@ func (s *Server) replyError(c *conn, id uint64, code uint16, msg string) {
 func (s *Server) executor() {
 	defer close(s.exec)
 	for {
+		// Shutdown wins over queued batches: select alone would pick at
+		// random when both are ready after the batch in flight.
+		select {
+		case <-s.quit:
+			s.rejectQueued()
+			return
+		default:
+		}
 		select {
 		case j := <-s.jobs:
 			s.run(j)
 		case <-s.quit:
-			for {
-				select {
-				case j := <-s.jobs:
-					s.replyError(j.c, j.batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
-				default:
-					return
-				}
-			}
+			s.rejectQueued()
+			return
+		}
+	}
+}
+
+// rejectQueued answers every queued batch with CodeShuttingDown.
+func (s *Server) rejectQueued() {
+	for {
+		select {
+		case j := <-s.jobs:
+			s.replyError(j.c, j.batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
+		default:
+			return
 		}
 	}
 }
