@@ -7,12 +7,12 @@ ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
 export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 15s
 
-.PHONY: run test deps tools check unit fuzz bench perf perf-full clean
+.PHONY: run test deps tools check unit fuzz containers-test bench perf perf-full clean
 
 run: deps
 	scripts/run.sh
 
-test: deps check unit fuzz
+test: deps check unit fuzz containers-test
 
 # Everything downloaded or generated, pinned and verified.
 deps: tools $(ORT_LIB)
@@ -33,6 +33,10 @@ unit:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./runtime/wire
+
+# Both images built from the Dockerfiles with podman on local bases, run as a pod.
+containers-test:
+	containers/test.sh
 
 # Raw ONNX Runtime throughput per batch size: the reference for the stack.
 bench: deps
