@@ -7,6 +7,7 @@
 //	runtime [serve]       serve the model (the default)
 //	runtime fetch-model   download the pinned ResNet50, or generate one offline
 //	runtime bench         raw ONNX Runtime throughput per batch size
+//	runtime probe         exit 0 only if the runtime on the socket is ready (for startup probes)
 //
 // Every flag has an environment variable that sets its default; run
 // `runtime serve -h` for the list.
@@ -51,8 +52,10 @@ func main() {
 		err = fetchModel(args)
 	case "bench":
 		err = bench(args)
+	case "probe":
+		err = probe(args)
 	default:
-		err = fmt.Errorf("unknown command %q; want serve, fetch-model or bench", cmd)
+		err = fmt.Errorf("unknown command %q; want serve, fetch-model, bench or probe", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "runtime:", err)
@@ -236,6 +239,28 @@ func rssMB() int {
 		}
 	}
 	return -1
+}
+
+// probe dials the runtime's socket and succeeds only when its handshake says
+// it is ready: the model is loaded and every batch size warmed up.
+func probe(args []string) error {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	socket := fs.String("socket", env("RUNTIME_SOCKET", "/tmp/batchgate/runtime.sock"), "unix socket path (env RUNTIME_SOCKET)")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the handshake")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	c, err := wire.Dial(ctx, *socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if !c.Info().Ready {
+		return fmt.Errorf("runtime at %q is not ready yet (loading or warming up)", *socket)
+	}
+	return nil
 }
 
 func fetchModel(args []string) error {

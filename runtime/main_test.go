@@ -59,6 +59,12 @@ func TestServeAndSIGTERM(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	c := waitReady(t, socket)
+	if out, err := exec.Command(bin, "probe", "-socket", socket).CombinedOutput(); err != nil {
+		t.Errorf("probe of a ready runtime: %v %s", err, out)
+	}
+	if err := exec.Command(bin, "probe", "-socket", filepath.Join(dir, "none.sock")).Run(); err == nil {
+		t.Error("probe of a missing socket succeeded")
+	}
 	info := c.Info()
 	if !info.Generated || info.Model != "resnet50" || len(info.Labels) != 1000 || info.Labels[281] != "tabby" ||
 		info.MaxBatchSize != 4 || info.Threads != 1 || info.ResizeShorter != 256 {

@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v npm >/dev/null || need+=(npm)
 command -v git >/dev/null || need+=(git)
+command -v promtool >/dev/null || need+=(prometheus) # the chart's tests run a real Prometheus
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-tools: please install: ${need[*]}" >&2
@@ -13,4 +14,11 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "install-tools: apt-get install ${need[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# helm, built from its Go module (pinned), into .deps/tools.
+tools=$(cd "$(dirname "$0")/.." && pwd)/.deps/tools
+if [ ! -x "$tools/helm" ]; then
+  echo "install-tools: go install helm.sh/helm/v3/cmd/helm@v3.22.0 (about 1.5 minutes)" >&2
+  GOBIN="$tools" go install helm.sh/helm/v3/cmd/helm@v3.22.0
 fi
