@@ -20,6 +20,7 @@ deps: tools $(ORT_LIB)
 
 tools:
 	@scripts/install-tools.sh
+	@scripts/build-k8s-tools.sh $(DEPS)/tools
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh
 	scripts/fetch-onnxruntime.sh $(DEPS)/onnxruntime

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# build-k8s-tools.sh DEST: builds kube-apiserver and kubectl (k8s.io/kubernetes
+# v1.37.2) and etcd (go.etcd.io/etcd/server/v3 v3.7.0), pinned by the wrapper
+# module helm/k8stools, into DEST for the chart's API-server test. About 10
+# minutes the first time on 2 cores; each binary is kept and reused.
+set -euo pipefail
+dest=$(realpath -m "${1:?usage: build-k8s-tools.sh DEST}")
+mkdir -p "$dest"
+cd "$(dirname "$0")/../helm/k8stools"
+# Without version ldflags kubectl cannot parse the server's version.
+ver="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1"
+ver="$ver -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2"
+for t in kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver kubectl:k8s.io/kubernetes/cmd/kubectl etcd:go.etcd.io/etcd/server/v3; do
+  name=${t%%:*} pkg=${t#*:}
+  if [ ! -x "$dest/$name" ]; then
+    echo "build-k8s-tools: go build $pkg (minutes)" >&2
+    go build -trimpath -ldflags "-s -w $ver" -o "$dest/$name.tmp" "$pkg"
+    mv "$dest/$name.tmp" "$dest/$name"
+  fi
+done
