@@ -367,6 +367,7 @@ func waitHTTP(t *testing.T, u string) {
 func TestScaledObjectOnPrometheus(t *testing.T) {
 	const target, clients = 4, 12
 	query := queryOf(t, render(t, "rel", "ns1", "--set", fmt.Sprintf("keda.targetQueueDepth=%d", target)))
+	exprs := chartExprs(t)
 	root, dir := testenv.Root(t), t.TempDir()
 	for _, pkg := range []string{"runtime", "proxy"} {
 		run(t, "go", "build", "-C", root, "-o", filepath.Join(dir, pkg), "./"+pkg)
@@ -441,6 +442,75 @@ scrape_configs:
 		t.Errorf("at target 1: %d replicas, want the maximum 5", got)
 	}
 	t.Logf("ScaledObject query %s = %v (samples %v): %d replicas at target %d", query, median, samples, replicas(median, target), target)
+
+	// A few requests past their deadline, so that the rejection series
+	// exist; then every dashboard and alert expression returns data.
+	for range 3 {
+		req, _ := http.NewRequest("POST", proxyURL+"/predict", bytes.NewReader(uniquePNG(-1)))
+		req.Header.Set("Content-Type", "image/png")
+		req.Header.Set("X-Request-Timeout-Ms", "1")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+	time.Sleep(3 * time.Second) // two more scrapes
+	for name, e := range exprs {
+		if n := promSeries(t, promURL, e); n == 0 {
+			t.Errorf("%s returns no data under load: %s", name, e)
+		}
+	}
+}
+
+// chartExprs returns every PromQL expression of the dashboard and, without
+// their threshold, of the alert rules, rendered for release rel in ns1.
+func chartExprs(t *testing.T) map[string]string {
+	t.Helper()
+	docs := render(t, "rel", "ns1", "-f", filepath.Join(chartDir(t), "ci/monitoring-on.yaml"))
+	out := map[string]string{}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	json.Unmarshal([]byte(get(find(docs, "ConfigMap"), "data", "batchgate.json").(string)), &dash)
+	for _, p := range dash.Panels {
+		for i, tg := range p.Targets {
+			out[fmt.Sprintf("panel %q #%d", p.Title, i)] = tg.Expr
+		}
+	}
+	for _, g := range get(find(docs, "PrometheusRule"), "spec", "groups").([]any) {
+		for _, r := range get(g, "rules").([]any) {
+			e := get(r, "expr").(string)
+			if i := strings.LastIndexAny(e, "<>"); i > 0 {
+				e = strings.TrimSpace(e[:i]) // the measured value, not the comparison
+			}
+			out["alert "+get(r, "alert").(string)] = e
+		}
+	}
+	if len(out) < 12 {
+		t.Fatalf("found only %d expressions", len(out))
+	}
+	return out
+}
+
+// promSeries evaluates an instant query and returns how many series it has.
+func promSeries(t *testing.T, base, q string) int {
+	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string
+		Error  string
+		Data   struct{ Result []any }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
+		t.Errorf("query %s: status %q, error %q", q, r.Status, r.Error)
+		return 0
+	}
+	return len(r.Data.Result)
 }
 
 // promQuery evaluates an instant query and returns its single value.
