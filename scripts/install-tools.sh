@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v npm >/dev/null || need+=(npm)
 command -v git >/dev/null || need+=(git)
+command -v curl >/dev/null || need+=(curl) # containers/test.sh talks to the pod with it
 command -v promtool >/dev/null || need+=(prometheus) # the chart's tests run a real Prometheus
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
