@@ -494,44 +494,53 @@ func chartExprs(t *testing.T) map[string]string {
 	return out
 }
 
-// promSeries evaluates an instant query and returns how many series it has.
-func promSeries(t *testing.T, base, q string) int {
+// promInstant evaluates an instant query and returns each series' value.
+func promInstant(base, q string) ([]float64, error) {
 	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(q))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	var r struct {
 		Status string
 		Error  string
-		Data   struct{ Result []any }
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" {
-		t.Errorf("query %s: status %q, error %q", q, r.Status, r.Error)
-		return 0
-	}
-	return len(r.Data.Result)
-}
-
-// promQuery evaluates an instant query and returns its single value.
-func promQuery(t *testing.T, base, q string) (float64, bool) {
-	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Data struct {
+		Data   struct {
 			Result []struct {
 				Value [2]any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
+			}
+		}
 	}
-	if json.NewDecoder(resp.Body).Decode(&r) != nil || len(r.Data.Result) != 1 {
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return nil, err
+	}
+	if r.Status != "success" {
+		return nil, fmt.Errorf("status %q: %s", r.Status, r.Error)
+	}
+	vs := make([]float64, len(r.Data.Result))
+	for i, res := range r.Data.Result {
+		if vs[i], err = strconv.ParseFloat(fmt.Sprint(res.Value[1]), 64); err != nil {
+			return nil, err
+		}
+	}
+	return vs, nil
+}
+
+// promSeries returns how many series an instant query has.
+func promSeries(t *testing.T, base, q string) int {
+	vs, err := promInstant(base, q)
+	if err != nil {
+		t.Errorf("query %s: %v", q, err)
+	}
+	return len(vs)
+}
+
+// promQuery returns the value of an instant query that has one series.
+func promQuery(t *testing.T, base, q string) (float64, bool) {
+	vs, err := promInstant(base, q)
+	if err != nil || len(vs) != 1 {
 		return 0, false
 	}
-	v, err := strconv.ParseFloat(fmt.Sprint(r.Data.Result[0].Value[1]), 64)
-	return v, err == nil
+	return vs[0], true
 }
 
 // uniquePNG returns a small PNG that no other seed gives: every request
