@@ -1,22 +1,34 @@
 # batchgate: `make run` starts the system, `make test` runs every test.
 # Both fetch what they need into .deps/ (git-ignored) and reuse it.
+#
+#   make run    needs only what serving needs: Go modules, ONNX Runtime and the
+#               model (deps-run). No root, no Kubernetes tools.
+#   make test   also installs and builds the test tools (deps-test): apt
+#               packages as root, helm, kube-apiserver, kubectl and etcd.
 
 GO        ?= go
 DEPS      := .deps
 ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
+SWAGGER_UI := proxy/docs/swagger-ui/swagger-ui-bundle.js
 export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 15s
 
-.PHONY: run test deps tools check unit fuzz containers-test bench perf perf-full clean
+.PHONY: run test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
 
-run: deps
+run: deps-run
 	scripts/run.sh
 
-test: deps check unit fuzz containers-test
+test: deps-test check smoke unit fuzz containers-test
 
-# Everything downloaded or generated, pinned and verified.
-deps: tools $(ORT_LIB)
+# What serving needs: pinned and verified.
+deps-run: $(ORT_LIB) $(SWAGGER_UI)
 	@$(GO) mod download
+
+# What the tests need on top: system packages (apt, as root) and the
+# Kubernetes tools built from their Go modules.
+deps-test: deps-run tools
+
+deps: deps-test
 
 tools:
 	@scripts/install-tools.sh
@@ -24,6 +36,10 @@ tools:
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh
 	scripts/fetch-onnxruntime.sh $(DEPS)/onnxruntime
+
+# Swagger UI for /docs, embedded in the proxy (git-ignored; see its README.md).
+$(SWAGGER_UI): scripts/fetch-swagger-ui.sh
+	scripts/fetch-swagger-ui.sh proxy/docs/swagger-ui
 
 check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
@@ -35,20 +51,25 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./runtime/wire
 
+# The README's first command, run as a user runs it: `make run` on a free
+# port, a prediction with curl, then Ctrl-C (SIGINT to its process group).
+smoke:
+	scripts/smoke-make-run.sh
+
 # Both images built from the Dockerfiles with podman on local bases, run as a pod.
 containers-test:
 	containers/test.sh
 
 # Raw ONNX Runtime throughput per batch size: the reference for the stack.
-bench: deps
+bench: deps-run
 	$(GO) build -o bin/runtime ./runtime
 	bin/runtime bench -model "$$(bin/runtime fetch-model -dir $(DEPS)/models)" -ort-cache-dir $(DEPS)/ort-cache
 
 # The perf harness (perf/): a quick sweep (about 3 minutes) and the whole grid.
-perf: deps
+perf: deps-run
 	$(GO) run ./perf -quick
 
-perf-full: deps
+perf-full: deps-run
 	$(GO) run ./perf
 
 clean:

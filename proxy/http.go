@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,13 +18,8 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/docs"
 )
-
-//go:embed docs/openapi.json
-var openapiJSON []byte
-
-//go:embed docs/index.html
-var docsHTML []byte
 
 // api is the HTTP layer. Handlers never keep the RequestCtx or its byte
 // slices after returning; what outlives them is copied (service.classify).
@@ -83,12 +77,16 @@ func (a *api) route(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 	case path == "/metrics":
 		ctx.SetContentType("text/plain; version=0.0.4")
 		metrics.WritePrometheus(ctx, true)
-	case path == "/docs" || path == "/docs/":
-		ctx.SetContentType("text/html; charset=utf-8")
-		ctx.SetBody(docsHTML)
-	case path == "/openapi.json":
-		ctx.SetContentType("application/json")
-		ctx.SetBody(openapiJSON)
+	case path == "/docs" || strings.HasPrefix(path, "/docs/") || path == "/openapi.json":
+		// Swagger UI, its files, the guide and the OpenAPI description,
+		// all embedded (package docs).
+		body, contentType, ok := docs.Lookup(path)
+		if !ok {
+			a.fail(ctx, 404, "no such route; see /docs")
+			return "other", reply{}
+		}
+		ctx.SetContentType(contentType)
+		ctx.SetBody(body)
 	case path == "/v2" || strings.HasPrefix(path, "/v2/"):
 		return a.v2(ctx, path)
 	default:

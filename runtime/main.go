@@ -279,12 +279,12 @@ func fetchModel(args []string) error {
 	case *tiny:
 		b, _ := modelgen.Tiny(modelgen.DefaultSeed)
 		path = filepath.Join(*dir, "tiny.onnx")
-		if err := writeFile(path, b); err != nil {
+		if err := modelfetch.WriteFile(path, b); err != nil {
 			return err
 		}
 	case *generate:
 		path = filepath.Join(*dir, "resnet50-v1-generated.onnx")
-		if err := writeFile(path, gen()); err != nil {
+		if err := modelfetch.WriteFile(path, gen()); err != nil {
 			return err
 		}
 	default:
@@ -302,16 +302,6 @@ func fetchModel(args []string) error {
 	}
 	fmt.Println(path) // the one line on stdout: scripts read it
 	return nil
-}
-
-func writeFile(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(path+".partial", b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(path+".partial", path)
 }
 
 func bench(args []string) error {

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # fetch-onnxruntime.sh DEST_DIR: puts ONNX Runtime's shared library at
 # DEST_DIR/libonnxruntime.so.1, taken from the npm package onnxruntime-node.
-# The tarball is fetched with `npm pack` (which never runs install scripts),
-# or, where npm is missing (container build stages), downloaded from the
-# npm registry with curl; either way the tarball and the library are checked
-# against the same pinned sha256s.
+# The tarball comes through npm-pack.sh (npm pack without install scripts,
+# or curl where npm is missing); the tarball and the library are checked
+# against pinned sha256s.
 set -euo pipefail
 
 VERSION=1.30.0
@@ -25,21 +24,8 @@ mkdir -p "$dest"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tarball="$work/onnxruntime-node-$VERSION.tgz"
-if command -v npm >/dev/null; then
-  echo "fetch-onnxruntime: npm pack onnxruntime-node@$VERSION (about 110 MB)" >&2
-  (cd "$work" && npm pack --silent --ignore-scripts "onnxruntime-node@$VERSION" >/dev/null)
-elif command -v curl >/dev/null; then
-  registry=${NPM_REGISTRY:-https://registry.npmjs.org/}
-  echo "fetch-onnxruntime: npm not found; curl ${registry}onnxruntime-node/-/onnxruntime-node-$VERSION.tgz" >&2
-  curl -fsSL -o "$tarball" "${registry}onnxruntime-node/-/onnxruntime-node-$VERSION.tgz"
-else
-  echo "fetch-onnxruntime: npm or curl is needed (apt-get install npm)" >&2
-  exit 1
-fi
-echo "$TARBALL_SHA256  $tarball" | sha256sum -c --status || {
-  echo "fetch-onnxruntime: $tarball has sha256 $(sha256sum "$tarball" | cut -d' ' -f1), want $TARBALL_SHA256" >&2
-  exit 1
-}
+echo "fetch-onnxruntime: onnxruntime-node@$VERSION is about 110 MB" >&2
+"$(dirname "$0")/npm-pack.sh" onnxruntime-node "$VERSION" "$TARBALL_SHA256" "$tarball"
 tar -xzf "$tarball" -C "$work" "$LIB_PATH_IN_TARBALL"
 echo "$LIB_SHA256  $work/$LIB_PATH_IN_TARBALL" | sha256sum -c --status || {
   echo "fetch-onnxruntime: extracted library has the wrong sha256" >&2

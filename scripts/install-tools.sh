@@ -7,6 +7,7 @@ command -v npm >/dev/null || need+=(npm)
 command -v git >/dev/null || need+=(git)
 command -v curl >/dev/null || need+=(curl) # containers/test.sh talks to the pod with it
 command -v promtool >/dev/null || need+=(prometheus) # the chart's tests run a real Prometheus
+command -v chromium >/dev/null || need+=(chromium) # proxy/docs_browser_test.go drives Swagger UI in it
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-tools: please install: ${need[*]}" >&2

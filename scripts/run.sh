@@ -1,23 +1,72 @@
 #!/usr/bin/env bash
-# run.sh: builds and starts the runtime and the proxy on the default model
-# (downloaded, or generated when offline), the socket in a temporary folder.
-# Ctrl-C stops both.
+# run.sh (`make run`): builds and starts the runtime and the proxy on the
+# default model (downloaded, or generated when the model host is unreachable),
+# with the socket in a temporary folder. It prints the URL only once /readyz
+# answers 200, so the first request never meets a 503. Ctrl-C (or SIGTERM)
+# stops both processes and removes the socket folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+port=${PORT:-9999}
+say() { echo "batchgate: $*" >&2; }
+
 go build -o bin/runtime ./runtime
 go build -o bin/proxy ./proxy
 model=$(bin/runtime fetch-model -dir .deps/models)
 sockdir=$(mktemp -d -t batchgate.XXXXXX)
-export RUNTIME_SOCKET="$sockdir/runtime.sock" MODEL_PATH="$model"
+export RUNTIME_SOCKET="$sockdir/runtime.sock" MODEL_PATH="$model" PORT="$port"
 export ORT_LIBRARY="${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}"
 export ORT_CACHE_DIR="${ORT_CACHE_DIR:-$PWD/.deps/ort-cache}"
 export DRAIN_DELAY="${DRAIN_DELAY:-0s}"
+
 pids=()
-cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; rm -rf "$sockdir"; }
-trap cleanup EXIT INT TERM
+cleanup() {
+  trap - EXIT INT TERM
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait || true
+  rm -rf "$sockdir"
+  say "stopped; removed $sockdir"
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+
+# ready: GET /readyz with bash alone (no curl needed), true on 200.
+ready() {
+  local status
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+  read -r -t 2 _ status _ <&3 || status=
+  exec 3<&- 3>&-
+  [ "$status" = 200 ]
+}
+alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; }
+
+say "socket folder $sockdir"
 bin/runtime serve &
 pids+=($!)
 bin/proxy &
 pids+=($!)
-echo "batchgate: http://localhost:${PORT:-9999}  (try: curl -F file=@photo.jpg localhost:${PORT:-9999}/predict; docs at /docs; Ctrl-C stops)" >&2
+
+say "warming up: loading $(basename "$model") and running every batch size once; the URL follows when it is ready"
+start=$SECONDS
+until ready; do
+  if ! alive; then
+    say "a process exited during start-up (see its log above); stopping"
+    exit 1
+  fi
+  if (((SECONDS - start) % 5 == 0)) && ((SECONDS > start)) && [ "${last:-}" != $SECONDS ]; then
+    last=$SECONDS
+    say "still warming up ($((SECONDS - start)) s)"
+  fi
+  sleep 0.2
+done
+say "ready in $((SECONDS - start)) s: http://localhost:$port"
+say "  try: curl -F file=@proxy/testdata/grace_hopper.jpg localhost:$port/predict"
+say "  API docs: http://localhost:$port/docs    Ctrl-C stops both processes"
+case "$model" in
+*generated*)
+  say "NOTE: the model has GENERATED weights (the model host was unreachable): answers are well-formed but meaningless." ;;
+esac
 wait -n
+say "a process exited; stopping the other"
+exit 1

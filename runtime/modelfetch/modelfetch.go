@@ -41,8 +41,8 @@ var (
 	ErrUnreachable = errors.New("download host unreachable")
 )
 
-// Fetch downloads spec to dst, verifying size and sha256. It writes to
-// dst+".partial" and renames only a verified file, so dst is either absent
+// Fetch downloads spec to dst, verifying size and sha256. It writes to a
+// private dst+".partial-*" file and renames only a verified file, so dst is either absent
 // or complete; the partial file is removed on any failure. progress, when
 // not nil, gets a progress bar.
 func Fetch(ctx context.Context, client *http.Client, spec Spec, dst string, progress io.Writer) error {
@@ -65,13 +65,15 @@ func Fetch(ctx context.Context, client *http.Client, spec Spec, dst string, prog
 		return fmt.Errorf("%w: %q announces %d bytes, want %d", ErrIntegrity, spec.URL, resp.ContentLength, spec.Size)
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
+		return fmt.Errorf("cannot create the model folder: %w", err)
 	}
-	tmp := dst + ".partial"
-	f, err := os.Create(tmp)
+	// A private temporary name: several processes (pods sharing a
+	// volume) may download the same file at once.
+	f, err := os.CreateTemp(filepath.Dir(dst), filepath.Base(dst)+".partial-*")
 	if err != nil {
-		return fmt.Errorf("cannot create %q: %w", tmp, err)
+		return fmt.Errorf("cannot create a temporary file next to %q: %w", dst, err)
 	}
+	tmp := f.Name()
 	ok := false
 	defer func() {
 		if !ok {
@@ -189,15 +191,37 @@ func Ensure(ctx context.Context, cfg EnsureConfig) (string, Source, error) {
 	if _, err := os.Stat(gen); err == nil {
 		return gen, SourceGenerated, nil
 	}
-	tmp := gen + ".partial"
-	if err := os.WriteFile(tmp, cfg.Generate(), 0o644); err != nil {
-		os.Remove(tmp)
+	if err := WriteFile(gen, cfg.Generate()); err != nil {
 		return "", "", fmt.Errorf("cannot write generated model: %w", err)
 	}
-	if err := os.Rename(tmp, gen); err != nil {
-		return "", "", err
-	}
 	return gen, SourceGenerated, nil
+}
+
+// WriteFile writes b to path atomically: into a private temporary file in
+// the same folder (created if missing), then renamed. Readers never see half
+// a file, and concurrent writers of the same path do not collide.
+func WriteFile(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("cannot create the model folder: %w", err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".partial-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // progressBar writes "name [=====>    ] 45% 46.1/102.6 MB" at most five times
