@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/draw"
 	_ "image/gif" // register decoders
 	_ "image/jpeg"
@@ -36,7 +37,7 @@ type Params struct {
 // Limits bound what Decode accepts.
 type Limits struct {
 	// MaxPixels is the largest width*height decoded (decompression bombs
-	// are refused from their header). Zero means 40 million.
+	// are refused from their header). Zero means DefaultMaxPixels.
 	MaxPixels int
 }
 
@@ -49,30 +50,31 @@ var (
 	ErrCorrupt = errors.New("corrupt image")
 )
 
-// Decode reads the image header, checks the format and pixel budget, then
-// decodes it. Errors wrap ErrFormat, ErrTooLarge or ErrCorrupt.
+// DefaultMaxPixels is Limits.MaxPixels when zero.
+const DefaultMaxPixels = 40_000_000
+
+// Decode inspects the header (Inspect), then decodes the image. Errors wrap
+// ErrFormat, ErrTooLarge or ErrCorrupt.
 func Decode(data []byte, lim Limits) (image.Image, string, error) {
-	if lim.MaxPixels == 0 {
-		lim.MaxPixels = 40_000_000
-	}
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
-	if errors.Is(err, image.ErrFormat) {
-		return nil, "", ErrFormat
-	}
+	h, err := Inspect(data, lim)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return nil, "", err
 	}
-	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, "", fmt.Errorf("%w: %dx%d pixels", ErrCorrupt, cfg.Width, cfg.Height)
-	}
-	if int64(cfg.Width)*int64(cfg.Height) > int64(lim.MaxPixels) {
-		return nil, "", fmt.Errorf("%w: %dx%d, limit %d pixels", ErrTooLarge, cfg.Width, cfg.Height, lim.MaxPixels)
-	}
-	img, _, err := image.Decode(bytes.NewReader(data))
+	img, err := DecodeInspected(data, h)
+	return img, h.Format, err
+}
+
+// DecodeInspected decodes data, whose header Inspect returned as h. An image
+// whose pixels disagree with its header is corrupt.
+func DecodeInspected(data []byte, h Header) (image.Image, error) {
+	img, format, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return img, format, nil
+	if b := img.Bounds(); format != h.Format || b.Dx() != h.Width || b.Dy() != h.Height {
+		return nil, fmt.Errorf("%w: the %s header says %dx%d, the %s data %dx%d", ErrCorrupt, h.Format, h.Width, h.Height, format, b.Dx(), b.Dy())
+	}
+	return img, nil
 }
 
 // Preprocess writes img, transformed as p says, into dst, which must hold
@@ -200,12 +202,18 @@ func newTaps(in, out, first, count int) taps {
 }
 
 // rowReader copies spans of source rows as packed 8-bit RGB, like PIL's
-// convert("RGB"): alpha is dropped, not composited.
+// convert("RGB"): alpha is dropped, not composited. It reads the decoders'
+// usual types in place; others are converted to NRGBA first (Header.direct
+// says which, for the memory estimate).
 type rowReader struct {
-	b     image.Rectangle
-	ycc   *image.YCbCr
-	pix   []uint8 // 4 bytes a pixel (NRGBA, or opaque RGBA)
-	strid int
+	b       image.Rectangle
+	ycc     *image.YCbCr
+	gray    *image.Gray
+	cmyk    *image.CMYK
+	indexed *image.Paletted
+	palette [256][3]uint8
+	pix     []uint8 // 4 bytes a pixel (NRGBA, or opaque RGBA)
+	strid   int
 }
 
 func newRowReader(img image.Image) *rowReader {
@@ -214,6 +222,20 @@ func newRowReader(img image.Image) *rowReader {
 	switch m := img.(type) {
 	case *image.YCbCr:
 		r.ycc = m
+		return r
+	case *image.Gray:
+		r.gray = m
+		return r
+	case *image.CMYK:
+		r.cmyk = m
+		return r
+	case *image.Paletted:
+		// As draw.Draw into NRGBA would: each entry through NRGBAModel.
+		for i, c := range m.Palette[:min(len(m.Palette), 256)] {
+			n := color.NRGBAModel.Convert(c).(color.NRGBA)
+			r.palette[i] = [3]uint8{n.R, n.G, n.B}
+		}
+		r.indexed = m
 		return r
 	case *image.NRGBA:
 		r.pix, r.strid = m.Pix[m.PixOffset(b.Min.X, b.Min.Y):], m.Stride
@@ -236,6 +258,36 @@ func newRowReader(img image.Image) *rowReader {
 // RGB float32 values in [0, 255].
 func (r *rowReader) row(y, x0, x1 int, out []float32) {
 	out = out[:3*(x1-x0)]
+	switch {
+	case r.gray != nil:
+		m := r.gray
+		for i, v := range m.Pix[y*m.Stride+x0 : y*m.Stride+x1] {
+			f := float32(v)
+			out[3*i], out[3*i+1], out[3*i+2] = f, f, f
+		}
+		return
+	case r.cmyk != nil:
+		m := r.cmyk
+		src := m.Pix[y*m.Stride+4*x0 : y*m.Stride+4*x1]
+		for i := range x1 - x0 {
+			p := src[4*i : 4*i+4 : 4*i+4]
+			cr, cg, cb := color.CMYKToRGB(p[0], p[1], p[2], p[3])
+			out[3*i], out[3*i+1], out[3*i+2] = float32(cr), float32(cg), float32(cb)
+		}
+		return
+	case r.indexed != nil:
+		m := r.indexed
+		for i, idx := range m.Pix[y*m.Stride+x0 : y*m.Stride+x1] {
+			// An index beyond the palette reads as black, as
+			// Paletted.At's zero color does.
+			c := r.palette[idx]
+			if int(idx) >= len(m.Palette) {
+				c = [3]uint8{}
+			}
+			out[3*i], out[3*i+1], out[3*i+2] = float32(c[0]), float32(c[1]), float32(c[2])
+		}
+		return
+	}
 	if r.pix != nil {
 		src := r.pix[y*r.strid+4*x0 : y*r.strid+4*x1]
 		for i := range x1 - x0 {

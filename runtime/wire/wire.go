@@ -306,10 +306,12 @@ func ParseResult(body []byte, classes, maxN int) (*Result, error) {
 			if len(body) < 2+l {
 				return nil, errors.New("result: truncated error")
 			}
-			r.Errors[i] = string(body[2 : 2+l])
-			if r.Errors[i] == "" {
-				r.Errors[i] = "unknown error"
+			if l == 0 || l > maxItemError {
+				// AppendResult never writes these: an empty message
+				// would read as success.
+				return nil, fmt.Errorf("result: item error of %d bytes, want 1 to %d", l, maxItemError)
 			}
+			r.Errors[i] = string(body[2 : 2+l])
 			body = body[2+l:]
 		default:
 			return nil, fmt.Errorf("result: item %d has unknown status %d", i, status)

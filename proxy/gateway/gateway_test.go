@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bufio"
@@ -75,37 +75,31 @@ func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtSe
 
 // testProxy is a real proxy on a loopback port.
 type testProxy struct {
-	*proxy
+	*Proxy
 	url string
-	log *bytes.Buffer
+	log *syncWriter
 }
 
-func testConfig(socket string) Config {
-	c, err := configFromEnv(func(string) string { return "" })
-	if err != nil {
-		panic(err)
-	}
-	c.Socket, c.DrainDelay = socket, 0
-	return c
-}
+// testConfig is the defaults, with the runtime at socket and no drain delay.
+func testConfig(socket string) Config { return Config{Socket: socket} }
 
 func startProxy(t *testing.T, cfg Config) *testProxy {
 	t.Helper()
-	var logBuf bytes.Buffer
-	log := slog.New(slog.NewJSONHandler(&syncWriter{w: &logBuf}, nil))
+	logBuf := &syncWriter{w: &bytes.Buffer{}}
+	log := slog.New(slog.NewJSONHandler(logBuf, nil))
 	set := metrics.NewSet()
 	metrics.RegisterSet(set)
-	p := newProxy(cfg, log, set)
+	p := New(cfg, log, set)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go p.serve(ln)
-	tp := &testProxy{proxy: p, url: "http://" + ln.Addr().String(), log: &logBuf}
+	go p.Serve(ln)
+	tp := &testProxy{Proxy: p, url: "http://" + ln.Addr().String(), log: logBuf}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		p.shutdown(ctx, log)
+		p.Shutdown(ctx)
 		metrics.UnregisterSet(set, true)
 	})
 	tp.waitReady(t, true)
@@ -114,13 +108,19 @@ func startProxy(t *testing.T, cfg Config) *testProxy {
 
 type syncWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	w  *bytes.Buffer
 }
 
 func (s *syncWriter) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(b)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
 }
 
 // waitReady polls /readyz until it answers as wanted (bounded: 60 s).
@@ -146,18 +146,21 @@ type response struct {
 	raw    []byte
 }
 
+// do sends req. It may run on any goroutine: failures are reported with
+// t.Errorf (never t.Fatal) and give a zero status.
 func do(t *testing.T, req *http.Request) response {
 	t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Errorf("%s %s: %v", req.Method, req.URL.Path, err)
+		return response{}
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(raw, &r.body); err != nil {
-			t.Fatalf("response is not JSON: %v: %s", err, raw)
+			t.Errorf("response is not JSON: %v: %s", err, raw)
 		}
 	}
 	return r
@@ -186,7 +189,7 @@ func get(t *testing.T, url string) response {
 }
 
 func readFile(t *testing.T, name string) []byte {
-	b, err := os.ReadFile("testdata/" + name)
+	b, err := os.ReadFile("../testdata/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,6 +438,11 @@ func TestCacheAndCoalescing(t *testing.T) {
 	if hits+coalesced != n-1 {
 		t.Errorf("metrics: %v hits + %v coalesced, want %d", hits, coalesced, n-1)
 	}
+	// The requests overlap (a ResNet50 inference takes ~50 ms): most must
+	// have joined the one in flight rather than found it cached.
+	if coalesced == 0 {
+		t.Errorf("no request was coalesced (%v cache hits): coalescing did not happen", hits)
+	}
 
 	// A cache hit: same answer, no inference.
 	r := do(t, rawReq(tp.url+"/predict", "image/png", img))
@@ -479,7 +487,9 @@ func TestBatchesUnderLoad(t *testing.T) {
 func TestDecodeOverload(t *testing.T) {
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	cfg := testConfig(rt.socket)
-	cfg.Batch.QueueCapacity = 1 // decode queue: 1 + GOMAXPROCS
+	// A roomy batch queue and a decode queue of 2: what rejects must be the
+	// decode limit.
+	cfg.Batch.QueueCapacity, cfg.DecodeQueue = 64, 2
 	tp := startProxy(t, cfg)
 	big := readFile(t, "grace_hopper.jpg")
 	const n = 24
@@ -504,6 +514,11 @@ func TestDecodeOverload(t *testing.T) {
 	}
 	if count[429] == 0 || count[200] == 0 || count[200]+count[429] != n {
 		t.Errorf("statuses %v: want some 200 and some 429, nothing else", count)
+	}
+	decode := metricValue(t, tp.url, `inference_rejections_total{reason="decode_queue_full"}`)
+	batch := metricValue(t, tp.url, `inference_rejections_total{reason="queue_full"}`)
+	if decode != float64(count[429]) || batch != 0 {
+		t.Errorf("rejections: %v decode_queue_full, %v queue_full; want all %d from the decode queue", decode, batch, count[429])
 	}
 }
 
@@ -554,7 +569,7 @@ func TestDeadlineAndQueueFull(t *testing.T) {
 // TestRuntimeRestart kills the runtime process with SIGKILL and restarts it.
 func TestRuntimeRestart(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "runtime")
-	if out, err := runCmd("go", "build", "-o", bin, "../runtime"); err != nil {
+	if out, err := runCmd("go", "build", "-o", bin, "../../runtime"); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	socket := filepath.Join(t.TempDir(), "rt.sock")
@@ -610,7 +625,7 @@ func TestDrain(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond) // the requests are accepted
 	done := make(chan error, 1)
-	go func() { done <- tp.shutdown(context.Background(), slog.New(slog.DiscardHandler)) }()
+	go func() { done <- tp.Shutdown(context.Background()) }()
 	time.Sleep(50 * time.Millisecond)
 	if r := get(t, tp.url+"/readyz"); r.status != 503 {
 		t.Errorf("/readyz while draining = %d, want 503", r.status)
@@ -629,49 +644,4 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-func TestConfigFromEnv(t *testing.T) {
-	for _, tc := range []struct {
-		env  map[string]string
-		want string // substring of the error; "" for success
-	}{
-		{map[string]string{}, ""},
-		{map[string]string{"PORT": "8080", "BATCH_WINDOW": "2ms", "MAX_BATCH_SIZE": "16"}, ""},
-		{map[string]string{"PORT": "99999"}, "PORT"},
-		{map[string]string{"BATCH_WINDOW": "2"}, "BATCH_WINDOW"},
-		{map[string]string{"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"},
-		{map[string]string{"QUEUE_CAPACITY": "x"}, "QUEUE_CAPACITY"},
-		{map[string]string{"REQUEST_TIMEOUT": "-1s"}, "REQUEST_TIMEOUT"},
-		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
-		{map[string]string{"CACHE_BYTES": "-5", "DRAIN_DELAY": "forever"}, "DRAIN_DELAY"},
-	} {
-		c, err := configFromEnv(func(k string) string { return tc.env[k] })
-		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("%v: %v", tc.env, err)
-		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%v: error %v, want one naming %s", tc.env, err, tc.want)
-		}
-		if tc.want == "" && tc.env["BATCH_WINDOW"] == "2ms" && (c.Batch.Window != 2*time.Millisecond || c.Addr != ":8080" || c.Batch.MaxBatchSize != 16) {
-			t.Errorf("parsed %+v", c)
-		}
-	}
-}
-
 var execCommand = exec.Command
-
-func TestTopIndices(t *testing.T) {
-	for _, tc := range []struct {
-		vs   []float32
-		k    int
-		want []int
-	}{
-		{[]float32{1, 5, 3, 5, 0}, 3, []int{1, 3, 2}},
-		{[]float32{1, 2}, 5, []int{1, 0}},
-		{[]float32{3, 3, 3}, 2, []int{0, 1}},
-		{[]float32{-1, -2, -0.5}, 1, []int{2}},
-	} {
-		if got := topIndices(tc.vs, tc.k); fmt.Sprint(got) != fmt.Sprint(tc.want) {
-			t.Errorf("topIndices(%v, %d) = %v, want %v", tc.vs, tc.k, got, tc.want)
-		}
-	}
-}

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bytes"
@@ -41,7 +41,7 @@ func requireSwaggerUI(t *testing.T) {
 // scripts/fetch-swagger-ui.sh.
 func pinnedSwaggerFiles(t *testing.T) map[string]string {
 	t.Helper()
-	script, err := os.ReadFile("../scripts/fetch-swagger-ui.sh")
+	script, err := os.ReadFile("../../scripts/fetch-swagger-ui.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestDocsBrowser(t *testing.T) {
 	requireSwaggerUI(t)
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	tp := startProxy(t, testConfig(rt.socket))
-	photo, err := filepath.Abs("testdata/grace_hopper.jpg")
+	photo, err := filepath.Abs("../testdata/grace_hopper.jpg")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +317,7 @@ func TestDocsBrowser(t *testing.T) {
 	}
 	var pred struct {
 		Model       string
-		Predictions []prediction
+		Predictions []struct{ Label string }
 	}
 	if res.Status != "200" || json.Unmarshal([]byte(res.Body), &pred) != nil || len(pred.Predictions) != 5 ||
 		pred.Model != "resnet50" || !strings.HasPrefix(pred.Predictions[0].Label, "label") {
@@ -353,7 +353,10 @@ func TestDocsBrowser(t *testing.T) {
 	}
 	var inf struct {
 		ID      string
-		Outputs []oipOutput
+		Outputs []struct {
+			Datatype string
+			Shape    []int64
+		}
 	}
 	if res.Status != "200" || json.Unmarshal([]byte(res.Body), &inf) != nil || inf.ID != "req-1" || len(inf.Outputs) != 1 ||
 		inf.Outputs[0].Datatype != "BYTES" || !slices.Equal(inf.Outputs[0].Shape, []int64{1, 3}) {

@@ -1,0 +1,313 @@
+// Package classify turns encoded images into model scores: a result cache,
+// coalescing of identical requests in flight, and decoding on a bounded pool
+// within a memory budget, in front of a Backend that runs preprocessed
+// images. It knows nothing of HTTP or of the runtime's socket.
+//
+// # Memory
+//
+// The bytes of an image are held by a budget.Lease that the caller
+// reserved; Classify releases it once the image is decoded, which may be
+// after Classify has returned (a coalesced decode runs on for the other
+// callers). Decoding reserves the decoded image's size, estimated from its
+// header, from the decode budget, and gives it back once the tensor is made.
+package classify
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
+	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/flight"
+	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// Backend runs preprocessed images on the model. Service is its only user.
+type Backend interface {
+	// Model returns the model served: its handshake, whether a ready
+	// runtime serves it now, and whether any handshake was seen yet.
+	Model() (info wire.Info, ready, known bool)
+	// Infer runs one preprocessed image, prepared for the model with
+	// sha256 modelSHA, in a batch.
+	Infer(ctx context.Context, tensor []float32, modelSHA string) (*Inference, error)
+}
+
+// Inference is one image's run on the model.
+type Inference struct {
+	Scores    []float32
+	BatchSize int
+	QueueWait time.Duration
+	Exec      time.Duration
+}
+
+// Outcome is a classification with what the answer reports about it.
+type Outcome struct {
+	Scores    []float32
+	Model     wire.Info
+	Cached    bool
+	Coalesced bool
+	Prep      time.Duration
+	Inference *Inference // nil when cached or coalesced
+}
+
+var (
+	// ErrUnavailable: no ready runtime, and the answer is not cached.
+	ErrUnavailable = errors.New("model runtime unavailable")
+	// ErrDecodeBusy: too many requests wait to be decoded.
+	ErrDecodeBusy = errors.New("decode queue full")
+)
+
+// MemoryError is an image whose decoding needs more memory than the whole
+// decode budget: it can never be decoded here.
+type MemoryError struct{ Need, Budget int64 }
+
+func (e *MemoryError) Error() string {
+	return fmt.Sprintf("decoding the image needs %d MiB, more than the decode budget of %d MiB", e.Need>>20, e.Budget>>20)
+}
+
+// Config configures a Service; the zero value is usable.
+type Config struct {
+	// CacheEntries and CacheBytes bound the result cache; a zero in
+	// either disables it.
+	CacheEntries int
+	CacheBytes   int64
+	// DecodeWorkers is how many images are decoded at once. Zero means
+	// GOMAXPROCS.
+	DecodeWorkers int
+	// DecodeQueue is the most requests waiting for or holding a decode
+	// worker; beyond it ErrDecodeBusy. Zero means 64.
+	DecodeQueue int
+	// DecodeMemory bounds the memory of the images being decoded and
+	// preprocessed at once (imageprep.Header.MemoryBytes). Zero means
+	// 128 MiB.
+	DecodeMemory int64
+	// Limits bound the images decoded.
+	Limits imageprep.Limits
+}
+
+// Service classifies images. It is safe for concurrent use.
+type Service struct {
+	cfg     Config
+	be      Backend
+	metrics *stats.Metrics
+	cache   *cache
+	flights flight.Group[string, *Outcome]
+	decode  chan struct{} // semaphore: one slot per decode worker
+	waiting atomic.Int64  // requests waiting for or holding a decode slot
+	mem     *budget.Budget
+}
+
+// New returns a Service over be.
+func New(cfg Config, be Backend, m *stats.Metrics) *Service {
+	if cfg.DecodeWorkers <= 0 {
+		cfg.DecodeWorkers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.DecodeQueue <= 0 {
+		cfg.DecodeQueue = 64
+	}
+	if cfg.DecodeMemory <= 0 {
+		cfg.DecodeMemory = 128 << 20
+	}
+	return &Service{
+		cfg: cfg, be: be, metrics: m,
+		cache:  newCache(cfg.CacheEntries, cfg.CacheBytes),
+		decode: make(chan struct{}, cfg.DecodeWorkers),
+		mem:    budget.New(cfg.DecodeMemory),
+	}
+}
+
+// DecodeBytes is the memory reserved by decodes now.
+func (s *Service) DecodeBytes() int64 { return s.mem.InUse() }
+
+// Model returns the model's handshake and whether a ready runtime serves it.
+func (s *Service) Model() (wire.Info, bool) {
+	info, ready, _ := s.be.Model()
+	return info, ready
+}
+
+// LastModel returns the latest handshake, ready or not, if there was one.
+func (s *Service) LastModel() (wire.Info, bool) {
+	info, _, known := s.be.Model()
+	return info, known
+}
+
+// Classify returns the scores of the encoded image data. It takes over one
+// reference of lease (nil when data is not budgeted) and releases it once
+// data is no longer needed, possibly after returning: the caller must not
+// change data. With noCache the cache is not read; the fresh answer still
+// goes into it.
+//
+// While no runtime is ready, a cached answer for the last model seen is
+// still given: degraded but useful.
+func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*Outcome, error) {
+	release := releaser(lease)
+	info, ready, known := s.be.Model()
+	if !known {
+		release()
+		return nil, ErrUnavailable
+	}
+	sum := sha256.Sum256(data)
+	key := hex.EncodeToString(sum[:]) + "|" + info.ModelSHA256 + "|" + strconv.Itoa(imageprep.Version)
+	if !noCache {
+		if scores, ok := s.cache.get(key); ok {
+			release()
+			s.metrics.CacheHits.Inc()
+			return &Outcome{Scores: scores, Model: info, Cached: true}, nil
+		}
+	}
+	if !ready {
+		release()
+		return nil, ErrUnavailable
+	}
+	s.metrics.CacheMisses.Inc()
+	out, shared, err := s.flights.Do(ctx, key, func(fctx context.Context) (*Outcome, error) {
+		defer release()
+		start := time.Now()
+		tensor, err := s.preprocess(fctx, data, info, release)
+		if err != nil {
+			return nil, err
+		}
+		prep := time.Since(start)
+		inf, err := s.be.Infer(fctx, tensor, info.ModelSHA256)
+		if err != nil {
+			return nil, err
+		}
+		s.cache.add(key, inf.Scores)
+		return &Outcome{Scores: inf.Scores, Model: info, Prep: prep, Inference: inf}, nil
+	})
+	if shared {
+		release() // the call in flight works on its own copy of these bytes
+		s.metrics.CacheCoalesced.Inc()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if shared {
+		o := *out
+		o.Coalesced, o.Inference = true, nil
+		return &o, nil
+	}
+	return out, nil
+}
+
+// InferTensor runs one preprocessed image (the model's input layout) with
+// no cache and no coalescing.
+func (s *Service) InferTensor(ctx context.Context, tensor []float32) (*Outcome, error) {
+	info, ready, _ := s.be.Model()
+	if !ready {
+		return nil, ErrUnavailable
+	}
+	inf, err := s.be.Infer(ctx, tensor, info.ModelSHA256)
+	if err != nil {
+		return nil, err
+	}
+	return &Outcome{Scores: inf.Scores, Model: info, Inference: inf}, nil
+}
+
+// preprocess decodes and transforms data on the bounded decode pool within
+// the decode budget; done is called once data has been decoded.
+func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, done func()) ([]float32, error) {
+	h, err := imageprep.Inspect(data, s.cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
+	p := imageprep.Params{ResizeShorter: info.ResizeShorter, Height: info.Height, Width: info.Width, Mean: info.Mean, Std: info.Std}
+	need := h.MemoryBytes(p)
+	defer s.waiting.Add(-1)
+	if s.waiting.Add(1) > int64(s.cfg.DecodeQueue) {
+		return nil, ErrDecodeBusy
+	}
+	mem, err := s.mem.Acquire(ctx, need)
+	if errors.Is(err, budget.ErrTooLarge) {
+		return nil, &MemoryError{Need: need, Budget: s.mem.Size()}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer mem.Release()
+	select {
+	case s.decode <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-s.decode }()
+	img, err := imageprep.DecodeInspected(data, h)
+	done()
+	if err != nil {
+		return nil, err
+	}
+	tensor := make([]float32, info.ImageSize())
+	if err := imageprep.Preprocess(img, p, tensor); err != nil {
+		return nil, err
+	}
+	return tensor, nil
+}
+
+// releaser returns a function that releases lease once, however often it
+// is called.
+func releaser(lease *budget.Lease) func() {
+	if lease == nil {
+		return func() {}
+	}
+	var once sync.Once
+	return func() { once.Do(lease.Release) }
+}
+
+// cache is an LRU of scores bounded by entries and by bytes. Its mutex
+// guards the LRU and the byte count.
+type cache struct {
+	mu       sync.Mutex
+	lru      *simplelru.LRU[string, []float32]
+	bytes    int64
+	maxBytes int64
+}
+
+func newCache(entries int, maxBytes int64) *cache {
+	c := &cache{maxBytes: maxBytes}
+	if entries <= 0 || maxBytes <= 0 {
+		return c // disabled
+	}
+	c.lru, _ = simplelru.NewLRU(entries, func(k string, v []float32) { c.bytes -= entrySize(k, v) })
+	return c
+}
+
+// entrySize is an entry's memory: the key, the scores and the LRU's
+// bookkeeping. The scores are the entry's own (rtconn copies them out of
+// the batch), so this is what it holds.
+func entrySize(k string, v []float32) int64 { return int64(len(k) + 4*cap(v) + 128) }
+
+func (c *cache) get(key string) ([]float32, bool) {
+	if c.lru == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Get(key)
+}
+
+func (c *cache) add(key string, scores []float32) {
+	if c.lru == nil || entrySize(key, scores) > c.maxBytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lru.Contains(key) {
+		return
+	}
+	c.lru.Add(key, scores)
+	c.bytes += entrySize(key, scores)
+	for c.bytes > c.maxBytes {
+		c.lru.RemoveOldest()
+	}
+}

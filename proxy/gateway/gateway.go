@@ -1,0 +1,242 @@
+// Package gateway assembles the proxy: the runtime connection (rtconn), the
+// dynamic batcher (batching), the classification service (classify) and the
+// HTTP API (httpapi) on a fasthttp server, with the memory budgets that
+// bound what clients can make it hold.
+//
+// # Goroutines
+//
+// New starts the runtime connection's loop and the batcher's dispatcher;
+// Shutdown stops both after the HTTP server has drained. fasthttp owns a
+// goroutine per connection, bounded by Config.MaxConnections.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+
+	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/httpapi"
+	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/rtconn"
+	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// Version is the proxy's version, reported by GET /v2.
+const Version = "0.2.0"
+
+// Config configures the proxy. Every zero value means the default given;
+// docs/operations.md lists the environment variables that set them.
+type Config struct {
+	// Socket is the runtime's unix socket. Default /tmp/batchgate/runtime.sock.
+	Socket string
+	// Batch configures the batcher. Zero MaxBatchSize means 8, zero
+	// QueueCapacity 64, zero MaxInFlight 2.
+	Batch batching.Config
+	// RequestTimeout is the default deadline of a request. Default 30s.
+	RequestTimeout time.Duration
+	// CacheEntries and CacheBytes bound the result cache; negative
+	// CacheEntries disables it. Defaults 10000 and 64 MiB.
+	CacheEntries int
+	CacheBytes   int64
+	// MaxBodyBytes is the largest upload. Default 10 MiB.
+	MaxBodyBytes int
+	// MaxPixels is the largest width x height decoded. Default 40 million.
+	MaxPixels int
+	// UploadMemory bounds the request bodies held at once. Default 96 MiB.
+	UploadMemory int64
+	// UploadWait is how long a request waits for UploadMemory before 429.
+	// Default 2s.
+	UploadWait time.Duration
+	// DecodeQueue is the most requests waiting for or holding a decode
+	// worker; beyond it 429. Default QueueCapacity + GOMAXPROCS: as many
+	// may wait for decoding as for a batch.
+	DecodeQueue int
+	// DecodeMemory bounds the images being decoded at once (their decoded
+	// size, estimated from the header). Default 128 MiB.
+	DecodeMemory int64
+	// MaxConnections bounds open client connections; beyond it fasthttp
+	// answers 503 and closes. Default 10000.
+	MaxConnections int
+	// MaxElements is the most images in one OIP request. Default
+	// QueueCapacity/4, at least 1, at most 64.
+	MaxElements int
+	// DrainDelay is how long the proxy keeps serving, with readiness
+	// failing, before it stops accepting. Default 0.
+	DrainDelay time.Duration
+}
+
+func (c *Config) defaults() {
+	set := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	set64 := func(v *int64, d int64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	setDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Socket == "" {
+		c.Socket = "/tmp/batchgate/runtime.sock"
+	}
+	set(&c.Batch.MaxBatchSize, 8)
+	set(&c.Batch.QueueCapacity, 64)
+	set(&c.Batch.MaxInFlight, 2)
+	setDur(&c.RequestTimeout, 30*time.Second)
+	set(&c.CacheEntries, 10000)
+	set64(&c.CacheBytes, 64<<20)
+	set(&c.MaxBodyBytes, 10<<20)
+	set(&c.MaxPixels, imageprep.DefaultMaxPixels)
+	set64(&c.UploadMemory, 96<<20)
+	setDur(&c.UploadWait, 2*time.Second)
+	set(&c.DecodeQueue, c.Batch.QueueCapacity+runtime.GOMAXPROCS(0))
+	set64(&c.DecodeMemory, 128<<20)
+	set(&c.MaxConnections, 10000)
+	set(&c.MaxElements, min(max(c.Batch.QueueCapacity/4, 1), 64))
+}
+
+// Proxy is the assembled server.
+type Proxy struct {
+	cfg     Config
+	log     *slog.Logger
+	api     *httpapi.Server
+	server  *fasthttp.Server
+	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
+	stopRT  context.CancelFunc
+	rtDone  chan struct{}
+}
+
+// New wires the proxy and starts its runtime connection; set receives every
+// metric.
+func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
+	cfg.defaults()
+	p := &Proxy{cfg: cfg, log: log, rtDone: make(chan struct{})}
+	var (
+		conn    *rtconn.Conn
+		svc     *classify.Service
+		uploads = budget.New(cfg.UploadMemory)
+	)
+	m := stats.New(set, stats.Gauges{
+		QueueDepth: func() float64 { s := p.batcher.Snapshot(); return float64(s.Waiting + s.InFlight) },
+		RuntimeConnected: func() float64 {
+			if c, _ := conn.Current(); c != nil {
+				return 1
+			}
+			return 0
+		},
+		UploadBytes: func() float64 { return float64(uploads.InUse()) },
+		DecodeBytes: func() float64 { return float64(svc.DecodeBytes()) },
+	})
+	conn = rtconn.New(cfg.Socket, log, nil)
+	bc := cfg.Batch
+	bc.Observer = m
+	p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)
+	svc = classify.New(classify.Config{
+		CacheEntries: max(cfg.CacheEntries, 0), CacheBytes: cfg.CacheBytes,
+		DecodeQueue:  cfg.DecodeQueue,
+		DecodeMemory: cfg.DecodeMemory,
+		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels},
+	}, backend{conn, p.batcher}, m)
+	p.api = httpapi.New(httpapi.Config{
+		Classifier: svc, Metrics: m, Log: log, Version: Version,
+		Ready:          func() bool { c, _ := conn.Current(); return c != nil },
+		RequestTimeout: cfg.RequestTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
+		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
+	})
+	p.server = &fasthttp.Server{
+		Handler:       p.api.Handler,
+		ErrorHandler:  p.api.ErrorHandler,
+		ExpectHandler: p.api.ExpectHandler,
+		Name:          "batchgate",
+		Logger:        fasthttpLogger{log},
+		// Bodies reach the handlers as streams, which read them within
+		// the upload budget; fasthttp itself buffers at most 8 KiB.
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true,
+		MaxRequestBodySize:           p.api.MaxRequestBody(),
+		ReduceMemoryUsage:            true, // idle connections keep no buffers
+		Concurrency:                  cfg.MaxConnections,
+		ReadTimeout:                  cfg.RequestTimeout + 10*time.Second,
+		WriteTimeout:                 cfg.RequestTimeout + 10*time.Second,
+		IdleTimeout:                  2 * time.Minute,
+		NoDefaultDate:                true,
+		CloseOnShutdown:              true,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stopRT = cancel
+	go func() { defer close(p.rtDone); conn.Run(ctx) }()
+	return p
+}
+
+// Serve serves ln until Shutdown.
+func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
+
+// Ready reports whether the proxy would answer /readyz with 200.
+func (p *Proxy) Ready() bool { return p.api.Ready() }
+
+// Shutdown drains: readiness fails at once and responses close their
+// connections; requests are still served for DrainDelay (so load balancers
+// notice), then the listener closes, open requests and queued batches
+// finish, and the runtime connection closes.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.api.SetDraining()
+	p.log.Info("draining", "drain_delay", p.cfg.DrainDelay.String())
+	select {
+	case <-time.After(p.cfg.DrainDelay):
+	case <-ctx.Done():
+	}
+	err := p.server.ShutdownWithContext(ctx)
+	if berr := p.batcher.Close(ctx); berr != nil {
+		err = errors.Join(err, berr)
+	}
+	p.stopRT()
+	<-p.rtDone
+	return err
+}
+
+// backend is classify's view of the runtime: the connection's handshake and
+// the batcher in front of it.
+type backend struct {
+	conn    *rtconn.Conn
+	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
+}
+
+func (b backend) Model() (wire.Info, bool, bool) {
+	c, info := b.conn.Current()
+	if c != nil {
+		return info, true, true
+	}
+	info, known := b.conn.LastInfo()
+	return info, false, known
+}
+
+func (b backend) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
+	r, err := b.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	return &classify.Inference{Scores: r.Scores, BatchSize: r.BatchSize, QueueWait: r.QueueWait, Exec: r.Exec}, nil
+}
+
+// fasthttpLogger sends fasthttp's own messages to slog.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("fasthttp", "message", fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,50 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+
+	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/oip"
+	"github.com/batchgate/batchgate/proxy/rtconn"
+)
+
+// errStatus maps an error to an HTTP status, a client-safe message and a
+// rejection reason for the metrics. Internal errors are never echoed.
+func errStatus(err error) *apiError {
+	var ae *apiError
+	var qf *batching.QueueFullError
+	var me *classify.MemoryError
+	var ie *rtconn.ItemError
+	var oe *oip.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &oe):
+		return &apiError{400, oe.Msg, "bad_request"}
+	case errors.As(err, &qf):
+		return &apiError{429, "server overloaded: the batch queue is full, retry later", "queue_full"}
+	case errors.Is(err, classify.ErrDecodeBusy):
+		return &apiError{429, "server overloaded: too many images wait to be decoded, retry later", "decode_queue_full"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &apiError{504, "request deadline exceeded before the inference finished", "deadline"}
+	case errors.Is(err, classify.ErrUnavailable), errors.Is(err, rtconn.ErrUnavailable),
+		errors.Is(err, rtconn.ErrModelChanged), errors.Is(err, batching.ErrClosed):
+		return &apiError{503, "model runtime unavailable, retry later", "unavailable"}
+	case errors.As(err, &me):
+		return &apiError{413, me.Error(), "decode_memory"}
+	case errors.Is(err, imageprep.ErrFormat):
+		return &apiError{415, imageprep.ErrFormat.Error(), "unsupported_format"}
+	case errors.Is(err, imageprep.ErrTooLarge):
+		return &apiError{413, "image has too many pixels", "too_many_pixels"}
+	case errors.Is(err, imageprep.ErrCorrupt):
+		return &apiError{400, "corrupt or truncated image", "corrupt_image"}
+	case errors.As(err, &ie):
+		return &apiError{400, "input rejected: holds NaN or infinite values", "bad_tensor"}
+	case errors.Is(err, context.Canceled):
+		return &apiError{499, "request cancelled", "cancelled"}
+	}
+	return &apiError{500, "inference failed", "internal"}
+}

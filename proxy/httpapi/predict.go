@@ -1,0 +1,106 @@
+package httpapi
+
+import (
+	"bytes"
+	"math"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/topk"
+)
+
+type prediction struct {
+	Label       string  `json:"label"`
+	ClassID     int     `json:"class_id"`
+	Probability float64 `json:"probability"`
+}
+
+// predict serves the drop-in endpoint: a multipart "file" or an image body.
+// Everything that can be checked from the headers is, before the body is
+// read.
+func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
+	info, ok := s.cfg.Classifier.LastModel()
+	if !ok {
+		s.failErr(ctx, classify.ErrUnavailable)
+		return reply{}
+	}
+	args := ctx.QueryArgs()
+	k, ae := parseTopK(args.Peek("top_k"), args.Has("top_k"), info.Classes)
+	if ae != nil {
+		s.fail(ctx, ae)
+		return reply{}
+	}
+	rctx, cancel, ae := s.deadline(ctx)
+	if ae != nil {
+		s.fail(ctx, ae)
+		return reply{}
+	}
+	defer cancel()
+	noCache := bytes.Contains(bytes.ToLower(ctx.Request.Header.Peek("Cache-Control")), []byte("no-cache"))
+	contentType := ctx.Request.Header.ContentType()
+	limit := s.cfg.MaxBodyBytes
+	if bytes.HasPrefix(contentType, []byte("multipart/")) {
+		limit += multipartSlack
+	}
+	data, lease, ae := s.readBody(rctx, ctx, limit, 1, func(r bodyReader, n int, buf []byte) ([]byte, *apiError) {
+		return readImage(contentType, r, n, s.cfg.MaxBodyBytes, buf)
+	})
+	if ae != nil {
+		s.failErr(ctx, ae)
+		return reply{}
+	}
+	defer lease.Release()
+	lease.Retain() // the classifier's, released once the image is decoded
+	out, err := s.cfg.Classifier.Classify(rctx, data, lease, noCache)
+	if err != nil {
+		s.failErr(ctx, err)
+		return reply{}
+	}
+	probs := softmax(out.Scores)
+	preds := []prediction{}
+	for _, i := range topk.Indices(probs, k) {
+		preds = append(preds, prediction{Label: out.Model.Labels[i], ClassID: i, Probability: probs[i]})
+	}
+	resp := map[string]any{
+		"model":        out.Model.Model,
+		"model_sha256": out.Model.ModelSHA256,
+		"predictions":  preds,
+		"cached":       out.Cached,
+		"coalesced":    out.Coalesced,
+	}
+	timings := map[string]float64{}
+	rep := reply{cached: out.Cached}
+	if inf := out.Inference; inf != nil {
+		timings["preprocess_ms"] = ms(out.Prep)
+		timings["queue_ms"] = ms(inf.QueueWait)
+		timings["inference_ms"] = ms(inf.Exec)
+		timings["batch_size"] = float64(inf.BatchSize)
+		rep.batchSize, rep.queueWait = inf.BatchSize, inf.QueueWait
+	}
+	resp["timings"] = timings
+	if out.Model.Generated {
+		resp["generated_weights"] = true
+		resp["warning"] = "the model has generated pseudo-random weights: these predictions are meaningless"
+	}
+	jsonReply(ctx, 200, resp)
+	return rep
+}
+
+// softmax returns probabilities from logits, in float64.
+func softmax(logits []float32) []float64 {
+	m := float32(math.Inf(-1))
+	for _, v := range logits {
+		m = max(m, v)
+	}
+	out := make([]float64, len(logits))
+	var sum float64
+	for i, v := range logits {
+		out[i] = math.Exp(float64(v - m))
+		sum += out[i]
+	}
+	for i := range out {
+		out[i] /= sum
+	}
+	return out
+}

@@ -1,0 +1,335 @@
+// Package httpapi is the proxy's HTTP API on fasthttp: the drop-in POST
+// /predict, the Open Inference Protocol v2, health, metrics and docs. It
+// reads request bodies within a memory budget, turns every failure into a
+// JSON error with the right status, and survives a panicking handler.
+//
+// Handlers never keep the RequestCtx or its byte slices after returning:
+// request bodies are read into buffers of their own, reserved from the
+// upload budget, which the classifier may keep until it has decoded them.
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/fasthttp"
+
+	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/docs"
+	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// Classifier is what the API needs of the classification service.
+type Classifier interface {
+	// Model returns the model's handshake and whether a ready runtime
+	// serves it.
+	Model() (wire.Info, bool)
+	// LastModel returns the latest handshake, ready or not.
+	LastModel() (wire.Info, bool)
+	// Classify classifies an encoded image, taking over one reference
+	// of lease (see classify.Service.Classify).
+	Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*classify.Outcome, error)
+	// InferTensor runs one preprocessed image.
+	InferTensor(ctx context.Context, tensor []float32) (*classify.Outcome, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	Classifier Classifier
+	Metrics    *stats.Metrics
+	Log        *slog.Logger
+	// Ready reports whether the model can serve (the proxy adds its own
+	// draining state).
+	Ready func() bool
+	// Version is the server version reported by GET /v2.
+	Version string
+	// RequestTimeout is every request's deadline, lowered by
+	// X-Request-Timeout-Ms.
+	RequestTimeout time.Duration
+	// MaxBodyBytes is the largest image, and the largest request body.
+	MaxBodyBytes int
+	// Uploads bounds the memory of request bodies read at once.
+	Uploads *budget.Budget
+	// UploadWait is the longest a request waits for room in Uploads
+	// before it gets 429.
+	UploadWait time.Duration
+	// MaxElements is the most images in one OIP request.
+	MaxElements int
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg      Config
+	draining atomic.Bool
+}
+
+// New returns a Server.
+func New(cfg Config) *Server { return &Server{cfg: cfg} }
+
+// SetDraining makes readiness fail and every response close its
+// connection, so clients reconnect elsewhere while the proxy drains.
+func (s *Server) SetDraining() { s.draining.Store(true) }
+
+// multipartSlack is the multipart framing allowed around a MaxBodyBytes
+// image.
+const multipartSlack = 64 << 10
+
+// MaxRequestBody is the body size fasthttp must let through to the
+// handlers, which check it themselves.
+func (s *Server) MaxRequestBody() int { return s.cfg.MaxBodyBytes + multipartSlack }
+
+// reply is what a handler tells the request log.
+type reply struct {
+	cached    bool
+	batchSize int
+	queueWait time.Duration
+}
+
+// Handler serves one request: route, answer, count and log it. A panic is
+// recovered, logged with its stack and answered with a JSON 500.
+func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	id := ctx.Request.Header.Peek("X-Request-Id")
+	var rid string
+	if validRequestID(id) {
+		rid = string(id)
+	} else {
+		rid = fmt.Sprintf("%016x", ctx.ID()^uint64(start.UnixNano()))
+	}
+	route := "other"
+	var rep reply
+	defer func() {
+		if p := recover(); p != nil {
+			s.cfg.Metrics.Panics.Inc()
+			s.cfg.Log.Error("handler panicked", "request_id", rid, "route", route, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			ctx.Response.Reset()
+			s.fail(ctx, &apiError{500, "internal error", "internal"})
+			ctx.SetConnectionClose()
+		}
+		ctx.Response.Header.Set("X-Request-Id", rid)
+		if s.draining.Load() {
+			ctx.SetConnectionClose()
+		}
+		took := time.Since(start)
+		status := ctx.Response.StatusCode()
+		s.cfg.Metrics.Request(route, status, took)
+		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
+			return // probes and scrapes would drown the log
+		}
+		s.cfg.Log.Info("request", "request_id", rid, "method", string(ctx.Method()), "route", route, "status", status,
+			"latency_ms", float64(took.Microseconds())/1000, "cached", rep.cached, "batch_size", rep.batchSize,
+			"queue_wait_ms", float64(rep.queueWait.Microseconds())/1000, "remote", ctx.RemoteIP().String())
+	}()
+	route, rep = s.route(ctx, string(ctx.Path()))
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx, path string) (string, reply) {
+	switch {
+	case path == "/predict":
+		if !ctx.IsPost() {
+			s.fail(ctx, &apiError{405, "use POST", "method_not_allowed"})
+			return path, reply{}
+		}
+		return path, s.predict(ctx)
+	case path == "/healthz":
+		jsonReply(ctx, 200, map[string]bool{"live": true})
+	case path == "/readyz":
+		s.readiness(ctx, map[string]any{})
+	case path == "/metrics":
+		ctx.SetContentType("text/plain; version=0.0.4")
+		metrics.WritePrometheus(ctx, true)
+	case path == "/docs" || strings.HasPrefix(path, "/docs/") || path == "/openapi.json":
+		// Swagger UI, its files, the guide and the OpenAPI description.
+		body, contentType, ok := docs.Lookup(path)
+		if !ok {
+			s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
+			return "other", reply{}
+		}
+		ctx.SetContentType(contentType)
+		ctx.SetBody(body)
+		if path != "/openapi.json" {
+			path = "/docs"
+		}
+	case path == "/v2" || strings.HasPrefix(path, "/v2/"):
+		return s.v2(ctx, path)
+	default:
+		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
+		return "other", reply{}
+	}
+	return path, reply{}
+}
+
+// Ready is true while the model can serve and the proxy is not draining.
+func (s *Server) Ready() bool { return !s.draining.Load() && s.cfg.Ready() }
+
+func (s *Server) readiness(ctx *fasthttp.RequestCtx, body map[string]any) {
+	ready := s.Ready()
+	body["ready"] = ready
+	status := 200
+	if !ready {
+		status = 503
+	}
+	jsonReply(ctx, status, body)
+}
+
+// deadline returns the request's context: RequestTimeout, lowered by
+// X-Request-Timeout-Ms.
+func (s *Server) deadline(ctx *fasthttp.RequestCtx) (context.Context, context.CancelFunc, *apiError) {
+	timeout, ae := parseTimeout(ctx.Request.Header.Peek("X-Request-Timeout-Ms"), s.cfg.RequestTimeout)
+	if ae != nil {
+		return nil, nil, ae
+	}
+	c, cancel := context.WithTimeout(context.Background(), timeout)
+	return c, cancel, nil
+}
+
+// readBody reads the request body into a buffer of its own, reserving
+// factor times its length from the upload budget first. The body must
+// declare its length (411 otherwise) and be at most limit bytes (413). A
+// body refused unread is skipped (skipBody), so the client reads the answer
+// instead of a reset. The caller owns the returned lease's one reference.
+func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit int, factor int64,
+	read func(r bodyReader, n int, buf []byte) ([]byte, *apiError)) ([]byte, *budget.Lease, *apiError) {
+	n := ctx.Request.Header.ContentLength()
+	if ae := checkLength(n, limit); ae != nil {
+		skipBody(ctx, n)
+		return nil, nil, ae
+	}
+	n = max(n, 0)
+	wctx, cancel := context.WithTimeout(rctx, s.cfg.UploadWait)
+	lease, err := s.cfg.Uploads.Acquire(wctx, factor*int64(n))
+	cancel()
+	if err != nil {
+		skipBody(ctx, n)
+		if rctx.Err() != nil {
+			return nil, nil, errStatus(rctx.Err())
+		}
+		return nil, nil, &apiError{429, "server busy receiving other uploads, retry later", "upload_budget"}
+	}
+	b, ae := read(ctx.RequestBodyStream(), n, make([]byte, 0, n))
+	if ae != nil {
+		lease.Release()
+		ctx.SetConnectionClose() // the body may be half read
+		return nil, nil, ae
+	}
+	return b, lease, nil
+}
+
+// checkLength checks a request's Content-Length (-1: chunked, -2: none)
+// against limit.
+func checkLength(n, limit int) *apiError {
+	switch {
+	case n == -1:
+		return &apiError{411, "send the body with a Content-Length (chunked uploads are not accepted)", "length_required"}
+	case n > limit:
+		return &apiError{413, fmt.Sprintf("request body larger than %d bytes", limit), "body_too_large"}
+	}
+	return nil
+}
+
+// A body refused unread is read and dropped if it is at most maxSkip bytes
+// and arrives within skipTimeout; otherwise the connection closes.
+const (
+	maxSkip     = 64 << 20
+	skipTimeout = 5 * time.Second
+)
+
+// skipBody reads and drops the unread body of n bytes (memory: a copy
+// buffer), so that the client, still sending, gets the answer rather than a
+// connection reset.
+func skipBody(ctx *fasthttp.RequestCtx, n int) {
+	if n < 0 || n > maxSkip {
+		ctx.SetConnectionClose()
+		return
+	}
+	ctx.SetReadDeadline(time.Now().Add(skipTimeout))
+	if _, err := io.CopyN(io.Discard, ctx.RequestBodyStream(), int64(n)); err != nil {
+		ctx.SetConnectionClose()
+	}
+}
+
+// ExpectHandler answers "Expect: 100-continue" before the body is sent: a
+// body without a length (411) or over the route's limit (413) is refused
+// then, and never sent.
+func (s *Server) ExpectHandler(ctx *fasthttp.RequestCtx) int {
+	limit := s.cfg.MaxBodyBytes
+	if bytes.HasPrefix(ctx.Request.Header.ContentType(), []byte("multipart/")) {
+		limit += multipartSlack
+	}
+	if ae := checkLength(ctx.Request.Header.ContentLength(), limit); ae != nil {
+		s.fail(ctx, ae)
+		return ae.status
+	}
+	return fasthttp.StatusContinue
+}
+
+// bodyReader is the request body stream.
+type bodyReader = interface{ Read([]byte) (int, error) }
+
+// fail answers a JSON error, with Retry-After for overload, and counts the
+// rejection.
+func (s *Server) fail(ctx *fasthttp.RequestCtx, e *apiError) {
+	if e.status == 500 {
+		s.cfg.Log.Error("request failed", "status", e.status, "reason", e.reason)
+	}
+	if e.reason != "" {
+		s.cfg.Metrics.Rejected(e.reason)
+	}
+	jsonReply(ctx, e.status, map[string]string{"error": e.msg})
+}
+
+// failErr answers err, with Retry-After on overload and unavailability.
+func (s *Server) failErr(ctx *fasthttp.RequestCtx, err error) {
+	e := errStatus(err)
+	if e.status == 500 {
+		s.cfg.Log.Error("inference failed", "error", err)
+	}
+	var qf *batching.QueueFullError
+	switch {
+	case errors.As(err, &qf):
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds(qf.RetryAfter)))
+	case e.status == 503 || e.status == 429:
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	s.fail(ctx, e)
+}
+
+// retryAfterSeconds rounds the batcher's estimate up to whole seconds, at
+// least 1.
+func retryAfterSeconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
+
+func jsonReply(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = 500, []byte(`{"error":"cannot encode response"}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+// ErrorHandler answers requests fasthttp could not parse, in JSON.
+func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		s.fail(ctx, &apiError{413, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes), "body_too_large"})
+		return
+	}
+	s.fail(ctx, badRequest("malformed HTTP request"))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -1,0 +1,150 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/oip"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// v2 routes /v2 and /v2/... (the Open Inference Protocol); model paths may
+// carry /versions/1.
+func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
+	switch path {
+	case "/v2":
+		jsonReply(ctx, 200, oip.ServerMetadata(s.cfg.Version))
+		return path, reply{}
+	case "/v2/health/live":
+		jsonReply(ctx, 200, map[string]bool{"live": true})
+		return path, reply{}
+	case "/v2/health/ready":
+		s.readiness(ctx, map[string]any{})
+		return path, reply{}
+	}
+	rest, ok := strings.CutPrefix(path, "/v2/models/")
+	if !ok {
+		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
+		return "/v2/other", reply{}
+	}
+	parts := strings.Split(rest, "/")
+	name, action := parts[0], ""
+	if len(parts) >= 3 && parts[1] == "versions" {
+		if parts[2] != oip.Version {
+			s.fail(ctx, &apiError{404, fmt.Sprintf("unknown model version %.20q; this server serves version %s", parts[2], oip.Version), "not_found"})
+			return "/v2/other", reply{}
+		}
+		parts = append(parts[:1], parts[3:]...)
+	}
+	switch {
+	case len(parts) == 2:
+		action = parts[1]
+	case len(parts) > 2:
+		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
+		return "/v2/other", reply{}
+	}
+	info, ok := s.cfg.Classifier.LastModel()
+	if !ok {
+		s.failErr(ctx, classify.ErrUnavailable)
+		return "/v2/models/metadata", reply{}
+	}
+	if name != info.Model {
+		s.fail(ctx, &apiError{404, fmt.Sprintf("unknown model %.100q; this server serves %q", name, info.Model), "not_found"})
+		return "/v2/other", reply{}
+	}
+	switch action {
+	case "":
+		jsonReply(ctx, 200, oip.ModelMetadata(&info))
+		return "/v2/models/metadata", reply{}
+	case "ready":
+		s.readiness(ctx, map[string]any{"name": info.Model})
+		return "/v2/models/ready", reply{}
+	case "infer":
+		if !ctx.IsPost() {
+			s.fail(ctx, &apiError{405, "use POST", "method_not_allowed"})
+		} else {
+			s.infer(ctx, info)
+		}
+		return "/v2/models/infer", reply{}
+	}
+	s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
+	return "/v2/other", reply{}
+}
+
+// infer serves POST /v2/models/{name}/infer. The images of one request run
+// concurrently (they meet in the batcher); the first failure cancels the
+// others.
+func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
+	rctx, cancel, ae := s.deadline(ctx)
+	if ae != nil {
+		s.fail(ctx, ae)
+		return
+	}
+	defer cancel()
+	headerLength := ctx.Request.Header.Peek("Inference-Header-Content-Length")
+	// JSON requests take several times their size to parse (data copied
+	// out, base64 or numbers decoded); binary ones little more than
+	// themselves.
+	factor := int64(4)
+	if headerLength != nil {
+		factor = 2
+	}
+	body, lease, ae := s.readBody(rctx, ctx, s.cfg.MaxBodyBytes, factor, func(r bodyReader, n int, buf []byte) ([]byte, *apiError) {
+		b, err := readFull(r, n, buf)
+		if err != nil {
+			return nil, badRequest("cannot read the request body: %v", err)
+		}
+		return b, nil
+	})
+	if ae != nil {
+		s.failErr(ctx, ae)
+		return
+	}
+	defer lease.Release()
+	req, err := oip.ParseInfer(body, headerLength, &info, oip.Limits{MaxElements: s.cfg.MaxElements})
+	if err != nil {
+		s.failErr(ctx, err)
+		return
+	}
+	scores := make([][]float32, req.N())
+	g, gctx := errgroup.WithContext(rctx)
+	for i, img := range req.Images {
+		lease.Retain() // one for each image's classification
+		g.Go(func() error {
+			out, err := s.cfg.Classifier.Classify(gctx, img, lease, false)
+			if err == nil {
+				scores[i] = out.Scores
+			}
+			return err
+		})
+	}
+	for i, t := range req.Tensors {
+		g.Go(func() error {
+			out, err := s.cfg.Classifier.InferTensor(gctx, t)
+			if err == nil {
+				scores[i] = out.Scores
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		if rctx.Err() != nil && err == context.Canceled {
+			err = rctx.Err()
+		}
+		s.failErr(ctx, err)
+		return
+	}
+	b, err := oip.InferResponse(&info, req, scores)
+	if err != nil {
+		s.failErr(ctx, err)
+		return
+	}
+	ctx.SetStatusCode(200)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}

@@ -1,0 +1,222 @@
+package imageprep
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"math/rand/v2"
+	"os"
+	"testing"
+)
+
+// pixelBytes is the memory of a decoded image's pixel buffers.
+func pixelBytes(img image.Image) int64 {
+	switch m := img.(type) {
+	case *image.YCbCr:
+		return int64(len(m.Y) + len(m.Cb) + len(m.Cr))
+	case *image.NYCbCrA:
+		return int64(len(m.Y) + len(m.Cb) + len(m.Cr) + len(m.A))
+	case *image.Gray:
+		return int64(len(m.Pix))
+	case *image.Gray16:
+		return int64(len(m.Pix))
+	case *image.Paletted:
+		return int64(len(m.Pix))
+	case *image.RGBA:
+		return int64(len(m.Pix))
+	case *image.NRGBA:
+		return int64(len(m.Pix))
+	case *image.RGBA64:
+		return int64(len(m.Pix))
+	case *image.NRGBA64:
+		return int64(len(m.Pix))
+	case *image.CMYK:
+		return int64(len(m.Pix))
+	}
+	return 1 << 62
+}
+
+func TestInspect(t *testing.T) {
+	for _, tc := range []struct {
+		file, format string
+		w, h         int
+		direct       bool
+	}{
+		{"grace_hopper.jpg", "jpeg", 512, 600, true},
+		{"small_progressive.jpg", "jpeg", 48, 32, true},
+		{"small_gray.jpg", "jpeg", 48, 32, true},
+		{"small.png", "png", 0, 0, true},
+		{"small_alpha.png", "png", 0, 0, true},
+		{"small.gif", "gif", 0, 0, true},
+		{"small.webp", "webp", 0, 0, true},
+	} {
+		data := read(t, tc.file)
+		h, err := Inspect(data, Limits{})
+		if err != nil || h.Format != tc.format || h.direct != tc.direct {
+			t.Errorf("Inspect(%s) = %+v, %v; want format %s, direct %v", tc.file, h, err, tc.format, tc.direct)
+			continue
+		}
+		cfg, _, err := image.DecodeConfig(bytes.NewReader(data))
+		if err != nil || cfg.Width != h.Width || cfg.Height != h.Height || (tc.w != 0 && (h.Width != tc.w || h.Height != tc.h)) {
+			t.Errorf("%s: Inspect says %dx%d, image.DecodeConfig %dx%d (%v)", tc.file, h.Width, h.Height, cfg.Width, cfg.Height, err)
+		}
+		img, err := DecodeInspected(data, h)
+		if err != nil {
+			t.Errorf("%s: %v", tc.file, err)
+			continue
+		}
+		if got, est := pixelBytes(img), h.MemoryBytes(imagenet); got > est {
+			t.Errorf("%s: decoded pixels take %d bytes, above the estimate %d", tc.file, got, est)
+		}
+	}
+}
+
+// The header's claims about costly decoding are read: progressive JPEGs keep
+// their coefficients, interlaced PNGs decode each pass apart, 16-bit PNGs
+// take 8 bytes a pixel.
+func TestInspectCosts(t *testing.T) {
+	prog, err := Inspect(read(t, "small_progressive.jpg"), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := Inspect(read(t, "small_gray.jpg"), Limits{})
+	// 4:2:0: 48x32 luma and two 24x16 chroma planes, one byte a sample,
+	// plus 4 bytes a sample of coefficients when progressive.
+	if want := int64(5 * (48*32 + 2*24*16)); prog.decodeBytes != want || base.decodeBytes != 48*32 {
+		t.Errorf("decode bytes: progressive YCbCr 4:2:0 %d, want %d; baseline gray %d, want %d",
+			prog.decodeBytes, want, base.decodeBytes, 48*32)
+	}
+	for _, tc := range []struct {
+		depth, ctype, interlace byte
+		want                    int64
+		direct                  bool
+	}{
+		{8, 0, 0, 1 * 100 * 50, true},   // gray
+		{8, 2, 0, 4 * 100 * 50, true},   // RGB as RGBA
+		{8, 6, 0, 4 * 100 * 50, true},   // NRGBA
+		{16, 6, 0, 8 * 100 * 50, false}, // NRGBA64
+		{8, 2, 1, 8 * 100 * 50, true},   // interlaced: twice
+		{8, 3, 0, 1 * 100 * 50, true},   // paletted
+	} {
+		h, err := Inspect(pngHeader(100, 50, tc.depth, tc.ctype, tc.interlace), Limits{})
+		if err != nil || h.decodeBytes != tc.want || h.direct != tc.direct {
+			t.Errorf("PNG depth %d type %d interlace %d: %+v, %v; want %d bytes, direct %v", tc.depth, tc.ctype, tc.interlace, h, err, tc.want, tc.direct)
+		}
+	}
+}
+
+// pngHeader returns a PNG signature and IHDR with no image data: enough for
+// Inspect.
+func pngHeader(w, h uint32, depth, ctype, interlace byte) []byte {
+	b := []byte("\x89PNG\r\n\x1a\n")
+	ihdr := binary.BigEndian.AppendUint32(nil, w)
+	ihdr = binary.BigEndian.AppendUint32(ihdr, h)
+	ihdr = append(ihdr, depth, ctype, 0, 0, interlace)
+	b = binary.BigEndian.AppendUint32(b, 13)
+	chunk := append([]byte("IHDR"), ihdr...)
+	b = append(b, chunk...)
+	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(chunk))
+}
+
+func TestInspectRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"text", []byte("hello"), ErrFormat},
+		{"empty", nil, ErrFormat},
+		{"jpeg without frame", []byte("\xff\xd8\xff\xd9"), ErrCorrupt},
+		{"png 0x0", pngHeader(0, 0, 8, 2, 0), ErrCorrupt},
+		{"png bomb", pngHeader(50_000, 50_000, 8, 2, 0), ErrTooLarge},
+		{"png huge dims", pngHeader(1<<31, 1<<31, 8, 2, 0), ErrCorrupt},
+	} {
+		if _, err := Inspect(tc.data, Limits{}); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+// The in-place readers for gray, CMYK and paletted images give exactly what
+// converting to NRGBA first (the generic path) gives.
+func TestDirectReadersMatchConversion(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	rect := image.Rect(0, 0, 300, 260)
+	gray := image.NewGray(rect)
+	cmyk := image.NewCMYK(rect)
+	pal := image.NewPaletted(rect, color.Palette{color.RGBA{255, 0, 0, 255}, color.NRGBA{0, 200, 100, 128}, color.Gray{77}})
+	for i := range gray.Pix {
+		gray.Pix[i] = uint8(r.IntN(256))
+		pal.Pix[i] = uint8(r.IntN(3))
+	}
+	for i := range cmyk.Pix {
+		cmyk.Pix[i] = uint8(r.IntN(256))
+	}
+	for _, img := range []image.Image{gray, cmyk, pal} {
+		conv := image.NewNRGBA(rect)
+		draw.Draw(conv, rect, img, image.Point{}, draw.Src)
+		got, want := make([]float32, 3*224*224), make([]float32, 3*224*224)
+		if err := Preprocess(img, imagenet, got); err != nil {
+			t.Fatal(err)
+		}
+		Preprocess(conv, imagenet, want)
+		for i := range got {
+			if got[i] != want[i] {
+				t.Errorf("%T: value %d is %v, the converted image gives %v", img, i, got[i], want[i])
+				break
+			}
+		}
+	}
+}
+
+// FuzzInspect: no input panics Inspect or the decoders; when both Inspect and
+// image.DecodeConfig read a header they agree on the size, and a decoded
+// image never takes more memory than Inspect estimated.
+func FuzzInspect(f *testing.F) {
+	for _, name := range []string{"grace_hopper.jpg", "small_progressive.jpg", "small_gray.jpg", "small.gif", "small.webp"} {
+		data, err := readFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add(pngHeader(100, 50, 16, 6, 1))
+	var small bytes.Buffer
+	png.Encode(&small, image.NewNRGBA(image.Rect(0, 0, 20, 10)))
+	f.Add(small.Bytes())
+	f.Add([]byte("\xff\xd8\xff\xc2\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lim := Limits{MaxPixels: 1 << 20}
+		h, err := Inspect(data, lim)
+		if err != nil {
+			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Inspect error %v wraps none of the three", err)
+			}
+			return
+		}
+		if cfg, format, err := image.DecodeConfig(bytes.NewReader(data)); err == nil &&
+			(format != h.Format || cfg.Width != h.Width || cfg.Height != h.Height) {
+			t.Fatalf("Inspect says %s %dx%d, image.DecodeConfig %s %dx%d", h.Format, h.Width, h.Height, format, cfg.Width, cfg.Height)
+		}
+		img, err := DecodeInspected(data, h)
+		if err != nil {
+			return
+		}
+		if got, est := pixelBytes(img), h.MemoryBytes(imagenet); got > est {
+			t.Fatalf("%T %dx%d takes %d bytes, estimate %d", img, h.Width, h.Height, got, est)
+		}
+		if h.Width >= 1 && h.Height >= 1 {
+			out := make([]float32, 3*224*224)
+			if err := Preprocess(img, imagenet, out); err != nil {
+				t.Fatalf("Preprocess: %v", err)
+			}
+		}
+	})
+}
+
+func readFile(name string) ([]byte, error) { return os.ReadFile("../testdata/" + name) }

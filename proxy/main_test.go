@@ -1,0 +1,48 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string // substring of the error; "" for success
+	}{
+		{map[string]string{}, ""},
+		{map[string]string{"PORT": "8080", "BATCH_WINDOW": "2ms", "MAX_BATCH_SIZE": "16"}, ""},
+		{map[string]string{"PORT": "99999"}, "PORT"},
+		{map[string]string{"BATCH_WINDOW": "2"}, "BATCH_WINDOW"},
+		{map[string]string{"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"},
+		{map[string]string{"QUEUE_CAPACITY": "x"}, "QUEUE_CAPACITY"},
+		{map[string]string{"REQUEST_TIMEOUT": "-1s"}, "REQUEST_TIMEOUT"},
+		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
+		{map[string]string{"CACHE_BYTES": "-5", "DRAIN_DELAY": "forever"}, "DRAIN_DELAY"},
+		{map[string]string{"UPLOAD_MEMORY_BYTES": "2000000"}, "UPLOAD_MEMORY_BYTES"},
+		{map[string]string{"DECODE_MEMORY_BYTES": "5"}, "DECODE_MEMORY_BYTES"},
+	} {
+		c, err := configFromEnv(func(k string) string { return tc.env[k] })
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: %v", tc.env, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v: error %v, want one naming %s", tc.env, err, tc.want)
+		}
+		g := c.gateway
+		if tc.want == "" && tc.env["BATCH_WINDOW"] == "2ms" && (g.Batch.Window != 2*time.Millisecond || c.addr != ":8080" || g.Batch.MaxBatchSize != 16) {
+			t.Errorf("parsed %+v", c)
+		}
+	}
+	// The defaults the documentation states.
+	c, _ := configFromEnv(func(string) string { return "" })
+	g := c.gateway
+	if c.addr != ":9999" || g.DrainDelay != 5*time.Second || g.UploadMemory != 96<<20 || g.DecodeMemory != 128<<20 ||
+		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c, _ := configFromEnv(func(k string) string { return map[string]string{"CACHE_ENTRIES": "0"}[k] }); c.gateway.CacheEntries >= 0 {
+		t.Errorf("CACHE_ENTRIES=0 gives %d, want the cache disabled (< 0)", c.gateway.CacheEntries)
+	}
+}
