@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -113,17 +114,21 @@ func jsonField(js, field string) string {
 }
 
 // TestKubeAPIServer validates every rendered profile against a real API
-// server with the KEDA and prometheus-operator CRDs, then installs the chart
-// into two namespaces with helm and uninstalls it.
+// server with the KEDA and prometheus-operator CRDs, checks that helm renders
+// the PodMonitor exactly when the cluster serves its API (and warns in NOTES
+// when it does not), then installs the chart into two namespaces with helm
+// and uninstalls it.
 func TestKubeAPIServer(t *testing.T) {
 	kubectlPath = tool(t, "kubectl")
 	c := startCluster(t)
-	for _, dir := range crdDirs(t) {
+	crds := crdDirs(t) // KEDA's, then the Prometheus Operator's
+	applyCRDs := func(dir string) {
 		// Server-side: client-side apply of scaledjobs fails on the size of
 		// its last-applied annotation.
 		c.kubectl(t, "apply", "--server-side", "-f", dir)
+		c.kubectl(t, "wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
 	}
-	c.kubectl(t, "wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
+	applyCRDs(crds[0])
 	for _, ns := range []string{"ns1", "ns2"} {
 		c.kubectl(t, "create", "namespace", ns)
 		// kube-controller-manager, which does not run here, would create it;
@@ -132,46 +137,100 @@ func TestKubeAPIServer(t *testing.T) {
 	}
 
 	helm := tool(t, "helm")
-	for _, profile := range []string{"", "ci/keda-off.yaml", "ci/monitoring-on.yaml", "ci/model-pvc.yaml"} {
-		args := []string{"template", "rel", chartDir(t), "-n", "ns1"}
-		if profile != "" {
-			args = append(args, "-f", filepath.Join(chartDir(t), profile))
-		}
-		manifest := run(t, helm, args...)
-		f := filepath.Join(t.TempDir(), "m.yaml")
-		os.WriteFile(f, manifest, 0o644)
-		out := c.kubectl(t, "apply", "--dry-run=server", "--validate=strict", "-n", "ns1", "-f", f)
-		t.Logf("profile %q: %s", profile, strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", "; "))
-	}
-
 	env := append(os.Environ(), "KUBECONFIG="+c.kubeconfig, "HELM_CACHE_HOME="+t.TempDir(),
-		"HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	helmIn := func(args ...string) []byte {
+		"HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir(), "KUBECACHEDIR="+t.TempDir())
+	helmIn := func(args ...string) string {
 		cmd := exec.Command(helm, args...)
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		return out
+		return string(out)
 	}
+	// helm asks the cluster which APIs it serves: a default install renders
+	// a PodMonitor once the Prometheus Operator's CRDs are there, none (and
+	// the NOTES warning) before.
+	const warning = "WARNING: no PodMonitor or ServiceMonitor is rendered"
+	out := helmIn("install", "bg", chartDir(t), "-n", "ns1", "--dry-run=server")
+	if strings.Contains(out, "kind: PodMonitor") || !strings.Contains(out, warning) {
+		t.Errorf("without the monitoring API: want no PodMonitor and the NOTES warning:\n%s", out)
+	}
+	applyCRDs(crds[1])
+	out = helmIn("install", "bg", chartDir(t), "-n", "ns1", "--dry-run=server")
+	if strings.Count(out, "kind: PodMonitor") != 1 || strings.Contains(out, "kind: ServiceMonitor") || strings.Contains(out, warning) {
+		t.Errorf("with the monitoring API: want exactly one PodMonitor and no warning:\n%s", out)
+	}
+	if !strings.Contains(out, "monitoring.prometheusRelease") {
+		t.Errorf("NOTES do not mention the kube-prometheus-stack release label:\n%s", out)
+	}
+
+	// Every profile, and the default as rendered for a cluster with the
+	// monitoring API (its PodMonitor), validated strictly by the server.
+	type profileArgs struct {
+		name string
+		args []string
+	}
+	var renders []profileArgs
+	for _, profile := range profiles {
+		r := profileArgs{profile, nil}
+		if profile != "" {
+			r.args = []string{"-f", filepath.Join(chartDir(t), profile)}
+		}
+		renders = append(renders, r)
+	}
+	renders = append(renders, profileArgs{"default, monitoring API", []string{"--api-versions", monitoringAPI}})
+	for _, r := range renders {
+		manifest := run(t, helm, templateArgs(t, "rel", "ns1", r.args...)...)
+		f := filepath.Join(t.TempDir(), "m.yaml")
+		os.WriteFile(f, manifest, 0o644)
+		out := c.kubectl(t, "apply", "--dry-run=server", "--validate=strict", "-n", "ns1", "-f", f)
+		t.Logf("profile %q: %s", r.name, strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", "; "))
+	}
+
+	// Real installs: defaults plus the alerts, the dashboard and the
+	// NetworkPolicy, so that every kind exists.
 	for _, ns := range []string{"ns1", "ns2"} {
-		helmIn("install", "bg", chartDir(t), "-n", ns, "-f", filepath.Join(chartDir(t), "ci/monitoring-on.yaml"))
+		helmIn("install", "bg", chartDir(t), "-n", ns, "--set",
+			"monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true,networkPolicy.enabled=true,monitoring.prometheusRelease=kps")
 	}
+	uids := map[string]string{}
 	for _, ns := range []string{"ns1", "ns2"} {
 		q := c.kubectl(t, "get", "scaledobject", "bg-batchgate", "-n", ns, "-o", "jsonpath={.spec.triggers[0].metadata.query}")
 		if !strings.Contains(string(q), `namespace="`+ns+`"`) {
 			t.Errorf("ScaledObject in %s queries %s", ns, q)
 		}
+		// Stored as sent: the CRD's schema knows every field.
+		if b := c.kubectl(t, "get", "scaledobject", "bg-batchgate", "-n", ns, "-o", "jsonpath={.spec.fallback.behavior} {.spec.triggers[0].metadata.ignoreNullValues}"); string(b) != "currentReplicasIfHigher false" {
+			t.Errorf("ScaledObject in %s: fallback.behavior and ignoreNullValues stored as %q", ns, b)
+		}
+		if b := c.kubectl(t, "get", "pdb", "bg-batchgate", "-n", ns, "-o", "jsonpath={.spec.maxUnavailable} {.spec.unhealthyPodEvictionPolicy}"); string(b) != "1 AlwaysAllow" {
+			t.Errorf("PDB in %s stored as %q", ns, b)
+		}
+		if b := c.kubectl(t, "get", "podmonitor", "bg-batchgate", "-n", ns, "-o", "jsonpath={.metadata.labels.release}"); string(b) != "kps" {
+			t.Errorf("PodMonitor in %s: release label %q, want kps", ns, b)
+		}
+		if b := c.kubectl(t, "get", "servicemonitor", "-n", ns, "-o", "name"); strings.TrimSpace(string(b)) != "" {
+			t.Errorf("a ServiceMonitor next to the PodMonitor in %s: %s", ns, b)
+		}
 		objs := []string{"get", "-n", ns, "configmap/bg-batchgate-dashboard"}
-		for _, kind := range []string{"deployment", "service", "pdb", "prometheusrule", "servicemonitor", "podmonitor", "networkpolicy"} {
+		for _, kind := range []string{"deployment", "service", "pdb", "prometheusrule", "podmonitor", "networkpolicy"} {
 			objs = append(objs, kind+"/bg-batchgate")
 		}
 		c.kubectl(t, objs...) // fails if any is missing
+		dash := c.kubectl(t, "get", "configmap", "bg-batchgate-dashboard", "-n", ns, "-o", "jsonpath={.data.batchgate\\.json}")
+		var d struct{ UID string }
+		if err := json.Unmarshal(dash, &d); err != nil {
+			t.Fatalf("dashboard in %s: %v", ns, err)
+		}
+		uids[ns] = d.UID
+	}
+	if uids["ns1"] == uids["ns2"] {
+		t.Errorf("both releases' dashboards have uid %q: Grafana would keep one", uids["ns1"])
 	}
 	for _, ns := range []string{"ns1", "ns2"} {
 		helmIn("uninstall", "bg", "-n", ns, "--wait")
-		if out := c.kubectl(t, "get", "deployment,scaledobject,service", "-n", ns, "-o", "name"); strings.TrimSpace(string(out)) != "" {
+		if out := c.kubectl(t, "get", "deployment,scaledobject,service,podmonitor", "-n", ns, "-o", "name"); strings.TrimSpace(string(out)) != "" {
 			t.Errorf("left after uninstall in %s: %s", ns, out)
 		}
 	}
