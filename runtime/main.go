@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -160,7 +161,6 @@ func serve(args []string) error {
 		ln.Close()
 		return err
 	}
-	defer eng.Close()
 	mi := eng.Info()
 	generated := mi.Metadata[modelgen.MetaGenerated] == "true"
 	if generated {
@@ -193,9 +193,14 @@ func serve(args []string) error {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-	warm := make(chan error, 1)
+	// The warm-up goroutine runs the model outside the executor; it stops
+	// between batch sizes when warmCtx ends and closes warmDone on exit.
+	warmCtx, stopWarm := context.WithCancel(context.Background())
+	defer stopWarm()
+	warm, warmDone := make(chan error, 1), make(chan struct{})
 	go func() {
-		took, err := srv.Warmup()
+		defer close(warmDone)
+		took, err := srv.Warmup(warmCtx)
 		if err == nil {
 			log.Info("warm-up done; ready", "batch_sizes", fmt.Sprintf("1..%d", *maxBatch), "warmup_ms", took.Milliseconds())
 			srv.SetReady(true)
@@ -203,20 +208,41 @@ func serve(args []string) error {
 		warm <- err
 	}()
 
+	// shutdown stops the server, then releases the session only once
+	// nothing runs in it: the executor has exited and the warm-up has
+	// stopped. If either still runs when ctx ends, the process exits with
+	// the session alive rather than destroy it under ONNX Runtime.
+	shutdown := func(ctx context.Context) error {
+		stopWarm()
+		err := srv.Shutdown(ctx)
+		select {
+		case <-warmDone:
+		case <-ctx.Done():
+			err = errors.Join(err, errors.New("warm-up still running"))
+		}
+		if err != nil {
+			log.Error("exiting without closing the ONNX Runtime session: a run is still in progress", "error", err)
+			return fmt.Errorf("shutdown incomplete: %w", err)
+		}
+		return eng.Close()
+	}
+
 	for {
 		select {
 		case err := <-warm:
 			if err != nil {
-				srv.Shutdown(context.Background())
+				shutdown(context.Background())
 				return err
 			}
 		case err := <-serveErr:
-			return err
+			ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+			defer cancel()
+			return errors.Join(err, shutdown(ctx))
 		case sig := <-stop:
 			log.Info("shutting down", "signal", sig.String())
 			ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 			defer cancel()
-			if err := srv.Shutdown(ctx); err != nil {
+			if err := shutdown(ctx); err != nil {
 				return err
 			}
 			st := srv.Stats()
@@ -242,11 +268,16 @@ func rssMB() int {
 }
 
 // probe dials the runtime's socket and succeeds only when its handshake says
-// it is ready: the model is loaded and every batch size warmed up.
+// it is ready (the model is loaded and every batch size warmed up) and its
+// executor is making progress: no batch has run longer than -stall-after,
+// and batches do not wait while none finishes. A stopped process answers
+// nothing, and the probe fails at its timeout.
 func probe(args []string) error {
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	socket := fs.String("socket", env("RUNTIME_SOCKET", "/tmp/batchgate/runtime.sock"), "unix socket path (env RUNTIME_SOCKET)")
-	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the handshake")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the handshake and the progress report")
+	stallAfter := fs.Duration("stall-after", envDuration("RUNTIME_STALL_TIMEOUT", 4*time.Second),
+		"fail when the executor has made no progress for this long (env RUNTIME_STALL_TIMEOUT)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -260,7 +291,28 @@ func probe(args []string) error {
 	if !c.Info().Ready {
 		return fmt.Errorf("runtime at %q is not ready yet (loading or warming up)", *socket)
 	}
+	st, err := c.Stats(ctx)
+	if err != nil {
+		return fmt.Errorf("runtime at %q does not report its progress: %w", *socket, err)
+	}
+	if st.Stalled(*stallAfter) {
+		return fmt.Errorf("runtime at %q is stalled: a batch has run %d ms, %d batches wait, the last finished %d ms ago",
+			*socket, st.RunningMs, st.Queued, st.IdleMs)
+	}
 	return nil
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		fmt.Fprintf(os.Stderr, "runtime: %s=%q is not a positive duration such as 4s\n", name, v)
+		os.Exit(2)
+	}
+	return d
 }
 
 func fetchModel(args []string) error {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,5 +93,137 @@ func TestServeAndSIGTERM(t *testing.T) {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("logs lack %s:\n%s", want, stdout.String())
 		}
+	}
+}
+
+// startServe starts `runtime serve` with extra flags on a fresh socket and
+// returns the command, its socket and its stdout (the JSON logs).
+func startServe(t *testing.T, bin, model string, extra ...string) (*exec.Cmd, string, *syncBuffer) {
+	t.Helper()
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "rt.sock")
+	args := append([]string{"serve", "-socket", socket, "-model", model, "-ort-library", testenv.ORTLibrary(t),
+		"-ort-cache-dir", "off"}, extra...)
+	cmd := exec.Command(bin, args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, socket, out
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// waitLog waits (at most 60 s) for a log line holding want.
+func waitLog(t *testing.T, out *syncBuffer, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(out.String(), want) {
+			return
+		}
+	}
+	t.Fatalf("no %s in the logs:\n%s", want, out.String())
+}
+
+// exitCode waits for cmd (at most 60 s) and returns its exit code, or -1 if
+// a signal killed it.
+func exitCode(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("runtime did not exit within 60 s")
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// buildRaceRuntime compiles this command with the race detector, so that a
+// session destroyed under a running batch shows up.
+func buildRaceRuntime(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "runtime")
+	if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -race: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestSIGTERMDuringWarmup: the warm-up stops between batch sizes, the
+// session is released only after it, and the process exits 0.
+func TestSIGTERMDuringWarmup(t *testing.T) {
+	bin := buildRaceRuntime(t)
+	cmd, _, out := startServe(t, bin, testenv.ResNet50Model(t), "-max-batch-size", "8")
+	waitLog(t, out, `"msg":"model loaded"`)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := exitCode(t, cmd); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM during warm-up, want 0:\n%s", code, out.String())
+	}
+	if strings.Contains(out.String(), "warm-up done") {
+		t.Log("warm-up finished before SIGTERM arrived: the test did not hit the race")
+	}
+	if !strings.Contains(out.String(), `"msg":"stopped"`) || strings.Contains(out.String(), "DATA RACE") {
+		t.Errorf("logs:\n%s", out.String())
+	}
+}
+
+// TestSIGTERMWithBatchRunning: when the shutdown timeout expires with a
+// batch in ONNX Runtime, the process exits (status 1, saying why) without
+// destroying the session under it.
+func TestSIGTERMWithBatchRunning(t *testing.T) {
+	bin := buildRaceRuntime(t)
+	cmd, socket, out := startServe(t, bin, testenv.ResNet50Model(t), "-max-batch-size", "8", "-shutdown-timeout", "1ms")
+	c := waitReady(t, socket)
+	defer c.Close()
+	info := c.Info()
+	go c.Run(context.Background(), 8, make([]float32, 8*info.ImageSize()))
+	// The batch of 8 takes about 0.4 s on ResNet50: signal once it runs.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := c.Stats(ctx)
+		cancel()
+		if err == nil && st.RunningMs > 0 {
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	code := exitCode(t, cmd)
+	if code != 1 || !strings.Contains(out.String(), "exiting without closing the ONNX Runtime session") {
+		t.Errorf("exit code %d, want 1 with the reason logged:\n%s", code, out.String())
+	}
+	if strings.Contains(out.String(), "DATA RACE") || strings.Contains(out.String(), "SIGSEGV") {
+		t.Errorf("crash:\n%s", out.String())
+	}
+}
+
+// TestProbeStopped: a stopped runtime (SIGSTOP) answers no probe.
+func TestProbeStopped(t *testing.T) {
+	bin := buildRuntime(t)
+	cmd, socket, _ := startServe(t, bin, testenv.TinyModel(t), "-max-batch-size", "2")
+	waitReady(t, socket).Close()
+	if out, err := exec.Command(bin, "probe", "-socket", socket).CombinedOutput(); err != nil {
+		t.Fatalf("probe of a running runtime: %v %s", err, out)
+	}
+	cmd.Process.Signal(syscall.SIGSTOP)
+	defer cmd.Process.Signal(syscall.SIGCONT)
+	if out, err := exec.Command(bin, "probe", "-socket", socket, "-timeout", "500ms").CombinedOutput(); err == nil {
+		t.Errorf("probe of a stopped runtime succeeded: %s", out)
+	}
+	cmd.Process.Signal(syscall.SIGCONT)
+	if out, err := exec.Command(bin, "probe", "-socket", socket).CombinedOutput(); err != nil {
+		t.Errorf("probe after SIGCONT: %v %s", err, out)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -71,6 +73,11 @@ type Config struct {
 	// MaxElements is the most images in one OIP request. Default
 	// QueueCapacity/4, at least 1, at most 64.
 	MaxElements int
+	// RuntimeStallAfter: a runtime making no progress this long is treated
+	// as gone (503s, readiness fails, redial). Default 4s.
+	RuntimeStallAfter time.Duration
+	// RuntimeBatchTimeout caps one batch's time in the runtime. Default 15s.
+	RuntimeBatchTimeout time.Duration
 	// DrainDelay is how long the proxy keeps serving, with readiness
 	// failing, before it stops accepting. Default 0.
 	DrainDelay time.Duration
@@ -143,7 +150,8 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		UploadBytes: func() float64 { return float64(uploads.InUse()) },
 		DecodeBytes: func() float64 { return float64(svc.DecodeBytes()) },
 	})
-	conn = rtconn.New(cfg.Socket, log, nil)
+	conn = rtconn.New(rtconn.Config{Socket: cfg.Socket, StallAfter: cfg.RuntimeStallAfter,
+		BatchTimeout: cfg.RuntimeBatchTimeout, OnStall: func() { m.RuntimeStalls.Inc() }}, log)
 	bc := cfg.Batch
 	bc.Observer = m
 	p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)
@@ -180,8 +188,45 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stopRT = cancel
-	go func() { defer close(p.rtDone); conn.Run(ctx) }()
+	idle := func() bool {
+		q := p.batcher.Snapshot()
+		return uploads.InUse() == 0 && svc.DecodeBytes() == 0 && q.Waiting+q.InFlight == 0
+	}
+	go func() {
+		defer close(p.rtDone)
+		go trimMemory(ctx, idle)
+		conn.Run(ctx)
+	}()
 	return p
+}
+
+// trimMemory returns freed heap to the operating system once the proxy is
+// idle. After a burst (uploads held open, large decodes) the Go runtime
+// keeps the pages for reuse and gives them back only slowly, and without
+// memory pressure it may not even collect the garbage, so RSS would stay
+// near the burst's peak. Every 2 s, if the proxy is idle and has allocated
+// 32 MiB or more since the last trim, it collects and returns what is free.
+// It exits when ctx ends.
+func trimMemory(ctx context.Context, idle func() bool) {
+	const every, threshold = 2 * time.Second, 32 << 20
+	t := time.NewTicker(every)
+	defer t.Stop()
+	allocs := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rtmetrics.Read(allocs)
+		if allocs[0].Value.Kind() != rtmetrics.KindUint64 || allocs[0].Value.Uint64()-last < threshold || !idle() {
+			continue
+		}
+		last = allocs[0].Value.Uint64()
+		runtime.GC() // pools keep objects through one collection
+		debug.FreeOSMemory()
+	}
 }
 
 // Serve serves ln until Shutdown.
@@ -227,7 +272,8 @@ func (b backend) Model() (wire.Info, bool, bool) {
 }
 
 func (b backend) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
-	r, err := b.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: time.Now()})
+	dl, _ := ctx.Deadline()
+	r, err := b.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: time.Now(), Deadline: dl})
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -645,3 +646,193 @@ func TestDrain(t *testing.T) {
 }
 
 var execCommand = exec.Command
+
+// TestHostileRequests: requests an attacker would send get a clean JSON
+// error, and the server keeps serving with nothing leaked to the runtime.
+func TestHostileRequests(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	infer := tp.url + "/v2/models/resnet50/infer"
+	good := func(what string) {
+		t.Helper()
+		if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(len(what)))); r.status != 200 {
+			t.Fatalf("after %s, a good request got %d %s", what, r.status, r.raw)
+		}
+	}
+
+	// The request that killed the proxy: an out-of-range binary_data_size.
+	header := `{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":1e300}}]}`
+	req := rawReq(infer, "application/octet-stream", append([]byte(header), "\x05\x00\x00\x00hello"...))
+	req.Header.Set("Inference-Header-Content-Length", strconv.Itoa(len(header)))
+	if r := do(t, req); r.status != 400 || r.body["error"] == nil {
+		t.Errorf("binary_data_size 1e300: %d %s, want 400 with a JSON error", r.status, r.raw)
+	}
+	good("binary_data_size 1e300")
+	if p := metricValue(t, tp.url, "inference_panics_total"); p != 0 {
+		t.Errorf("inference_panics_total = %v: a handler panicked", p)
+	}
+
+	// top_k is checked before any work: nothing reaches the runtime.
+	before := rt.Stats().Items
+	if r := do(t, rawReq(tp.url+"/predict?top_k=1001", "image/png", uniquePNG(77))); r.status != 400 {
+		t.Errorf("top_k=1001: %d, want 400", r.status)
+	}
+	if got := rt.Stats().Items - before; got != 0 {
+		t.Errorf("a request with a bad top_k ran %d inferences", got)
+	}
+
+	// Chunked uploads have no length to reserve memory for: 411.
+	creq, _ := http.NewRequest("POST", tp.url+"/predict", io.MultiReader(bytes.NewReader(uniquePNG(5))))
+	creq.Header.Set("Content-Type", "image/png")
+	creq.ContentLength = -1 // chunked
+	if r := do(t, creq); r.status != 411 || r.body["error"] == nil {
+		t.Errorf("chunked upload: %d %s, want 411", r.status, r.raw)
+	}
+	good("a chunked upload")
+
+	// An X-Request-Id outside the safe charset is neither echoed nor logged.
+	ireq := rawReq(tp.url+"/predict", "image/png", uniquePNG(6))
+	ireq.Header.Set("X-Request-Id", `"><script>alert(1)</script>`)
+	r := do(t, ireq)
+	if id := r.header.Get("X-Request-Id"); strings.Contains(id, "<") || len(id) != 16 {
+		t.Errorf("X-Request-Id answered as %q, want a generated 16-hex id", id)
+	}
+	if strings.Contains(tp.log.String(), "<script>") {
+		t.Error("the hostile request id reached the log")
+	}
+
+	// More images in one OIP request than a quarter of the queue: 400.
+	elems := strings.TrimSuffix(strings.Repeat(`"aGk=",`, 17), ",")
+	if r := do(t, rawReq(infer, "application/json", []byte(`{"inputs":[{"name":"image","shape":[17],"datatype":"BYTES","data":[`+elems+`]}]}`))); r.status != 400 {
+		t.Errorf("17 images in one OIP request: %d %s, want 400 (the cap is 16)", r.status, r.raw)
+	}
+	good("an oversized OIP request")
+}
+
+// TestCachedWhileRuntimeAway: cached answers are still given while the
+// runtime is gone (degraded but useful); others get 503.
+func TestCachedWhileRuntimeAway(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	img := uniquePNG(99)
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 || r.body["cached"] != false {
+		t.Fatalf("first request: %d %s", r.status, r.raw)
+	}
+	rt.Shutdown(context.Background())
+	tp.waitReady(t, false)
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 || r.body["cached"] != true {
+		t.Errorf("cached image while the runtime is away: %d %s, want 200 cached", r.status, r.raw)
+	}
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(100))); r.status != 503 || r.header.Get("Retry-After") == "" {
+		t.Errorf("new image while the runtime is away: %d %s, want 503 with Retry-After", r.status, r.raw)
+	}
+}
+
+// TestRuntimeStall stops the runtime process (SIGSTOP): between healthy and
+// dead. The proxy must notice, fail readiness and answer new requests 503
+// instead of letting them wait for their deadline, then recover on SIGCONT.
+func TestRuntimeStall(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "runtime")
+	if out, err := runCmd("go", "build", "-o", bin, "../../runtime"); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	socket := filepath.Join(t.TempDir(), "rt.sock")
+	proc, err := os.StartProcess(bin, []string{bin, "serve", "-socket", socket, "-model", testenv.TinyModel(t),
+		"-ort-library", testenv.ORTLibrary(t), "-ort-cache-dir", "off", "-max-batch-size", "4"},
+		&os.ProcAttr{Files: []*os.File{nil, nil, os.Stderr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proc.Signal(syscall.SIGCONT); proc.Kill(); proc.Wait() }()
+	tp := startProxy(t, testConfig(socket))
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(1))); r.status != 200 {
+		t.Fatalf("before the stall: %d %s", r.status, r.raw)
+	}
+
+	proc.Signal(syscall.SIGSTOP)
+	stopped := time.Now()
+	tp.waitReady(t, false)
+	t.Logf("stall detected after %v", time.Since(stopped).Round(10*time.Millisecond))
+	req := rawReq(tp.url+"/predict", "image/png", uniquePNG(2))
+	req.Header.Set("X-Request-Timeout-Ms", "20000")
+	if r := do(t, req); r.status != 503 || r.header.Get("Retry-After") == "" {
+		t.Errorf("while stalled: %d %s, want 503 with Retry-After at once, not a wait for the deadline", r.status, r.raw)
+	}
+	if got := metricValue(t, tp.url, "inference_runtime_stalls_total"); got < 1 {
+		t.Errorf("inference_runtime_stalls_total = %v", got)
+	}
+
+	proc.Signal(syscall.SIGCONT)
+	resumed := time.Now()
+	tp.waitReady(t, true)
+	t.Logf("recovered %v after SIGCONT", time.Since(resumed).Round(10*time.Millisecond))
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3))); r.status != 200 {
+		t.Errorf("after SIGCONT: %d %s", r.status, r.raw)
+	}
+}
+
+// TestDrainKeepAlive: during drain every response closes its connection, so
+// keep-alive clients move to another proxy (as behind a load balancer) and
+// no request is lost.
+func TestDrainKeepAlive(t *testing.T) {
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	cfg := testConfig(rt.socket)
+	cfg.DrainDelay = time.Second
+	a, b := startProxy(t, cfg), startProxy(t, testConfig(rt.socket))
+	const clients, perClient = 4, 40
+	var (
+		mu        sync.Mutex
+		statuses  = map[int]int{}
+		lost      []string
+		movedAt   []int
+		shutdown  = make(chan struct{})
+		shutdownF sync.Once
+	)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 30 * time.Second}
+			target := a.url
+			for i := range perClient {
+				if i == 10 {
+					shutdownF.Do(func() { close(shutdown) })
+				}
+				resp, err := client.Do(rawReq(target+"/predict", "image/png", uniquePNG(10000+c*1000+i)))
+				if err != nil {
+					if target == a.url && strings.Contains(err.Error(), "connection refused") {
+						target = b.url // never accepted: not lost; the balancer moves it
+						continue
+					}
+					mu.Lock()
+					lost = append(lost, err.Error())
+					mu.Unlock()
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				if resp.Close && target == a.url {
+					movedAt = append(movedAt, i)
+				}
+				mu.Unlock()
+				if resp.Close {
+					target = b.url // the draining proxy asked us to leave
+				}
+			}
+		})
+	}
+	<-shutdown
+	done := make(chan error, 1)
+	go func() { done <- a.Shutdown(context.Background()) }()
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if len(lost) > 0 || statuses[200] == 0 || len(statuses) != 1 {
+		t.Errorf("statuses %v, %d lost requests: %v", statuses, len(lost), lost)
+	}
+	if len(movedAt) == 0 {
+		t.Error("no response from the draining proxy said Connection: close")
+	}
+}

@@ -31,29 +31,58 @@ type ItemError struct{ Msg string }
 
 func (e *ItemError) Error() string { return "runtime rejected the input: " + e.Msg }
 
-// Conn keeps one connection to the runtime, redialing with backoff.
+// Config configures a Conn; zero values mean the defaults given.
+type Config struct {
+	// Socket is the runtime's unix socket. Required.
+	Socket string
+	// StallAfter: a runtime whose executor has made no progress for this
+	// long (a batch running longer, or batches waiting while none
+	// finishes), or that does not answer a progress report within
+	// HeartbeatTimeout, is stalled. Default 4s.
+	StallAfter time.Duration
+	// Heartbeat is how often the progress is asked for. Default 1s.
+	Heartbeat time.Duration
+	// HeartbeatTimeout bounds each progress report. Default 2s.
+	HeartbeatTimeout time.Duration
+	// BatchTimeout caps a batch's time in the runtime; a batch that takes
+	// longer means a stuck runtime. Default 15s.
+	BatchTimeout time.Duration
+	// OnStall, if set, is called from Run's goroutine at each stall.
+	OnStall func()
+}
+
+// Conn keeps one connection to the runtime, redialing with backoff, and
+// watches the runtime's progress. A stalled runtime is treated as gone: its
+// connection is closed (failing the batches on it at once) and redialed, and
+// Current reports no client until a runtime that makes progress answers.
 //
-// Run's goroutine owns dialing and exits when its context ends; Current and
-// LastInfo may be called from any goroutine.
+// Run's goroutine owns dialing and the heartbeat and exits when its context
+// ends; Current and LastInfo may be called from any goroutine.
 type Conn struct {
-	socket string
-	log    *slog.Logger
-	// onChange is called from Run's goroutine with true when a ready
-	// runtime is connected and false when it is lost.
-	onChange func(connected bool)
+	cfg Config
+	log *slog.Logger
 
 	mu     sync.RWMutex
-	client *wire.Client // nil while disconnected or not ready
+	client *wire.Client // nil while disconnected, not ready or stalled
 	info   wire.Info
 	ever   bool // a handshake was seen once: info is meaningful
 }
 
-// New returns a Conn to the runtime at socket; Run connects it.
-func New(socket string, log *slog.Logger, onChange func(connected bool)) *Conn {
-	if onChange == nil {
-		onChange = func(bool) {}
+// New returns a Conn for cfg; Run connects it.
+func New(cfg Config, log *slog.Logger) *Conn {
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = 4 * time.Second
 	}
-	return &Conn{socket: socket, log: log, onChange: onChange}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = time.Second
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 2 * time.Second
+	}
+	if cfg.BatchTimeout <= 0 {
+		cfg.BatchTimeout = 15 * time.Second
+	}
+	return &Conn{cfg: cfg, log: log}
 }
 
 // Current returns the connected client and its handshake; the client is nil
@@ -74,21 +103,14 @@ func (rc *Conn) LastInfo() (wire.Info, bool) {
 
 // Run dials until ctx ends, keeping at most one connection.
 func (rc *Conn) Run(ctx context.Context) {
-	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
+	const minBackoff, maxBackoff = 50 * time.Millisecond, time.Second
 	backoff := minBackoff
 	logged := false
 	for ctx.Err() == nil {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, err := wire.Dial(dctx, rc.socket)
-		cancel()
-		if err == nil && !c.Info().Ready {
-			rc.setInfo(c.Info())
-			c.Close()
-			err = fmt.Errorf("runtime at %q is warming up", rc.socket)
-		}
+		c, err := rc.dial(ctx)
 		if err != nil {
 			if !logged {
-				rc.log.Warn("runtime not available; retrying", "socket", rc.socket, "error", err)
+				rc.log.Warn("runtime not available; retrying", "socket", rc.cfg.Socket, "error", err)
 				logged = true
 			}
 			select {
@@ -99,7 +121,7 @@ func (rc *Conn) Run(ctx context.Context) {
 			continue
 		}
 		info := c.Info()
-		rc.log.Info("runtime connected", "socket", rc.socket, "model", info.Model, "model_sha256", info.ModelSHA256,
+		rc.log.Info("runtime connected", "socket", rc.cfg.Socket, "model", info.Model, "model_sha256", info.ModelSHA256,
 			"generated", info.Generated, "max_batch_size", info.MaxBatchSize)
 		if info.Generated {
 			rc.log.Warn("!!! the runtime's model has generated pseudo-random weights: predictions are meaningless !!!")
@@ -107,20 +129,79 @@ func (rc *Conn) Run(ctx context.Context) {
 		rc.mu.Lock()
 		rc.client, rc.info, rc.ever = c, info, true
 		rc.mu.Unlock()
-		rc.onChange(true)
 		backoff, logged = minBackoff, false
 
-		select {
-		case <-c.Done():
-			rc.log.Warn("runtime connection lost; reconnecting", "socket", rc.socket)
-		case <-ctx.Done():
+		if err := rc.watch(ctx, c); err != nil {
+			rc.log.Warn("runtime stalled; closing the connection and redialing", "socket", rc.cfg.Socket, "error", err)
+			if rc.cfg.OnStall != nil {
+				rc.cfg.OnStall()
+			}
+		} else if ctx.Err() == nil {
+			rc.log.Warn("runtime connection lost; reconnecting", "socket", rc.cfg.Socket)
 		}
 		rc.mu.Lock()
 		rc.client = nil
 		rc.mu.Unlock()
-		rc.onChange(false)
 		c.Close()
 	}
+}
+
+// dial connects and checks that the runtime is ready and making progress.
+func (rc *Conn) dial(ctx context.Context) (*wire.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := wire.Dial(dctx, rc.cfg.Socket)
+	if err != nil {
+		return nil, err
+	}
+	if !c.Info().Ready {
+		rc.setInfo(c.Info())
+		c.Close()
+		return nil, fmt.Errorf("runtime at %q is warming up", rc.cfg.Socket)
+	}
+	if err := rc.check(ctx, c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// watch asks for the runtime's progress every Heartbeat until the
+// connection ends (nil) or the runtime stalls (the reason).
+func (rc *Conn) watch(ctx context.Context, c *wire.Client) error {
+	t := time.NewTicker(rc.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.Done():
+			return nil
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := rc.check(ctx, c); err != nil {
+			return err
+		}
+	}
+}
+
+// check asks c for its progress, within HeartbeatTimeout.
+func (rc *Conn) check(ctx context.Context, c *wire.Client) error {
+	hctx, cancel := context.WithTimeout(ctx, rc.cfg.HeartbeatTimeout)
+	defer cancel()
+	st, err := c.Stats(hctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("no progress report within %v (process stopped or overloaded?)", rc.cfg.HeartbeatTimeout)
+	case err != nil:
+		return fmt.Errorf("progress report: %w", err)
+	case st.Stalled(rc.cfg.StallAfter):
+		return fmt.Errorf("no progress for %v: a batch has run %d ms, %d batches wait, the last finished %d ms ago",
+			rc.cfg.StallAfter, st.RunningMs, st.Queued, st.IdleMs)
+	}
+	return nil
 }
 
 func (rc *Conn) setInfo(info wire.Info) {
@@ -134,6 +215,7 @@ type Item struct {
 	Tensor    []float32
 	ModelSHA  string    // the model it was preprocessed for
 	Submitted time.Time // when it entered the batcher
+	Deadline  time.Time // its request's; zero: none
 }
 
 // Result is one item's outcome.
@@ -149,6 +231,30 @@ type Runner struct {
 	conn    *Conn
 	metrics *stats.Metrics
 	buf     sync.Pool // of *[]float32, one chunk's input
+}
+
+// errBatchTimeout is the cause of a batch context ended by BatchTimeout.
+var errBatchTimeout = errors.New("batch timeout")
+
+// batchContext bounds a batch: it ends when the latest of its items'
+// deadlines passes (nobody waits for it then), or after BatchTimeout,
+// whichever is first.
+func (r *Runner) batchContext(ctx context.Context, items []*Item, chunk []int) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, i := range chunk {
+		if d := items[i].Deadline; d.IsZero() {
+			latest = time.Time{}
+			break
+		} else if d.After(latest) {
+			latest = d
+		}
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, r.conn.cfg.BatchTimeout, errBatchTimeout)
+	if latest.IsZero() {
+		return ctx, cancel
+	}
+	dctx, dcancel := context.WithDeadline(ctx, latest)
+	return dctx, func() { dcancel(); cancel() }
 }
 
 // NewRunner returns a Runner over conn.
@@ -173,6 +279,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 	}
 	for len(live) > 0 {
 		chunk := live[:min(len(live), info.MaxBatchSize)]
+		bctx, cancel := r.batchContext(ctx, items, chunk)
 		live = live[len(chunk):]
 		bp, _ := r.buf.Get().(*[]float32)
 		if bp == nil {
@@ -182,7 +289,9 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		for _, i := range chunk {
 			in = append(in, items[i].Tensor...)
 		}
-		res, err := c.Run(ctx, len(chunk), in)
+		res, err := c.Run(bctx, len(chunk), in)
+		capped := errors.Is(context.Cause(bctx), errBatchTimeout)
+		cancel()
 		*bp = in
 		r.buf.Put(bp)
 		if err != nil {
@@ -190,8 +299,16 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 			switch {
 			case errors.Is(err, wire.ErrConnLost), errors.As(err, &we) && (we.Code == wire.CodeNotReady || we.Code == wire.CodeShuttingDown):
 				err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+			case capped:
+				// The runtime took longer than any batch may: stuck.
+				// Closing fails the other batches on the connection at
+				// once, and Run redials.
+				c.Close()
+				err = fmt.Errorf("%w: batch of %d took over %v", ErrUnavailable, len(chunk), r.conn.cfg.BatchTimeout)
 			case ctx.Err() != nil:
 				err = ctx.Err()
+			case bctx.Err() != nil:
+				err = context.DeadlineExceeded // every item's deadline passed
 			default:
 				err = fmt.Errorf("cannot run batch of %d on the runtime: %w", len(chunk), err)
 			}

@@ -42,6 +42,7 @@ type Metrics struct {
 	CacheMisses    *metrics.Counter
 	CacheCoalesced *metrics.Counter
 	Panics         *metrics.Counter
+	RuntimeStalls  *metrics.Counter
 
 	routes     map[string]*route // fixed after New
 	rejections map[string]*metrics.Counter
@@ -79,6 +80,7 @@ func New(set *metrics.Set, g Gauges) *Metrics {
 		CacheMisses:    set.NewCounter("inference_cache_misses_total"),
 		CacheCoalesced: set.NewCounter("inference_cache_coalesced_total"),
 		Panics:         set.NewCounter("inference_panics_total"),
+		RuntimeStalls:  set.NewCounter("inference_runtime_stalls_total"),
 		routes:         map[string]*route{},
 		rejections:     map[string]*metrics.Counter{},
 	}

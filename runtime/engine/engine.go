@@ -70,8 +70,11 @@ func (i Info) ImageSize() int { return i.Channels * i.Height * i.Width }
 
 // Engine is a loaded model. Run is safe for concurrent use.
 type Engine struct {
-	info    Info
-	session *ort.DynamicAdvancedSession
+	info Info
+	// mu is held shared by every Run and exclusively by Close, so the
+	// session is never destroyed while ONNX Runtime is using it.
+	mu      sync.RWMutex
+	session *ort.DynamicAdvancedSession // nil once closed
 }
 
 var (
@@ -348,6 +351,11 @@ func (e *Engine) Run(input []float32, n int) ([]float32, error) {
 	if n <= 0 || len(input) != n*e.info.ImageSize() {
 		return nil, fmt.Errorf("BUG: Run got %d values for %d images of %d", len(input), n, e.info.ImageSize())
 	}
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	if e.session == nil {
+		return nil, ErrClosed
+	}
 	in, err := ort.NewTensor(ort.NewShape(int64(n), int64(e.info.Channels), int64(e.info.Height), int64(e.info.Width)), input)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create input tensor: %w", err)
@@ -364,5 +372,19 @@ func (e *Engine) Run(input []float32, n int) ([]float32, error) {
 	return append([]float32(nil), out.GetData()...), nil
 }
 
-// Close releases the session.
-func (e *Engine) Close() error { return e.session.Destroy() }
+// ErrClosed is returned by Run after Close.
+var ErrClosed = errors.New("engine closed")
+
+// Close waits for the Runs in progress, then releases the session. A Run
+// that never returns (ONNX Runtime hung) blocks it: a caller that must exit
+// anyway should exit without calling Close.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session == nil {
+		return nil
+	}
+	err := e.session.Destroy()
+	e.session = nil
+	return err
+}

@@ -65,6 +65,9 @@ type Server struct {
 	wg    sync.WaitGroup // connection readers
 
 	batches, items atomic.Uint64
+	// The executor's progress, for Stats: when the batch running now
+	// started (0 when idle) and when the last one finished, in Unix ns.
+	runningSince, lastFinish atomic.Int64
 }
 
 type job struct {
@@ -79,13 +82,20 @@ type conn struct {
 	wbuf []byte
 }
 
-// write sends one frame built by frame; errors mean the client is gone,
+// write sends one frame built by frame, within wire.WriteTimeout. An error
+// means the client is gone or stopped reading: the connection is closed,
 // which its reader notices.
 func (c *conn) write(frame func([]byte) []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbuf = frame(c.wbuf[:0])
-	c.Write(c.wbuf)
+	c.SetWriteDeadline(time.Now().Add(wire.WriteTimeout))
+	if _, err := c.Write(c.wbuf); err != nil {
+		c.Close()
+	}
+	if cap(c.wbuf) > 1<<20 { // do not pin one big result's buffer forever
+		c.wbuf = nil
+	}
 }
 
 // New returns a server for model. It is not ready until SetReady(true).
@@ -104,6 +114,7 @@ func New(model Model, cfg Config) *Server {
 		exec:  make(chan struct{}),
 		conns: map[*conn]struct{}{},
 	}
+	s.lastFinish.Store(time.Now().UnixNano())
 	go s.executor()
 	return s
 }
@@ -112,9 +123,16 @@ func New(model Model, cfg Config) *Server {
 // not ready fail with CodeNotReady.
 func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
 
-// Stats returns the number of batches and items the model ran.
+// Stats returns the number of batches and items the model ran, and the
+// executor's progress.
 func (s *Server) Stats() wire.Stats {
-	return wire.Stats{Batches: s.batches.Load(), Items: s.items.Load()}
+	now := time.Now().UnixNano()
+	st := wire.Stats{Batches: s.batches.Load(), Items: s.items.Load(), Queued: len(s.jobs),
+		IdleMs: (now - s.lastFinish.Load()) / 1e6}
+	if since := s.runningSince.Load(); since != 0 {
+		st.RunningMs = max((now-since)/1e6, 1)
+	}
+	return st
 }
 
 // Listen creates the unix socket at path with mode 0660. A socket file left
@@ -343,8 +361,12 @@ func (s *Server) run(j job) {
 			}
 		}
 		start := time.Now()
+		s.runningSince.Store(start.UnixNano())
 		scores, err := s.model.Run(input, len(valid))
-		res.ExecNanos = uint64(time.Since(start))
+		end := time.Now()
+		s.runningSince.Store(0)
+		s.lastFinish.Store(end.UnixNano())
+		res.ExecNanos = uint64(end.Sub(start))
 		if err != nil {
 			s.log.Error("batch failed", "batch_size", len(valid), "error", err)
 			s.replyError(j.c, b.ID, wire.CodeInternal, "model failed on the batch")
@@ -369,12 +391,16 @@ func finite(xs []float32) bool {
 }
 
 // Warmup runs one batch of every size from 1 to the max batch size, so that
-// no client pays for a first run, and returns how long that took.
-func (s *Server) Warmup() (time.Duration, error) {
+// no client pays for a first run, and returns how long that took. It stops
+// between sizes when ctx ends, with ctx's error.
+func (s *Server) Warmup(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
 	size := s.cfg.Info.ImageSize()
 	zeros := make([]float32, s.cfg.Info.MaxBatchSize*size)
 	for n := 1; n <= s.cfg.Info.MaxBatchSize; n++ {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
 		if _, err := s.model.Run(zeros[:n*size], n); err != nil {
 			return 0, fmt.Errorf("warm-up at batch size %d failed: %w", n, err)
 		}

@@ -404,3 +404,59 @@ func TestShutdown(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestProgress: the reader reports the executor's progress, so a batch
+// stuck in the model shows as stalled while the connection still answers.
+func TestProgress(t *testing.T) {
+	g := &gate{started: make(chan int, 4), release: make(chan struct{}), classes: 10}
+	info := wire.Info{Channels: 1, Height: 2, Width: 2, Classes: 10, MaxBatchSize: 4}
+	s, path := start(t, g, info, true)
+	c := dial(t, path)
+	ctx := context.Background()
+	if st, err := c.Stats(ctx); err != nil || st.RunningMs != 0 || st.Queued != 0 || st.Stalled(time.Second) {
+		t.Fatalf("idle: %+v, %v", st, err)
+	}
+	done := make(chan error, 2)
+	go func() { _, err := c.Run(ctx, 1, make([]float32, 4)); done <- err }()
+	<-g.started
+	go func() { _, err := c.Run(ctx, 1, make([]float32, 4)); done <- err }()
+	for len(s.jobs) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(60 * time.Millisecond)
+	st, err := c.Stats(ctx)
+	if err != nil || st.RunningMs < 50 || st.Queued != 1 {
+		t.Fatalf("one batch stuck in the model, one queued: %+v, %v", st, err)
+	}
+	if !st.Stalled(50*time.Millisecond) || st.Stalled(time.Minute) {
+		t.Errorf("Stalled: %v after 50ms, %v after 1m; want true, false", st.Stalled(50*time.Millisecond), st.Stalled(time.Minute))
+	}
+	close(g.release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := c.Stats(ctx); err != nil || st.RunningMs != 0 || st.Queued != 0 || st.Batches != 2 || st.IdleMs > 1000 {
+		t.Errorf("after both batches: %+v, %v", st, err)
+	}
+}
+
+func TestStalled(t *testing.T) {
+	for _, tc := range []struct {
+		st   wire.Stats
+		want bool
+	}{
+		{wire.Stats{}, false},
+		{wire.Stats{IdleMs: 60_000}, false},                          // idle with nothing to do
+		{wire.Stats{RunningMs: 3000}, false},                         // a batch within the limit
+		{wire.Stats{RunningMs: 5000}, true},                          // stuck in the model
+		{wire.Stats{Queued: 2, IdleMs: 5000}, true},                  // work waits, nothing runs
+		{wire.Stats{Queued: 2, IdleMs: 100}, false},                  // between batches
+		{wire.Stats{Queued: 1, RunningMs: 100, IdleMs: 9000}, false}, // slow start, now running
+	} {
+		if got := tc.st.Stalled(4 * time.Second); got != tc.want {
+			t.Errorf("%+v: Stalled(4s) = %v, want %v", tc.st, got, tc.want)
+		}
+	}
+}

@@ -161,13 +161,25 @@ func (c *Client) unregister(id uint64) {
 	c.mu.Unlock()
 }
 
+// WriteTimeout bounds each frame's write: a runtime that stops reading (a
+// stopped process, a full socket buffer) fails the call instead of holding
+// the write lock forever.
+const WriteTimeout = 10 * time.Second
+
 func (c *Client) send(frame func([]byte) []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbuf = frame(c.wbuf[:0])
+	c.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
 	_, err := c.conn.Write(c.wbuf)
 	if cap(c.wbuf) > 1<<20 { // do not pin one huge batch's buffer forever
 		c.wbuf = nil
+	}
+	if err != nil {
+		// Part of a frame may have gone out: the stream cannot be
+		// trusted further. Closing ends the reader, which fails every
+		// outstanding call.
+		c.conn.Close()
 	}
 	return err
 }

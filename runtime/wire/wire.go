@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"time"
 )
 
 // Version is the protocol version this package speaks.
@@ -98,10 +99,27 @@ func (i *Info) MaxResultFrame() int {
 	return 1 + 24 + i.MaxBatchSize*(1+max(i.Classes*4, 2+maxItemError))
 }
 
-// Stats are the server's counters.
+// Stats are the server's counters and the executor's progress. The
+// connection's reader answers a StatsRequest at once, so a runtime whose
+// executor is stuck still says so; a stopped process does not answer.
 type Stats struct {
 	Batches uint64 `json:"batches"`
 	Items   uint64 `json:"items"`
+	// Queued is the number of batches waiting for the executor.
+	Queued int `json:"queued"`
+	// RunningMs is how long the batch running now has run; 0 when idle.
+	RunningMs int64 `json:"running_ms"`
+	// IdleMs is how long ago the executor last finished a batch (or
+	// started, before the first).
+	IdleMs int64 `json:"idle_ms"`
+}
+
+// Stalled reports whether the executor has made no progress for after:
+// one batch has run longer than that, or batches wait and none has
+// finished for that long.
+func (s Stats) Stalled(after time.Duration) bool {
+	ms := after.Milliseconds()
+	return s.RunningMs > ms || (s.Queued > 0 && s.RunningMs == 0 && s.IdleMs > ms)
 }
 
 // AppendStatsRequest appends a StatsRequest frame.
