@@ -12,13 +12,26 @@
 //     and leave as one batch the moment it is free.
 //   - Bounded queue: at most QueueCapacity items wait. Submit on a full queue
 //     fails at once with a *QueueFullError (errors.Is ErrQueueFull) holding
-//     the depth and an estimated RetryAfter.
+//     the depth (waiting + running items) and RetryAfter = depth x ItemTime.
 //   - Deadlines: an item whose context ends before dispatch never takes a
-//     batch slot, and its caller gets the context's error. A caller whose
-//     context ends while its batch runs returns at once; the batch completes
-//     for the others.
+//     batch slot and is never passed to the Runner; its caller gets the
+//     context's error at once, and the item leaves the queue at that moment:
+//     its QueueCapacity slot is free for the next Submit, Snapshot no longer
+//     counts it, and the dispatcher drops its reference to the item promptly,
+//     without waiting for the next batch. A caller whose context ends while
+//     its batch runs returns at once; the batch completes for the others.
 //   - Per-item results: the Runner fills one Result per item; a Runner error
 //     fails only that batch's items.
+//   - ItemTime, the estimate behind RetryAfter, is a moving average of the
+//     Runner's busy time per item over successful batches only (the Runner
+//     returned nil and at least one item has no Err): a batch that fails,
+//     often in microseconds because the backend is down, says nothing of how
+//     long items take. A batch is charged the time from its start, or from
+//     the end of the batch before it if that is later, to its end: when
+//     MaxInFlight > 1 only pipelines into a backend that runs one batch at a
+//     time, the wait behind the batch before is not counted twice, and
+//     depth x ItemTime is the time to drain depth items. RetryAfter is not
+//     divided by MaxInFlight.
 //   - Close stops accepting (ErrClosed), dispatches what is queued without
 //     waiting for windows, and waits for running batches. Items still queued
 //     when Close's context ends fail with ErrClosed, and the running batches'
@@ -29,9 +42,31 @@
 // One goroutine, the dispatcher, owns the queue, the window timer and the
 // batch buffers; it exits when Close has drained everything. MaxInFlight
 // worker goroutines run batches; the dispatcher stops them and waits for
-// them before it exits. Submit sends an item to
-// the dispatcher over a channel that admission control keeps from ever
-// blocking, then waits for its result.
+// them before it exits. Submit, holding the read lock that Close takes to
+// stop admission, counts the item in waiting, sends its request to the
+// dispatcher over a channel without ever blocking, then waits for its result.
+//
+// Each request has an atomic state, queued until exactly one of two CASes
+// moves it on: the dispatcher's to taken (into a batch, or answered ErrClosed
+// by a cut-short Close) or expired (its context found ended), or Submit's to
+// abandoned when its context ends first. The winner decrements waiting, so
+// the count is exact the moment Submit returns. The dispatcher never passes a
+// request it did not take to the Runner, and never answers one it did not
+// take. An abandoning Submit nudges the dispatcher over a one-slot wake
+// channel (non-blocking send) and the dispatcher compacts its queue.
+//
+// Requests are pooled. A request is reused only by its sole remaining owner:
+// by Submit after it received the answer, or by the dispatcher when it drops
+// a request that Submit abandoned (Submit touches it no more after its CAS).
+// A request taken and then given up by its caller (context ended while its
+// batch runs), or expired by the dispatcher (its Submit still looks at the
+// state), is left to the garbage collector.
+//
+// The in channel holds 2 x QueueCapacity requests: at most QueueCapacity
+// live ones (waiting bounds them) plus abandoned ones the dispatcher has not
+// received yet. The send is non-blocking anyway: should more than
+// QueueCapacity abandoned requests pile up unreceived (a starved dispatcher),
+// Submit fails with a *QueueFullError rather than block.
 package batching
 
 import (
@@ -83,11 +118,15 @@ type Config struct {
 	// runner is idle, counted from the oldest waiting item's arrival.
 	// Zero dispatches at once.
 	Window time.Duration
-	// QueueCapacity is the most items waiting (not yet dispatched). Zero
-	// means 64 * MaxBatchSize.
+	// QueueCapacity is the most items waiting (not yet dispatched); an
+	// item whose context ended stops counting the moment Submit returns.
+	// Zero means 64 * MaxBatchSize.
 	QueueCapacity int
 	// MaxInFlight is the most batches running at once. Zero means 1,
-	// which suits a runtime with one thread.
+	// which suits a runtime with one thread; 2 pipelines into such a
+	// runtime (the next batch waits at the runtime while one runs).
+	// RetryAfter does not assume that MaxInFlight batches run in parallel:
+	// it is depth x ItemTime, the measured busy time per item (see Snapshot).
 	MaxInFlight int
 	// Observer, if not nil, receives batch events.
 	Observer Observer
@@ -105,8 +144,10 @@ var (
 type QueueFullError struct {
 	// Depth is the number of waiting and running items.
 	Depth int
-	// RetryAfter estimates when the queue will have drained, from
-	// recent per-item execution times; zero when nothing ran yet.
+	// RetryAfter estimates when the queue will have drained: Depth x
+	// Snapshot.ItemTime, the measured busy time per item of recent
+	// successful batches (not divided by MaxInFlight); zero until a batch
+	// succeeded.
 	RetryAfter time.Duration
 }
 
@@ -119,12 +160,18 @@ func (e *QueueFullError) Is(target error) bool { return target == ErrQueueFull }
 
 // Snapshot is a point-in-time view of a Batcher.
 type Snapshot struct {
-	// Waiting counts queued items, not yet dispatched.
+	// Waiting counts queued items, not yet dispatched. An item whose
+	// context ended no longer counts once Submit has returned.
 	Waiting int
 	// InFlight counts items in running batches.
 	InFlight int
-	// ItemTime is a moving average of execution time per item
-	// (batch time / batch size); zero before the first batch.
+	// ItemTime is a moving average of the Runner's busy time per item over
+	// successful batches (the Runner returned nil and at least one item
+	// has no Err). A batch counts the time from its start, or from the end
+	// of the batch before it if later, to its end, over its size: with
+	// MaxInFlight 2 pipelining into a backend that runs one batch at a
+	// time, that is the backend's time per item, without the wait behind
+	// the other batch. Zero until a batch succeeded.
 	ItemTime time.Duration
 }
 
@@ -136,7 +183,8 @@ type Batcher[In, Out any] struct {
 	mu     sync.RWMutex // Submit holds it to send; Close takes it to close
 	closed bool
 
-	in       chan *request[In, Out] // to the dispatcher; admission keeps it from blocking
+	in       chan *request[In, Out] // to the dispatcher; 2 x QueueCapacity, sent to without blocking
+	wake     chan struct{}          // 1 slot: Submit abandoned a request, compact the queue
 	closing  chan struct{}          // closed by Close
 	drainCtx context.Context        // Close's context, set before closing is closed
 	stopped  chan struct{}          // closed when the dispatcher exits
@@ -146,16 +194,29 @@ type Batcher[In, Out any] struct {
 
 	requests sync.Pool // of *request, reused once answered and received
 
-	waiting  atomic.Int64 // admitted, not yet dispatched or dropped
+	waiting  atomic.Int64 // admitted, still queued (state reqQueued)
 	inFlight atomic.Int64 // items in running batches
-	itemTime atomic.Int64 // EWMA of nanoseconds per item
+	itemTime atomic.Int64 // EWMA of busy nanoseconds per item; written under timeMu
+
+	timeMu  sync.Mutex
+	lastEnd time.Time // when the last batch ended, for ItemTime
 }
 
+// Request states: a request leaves reqQueued exactly once, by the CAS of
+// whoever gets there first; the winner decrements waiting.
+const (
+	reqQueued    int32 = iota // admitted, counted in waiting
+	reqTaken                  // dispatcher: in a batch, or answered ErrClosed
+	reqExpired                // dispatcher: its context ended; never answered
+	reqAbandoned              // Submit: its context ended; never answered
+)
+
 type request[In, Out any] struct {
+	state   atomic.Int32 // reqQueued... ; zero (reqQueued) when fresh or reset
 	ctx     context.Context
 	item    In
 	arrival time.Time
-	done    chan Result[Out] // buffered: the sender never blocks
+	done    chan Result[Out] // buffered: the sender never blocks; written only if taken
 }
 
 // batch is a reusable batch buffer. The dispatcher owns it while filling it,
@@ -184,7 +245,10 @@ func New[In, Out any](r Runner[In, Out], cfg Config) *Batcher[In, Out] {
 	runCtx, cancel := context.WithCancel(context.Background())
 	b := &Batcher[In, Out]{
 		cfg: cfg, runner: r,
-		in:      make(chan *request[In, Out], cfg.QueueCapacity),
+		// QueueCapacity live requests plus as many abandoned ones not
+		// yet received; Submit's send does not block past that either.
+		in:      make(chan *request[In, Out], 2*cfg.QueueCapacity),
+		wake:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		stopped: make(chan struct{}),
 		runCtx:  runCtx, cancelRun: cancel,
@@ -195,45 +259,70 @@ func New[In, Out any](r Runner[In, Out], cfg Config) *Batcher[In, Out] {
 
 // Submit queues item and waits for its result. It fails at once with a
 // *QueueFullError when the queue is full and with ErrClosed after Close;
-// it returns ctx's error as soon as ctx ends.
+// it returns ctx's error as soon as ctx ends, and if item was still queued
+// then, its queue slot is free by the time Submit returns.
 func (b *Batcher[In, Out]) Submit(ctx context.Context, item In) (Out, error) {
 	var zero Out
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	req, _ := b.requests.Get().(*request[In, Out])
-	if req == nil {
-		req = &request[In, Out]{done: make(chan Result[Out], 1)}
-	}
-	req.ctx, req.item, req.arrival = ctx, item, time.Now()
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
 		return zero, ErrClosed
 	}
 	if b.waiting.Add(1) > int64(b.cfg.QueueCapacity) {
-		depth := b.waiting.Add(-1) + b.inFlight.Load()
 		b.mu.RUnlock()
-		return zero, &QueueFullError{Depth: int(depth), RetryAfter: b.retryAfter(depth)}
+		return zero, b.full()
 	}
-	b.in <- req // never blocks: at most QueueCapacity requests are admitted
+	req, _ := b.requests.Get().(*request[In, Out])
+	if req == nil {
+		req = &request[In, Out]{done: make(chan Result[Out], 1)}
+	}
+	req.ctx, req.item, req.arrival = ctx, item, time.Now()
+	select {
+	case b.in <- req:
+	default:
+		// More than QueueCapacity abandoned requests wait to be received:
+		// the dispatcher is starved. Refuse rather than block.
+		b.mu.RUnlock()
+		b.recycle(req)
+		return zero, b.full()
+	}
 	b.mu.RUnlock()
 
 	select {
 	case r := <-req.done:
 		// Answered: neither the dispatcher nor a worker holds req now.
-		*req = request[In, Out]{done: req.done}
-		b.requests.Put(req)
+		b.recycle(req)
 		return r.Value, r.Err
 	case <-ctx.Done():
-		return zero, ctx.Err() // req may still be queued: not reused
 	}
+	if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
+		// Still queued: the slot is free now. req belongs to the
+		// dispatcher from here on (it drops and reuses it): hands off.
+		b.waiting.Add(-1)
+		select {
+		case b.wake <- struct{}{}:
+		default: // a wake is pending already
+		}
+	}
+	// Otherwise it is in a batch whose worker will still answer it, or the
+	// dispatcher expired it: not reused either way.
+	return zero, ctx.Err()
 }
 
-// retryAfter estimates how long depth items take to drain.
-func (b *Batcher[In, Out]) retryAfter(depth int64) time.Duration {
-	per := b.itemTime.Load()
-	return time.Duration(float64(depth) * float64(per) / float64(b.cfg.MaxInFlight))
+// full undoes an admission and describes the full queue.
+func (b *Batcher[In, Out]) full() *QueueFullError {
+	depth := b.waiting.Add(-1) + b.inFlight.Load()
+	return &QueueFullError{Depth: int(depth), RetryAfter: time.Duration(depth * b.itemTime.Load())}
+}
+
+// recycle resets req and returns it to the pool. Only req's sole owner may
+// call it.
+func (b *Batcher[In, Out]) recycle(req *request[In, Out]) {
+	*req = request[In, Out]{done: req.done}
+	b.requests.Put(req)
 }
 
 // Snapshot returns the current queue state.
@@ -323,7 +412,13 @@ func (b *Batcher[In, Out]) dispatch() {
 
 		select {
 		case req := <-b.in:
-			queue = append(queue, req)
+			if req.state.Load() == reqAbandoned {
+				b.recycle(req) // Submit gave up on it on the way
+			} else {
+				queue = append(queue, req)
+			}
+		case <-b.wake:
+			queue = b.compact(queue)
 		case bt := <-finished:
 			free = append(free, bt)
 		case <-timer.C:
@@ -337,8 +432,12 @@ func (b *Batcher[In, Out]) dispatch() {
 				queue = append(queue, <-b.in)
 			}
 			for _, r := range queue {
-				b.waiting.Add(-1)
-				r.done <- Result[Out]{Err: ErrClosed}
+				if r.state.CompareAndSwap(reqQueued, reqTaken) {
+					b.waiting.Add(-1)
+					r.done <- Result[Out]{Err: ErrClosed}
+				} else {
+					b.recycle(r) // abandoned by Submit
+				}
 			}
 			queue = nil
 			b.cancelRun()
@@ -347,22 +446,44 @@ func (b *Batcher[In, Out]) dispatch() {
 }
 
 // take moves up to MaxBatchSize live requests from the front of queue into
-// bt.reqs. Requests whose context has ended are answered with its error and
-// never take a slot.
+// bt.reqs, marking them taken. Requests whose context has ended never take a
+// slot: those Submit abandoned are reused, the others marked expired and left
+// to their Submit, which returns the context's error.
 func (b *Batcher[In, Out]) take(queue []*request[In, Out], bt *batch[In, Out]) []*request[In, Out] {
 	bt.reqs = bt.reqs[:0]
 	i := 0
 	for ; i < len(queue) && len(bt.reqs) < b.cfg.MaxBatchSize; i++ {
 		r := queue[i]
 		queue[i] = nil // let the request be collected once answered
-		if err := r.ctx.Err(); err != nil {
-			b.waiting.Add(-1)
-			r.done <- Result[Out]{Err: err}
-			continue
+		next := reqTaken
+		if r.ctx.Err() != nil {
+			next = reqExpired
 		}
-		bt.reqs = append(bt.reqs, r)
+		switch {
+		case !r.state.CompareAndSwap(reqQueued, next):
+			b.recycle(r) // Submit abandoned it: the dispatcher is its last owner
+		case next == reqExpired:
+			b.waiting.Add(-1)
+		default:
+			bt.reqs = append(bt.reqs, r)
+		}
 	}
 	return queue[i:]
+}
+
+// compact drops the requests Submit abandoned from queue, keeping the order
+// of the others, so that their items are not held until the next batch.
+func (b *Batcher[In, Out]) compact(queue []*request[In, Out]) []*request[In, Out] {
+	kept := queue[:0]
+	for _, r := range queue {
+		if r.state.Load() == reqAbandoned {
+			b.recycle(r)
+		} else {
+			kept = append(kept, r)
+		}
+	}
+	clear(queue[len(kept):])
+	return kept
 }
 
 // prepare fills bt's items and does the accounting as it is dispatched.
@@ -390,8 +511,9 @@ func (b *Batcher[In, Out]) run(bt *batch[In, Out]) {
 	bt.results = slices.Grow(bt.results[:0], n)[:n]
 	start := time.Now()
 	err := b.runner.RunBatch(b.runCtx, bt.items, bt.results)
-	exec := time.Since(start)
-	b.observe(n, exec)
+	end := time.Now()
+	exec := end.Sub(start)
+	b.observe(start, end, bt.results, err)
 	if b.cfg.Observer != nil {
 		b.cfg.Observer.Finished(n, exec, err)
 	}
@@ -409,17 +531,31 @@ func (b *Batcher[In, Out]) run(bt *batch[In, Out]) {
 	clear(bt.results)
 }
 
-// observe folds a batch's per-item time into the moving average.
-func (b *Batcher[In, Out]) observe(n int, exec time.Duration) {
-	per := float64(exec) / float64(n)
-	for {
-		old := b.itemTime.Load()
-		next := per
-		if old != 0 {
-			next = 0.8*float64(old) + 0.2*per
-		}
-		if b.itemTime.CompareAndSwap(old, int64(math.Round(next))) {
-			return
-		}
+// observe notes that a batch ran from start to end and, if it succeeded
+// (err nil and at least one result without Err), folds its busy time per
+// item into ItemTime. The batch is charged from its start, or from the
+// previous batch's end if later, to its end: a pipelined batch's wait behind
+// the one before it is that one's time, not its own.
+func (b *Batcher[In, Out]) observe(start, end time.Time, results []Result[Out], err error) {
+	ok := err == nil && slices.ContainsFunc(results, func(r Result[Out]) bool { return r.Err == nil })
+	b.timeMu.Lock()
+	defer b.timeMu.Unlock()
+	from := start
+	if b.lastEnd.After(from) {
+		from = b.lastEnd
 	}
+	if end.After(b.lastEnd) {
+		b.lastEnd = end
+	}
+	if !ok {
+		return
+	}
+	// Negative only if another batch that ended later took timeMu first:
+	// it was charged for the time they shared.
+	busy := max(end.Sub(from), 0)
+	per := float64(busy) / float64(len(results))
+	if old := b.itemTime.Load(); old != 0 {
+		per = 0.8*float64(old) + 0.2*per
+	}
+	b.itemTime.Store(int64(math.Round(per)))
 }
