@@ -97,6 +97,7 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	g.MaxElements = int(num("OIP_MAX_IMAGES", int64(min(max(g.Batch.QueueCapacity/4, 1), 64)), 1, 1024))
 	g.RuntimeStallAfter = dur("RUNTIME_STALL_TIMEOUT", 4*time.Second, 100*time.Millisecond, time.Hour)
 	g.RuntimeBatchTimeout = dur("RUNTIME_BATCH_TIMEOUT", 15*time.Second, 100*time.Millisecond, time.Hour)
+	g.RuntimeHeartbeatTimeout = dur("RUNTIME_HEARTBEAT_TIMEOUT", 2*time.Second, 10*time.Millisecond, time.Hour)
 	g.DrainDelay = dur("DRAIN_DELAY", 5*time.Second, 0, 10*time.Minute)
 	if g.UploadMemory < 2*int64(g.MaxBodyBytes) {
 		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 4x their size)", g.UploadMemory, g.MaxBodyBytes))

@@ -171,7 +171,11 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 		return nil, ErrUnavailable
 	}
 	s.metrics.CacheMisses.Inc()
-	out, shared, err := s.flights.Do(ctx, key, func(fctx context.Context) (*Outcome, error) {
+	joined := func() {
+		release() // the call in flight reads its own caller's bytes
+		s.metrics.CacheCoalesced.Inc()
+	}
+	out, shared, err := s.flights.DoNotify(ctx, key, func(fctx context.Context) (*Outcome, error) {
 		defer release()
 		start := time.Now()
 		tensor, err := s.preprocess(fctx, data, info, release)
@@ -185,11 +189,7 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 		}
 		s.cache.add(key, inf.Scores)
 		return &Outcome{Scores: inf.Scores, Model: info, Prep: prep, Inference: inf}, nil
-	})
-	if shared {
-		release() // the call in flight works on its own copy of these bytes
-		s.metrics.CacheCoalesced.Inc()
-	}
+	}, joined)
 	if err != nil {
 		return nil, err
 	}
@@ -224,6 +224,9 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 	}
 	p := imageprep.Params{ResizeShorter: info.ResizeShorter, Height: info.Height, Width: info.Width, Mean: info.Mean, Std: info.Std}
 	need := h.MemoryBytes(p)
+	if need > s.mem.Size() { // never decodable here, busy or not
+		return nil, &MemoryError{Need: need, Budget: s.mem.Size()}
+	}
 	defer s.waiting.Add(-1)
 	if s.waiting.Add(1) > int64(s.cfg.DecodeQueue) {
 		return nil, ErrDecodeBusy

@@ -12,9 +12,20 @@ package flight
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 )
+
+// PanicError is what the callers get when fn panics: the shared work runs
+// on its own goroutine, out of reach of the callers' own recover.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic in shared work: %v", e.Value) }
 
 // Group runs at most one fn per key at a time. The zero value is ready.
 type Group[K comparable, V any] struct {
@@ -47,6 +58,13 @@ type call[V any] struct {
 // caller's deadline does not cut it short. Do returns as soon as the
 // caller's own ctx ends, with ctx's error.
 func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V, error)) (v V, shared bool, err error) {
+	return g.DoNotify(ctx, key, fn, nil)
+}
+
+// DoNotify is Do, calling joined (if not nil) as soon as the caller has
+// joined a call in flight, before it waits: what the caller held for its own
+// fn can be let go then.
+func (g *Group[K, V]) DoNotify(ctx context.Context, key K, fn func(context.Context) (V, error), joined func()) (v V, shared bool, err error) {
 	g.mu.Lock()
 	if g.m == nil {
 		g.m = map[K]*call[V]{}
@@ -66,6 +84,9 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 	}
 	g.extend(c, ctx)
 	g.mu.Unlock()
+	if shared && joined != nil {
+		joined()
+	}
 
 	select {
 	case <-c.done:
@@ -87,9 +108,17 @@ func (g *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V
 	}
 }
 
-// run executes fn for c, then forgets c.
+// run executes fn for c, then forgets c. A panic in fn becomes every
+// caller's *PanicError.
 func (g *Group[K, V]) run(key K, c *call[V], fn func(context.Context) (V, error)) {
-	c.val, c.err = fn(c.ctx)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				c.err = &PanicError{Value: p, Stack: debug.Stack()}
+			}
+		}()
+		c.val, c.err = fn(c.ctx)
+	}()
 	g.mu.Lock()
 	g.end(key, c)
 	g.mu.Unlock()

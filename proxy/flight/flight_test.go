@@ -189,3 +189,31 @@ func ExampleGroup() {
 	_, _, _ = v, shared, err
 	// Output:
 }
+
+// A panic in fn, on the call's own goroutine, comes back to every caller as
+// a *PanicError instead of ending the process.
+func TestPanicShared(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g Group[int, int]
+		var wg sync.WaitGroup
+		joined := 0
+		var mu sync.Mutex
+		for i := range 2 {
+			wg.Go(func() {
+				_, _, err := g.DoNotify(context.Background(), 1, func(context.Context) (int, error) {
+					time.Sleep(time.Second)
+					panic("boom")
+				}, func() { mu.Lock(); joined++; mu.Unlock() })
+				var pe *PanicError
+				if !errors.As(err, &pe) || pe.Value != "boom" || len(pe.Stack) == 0 {
+					t.Errorf("caller %d: %v, want a PanicError with its stack", i, err)
+				}
+			})
+			synctest.Wait()
+		}
+		wg.Wait()
+		if joined != 1 {
+			t.Errorf("joined called %d times, want 1 (for the second caller)", joined)
+		}
+	})
+}

@@ -78,6 +78,9 @@ type Config struct {
 	RuntimeStallAfter time.Duration
 	// RuntimeBatchTimeout caps one batch's time in the runtime. Default 15s.
 	RuntimeBatchTimeout time.Duration
+	// RuntimeHeartbeatTimeout bounds each progress report; no answer in
+	// time is a stall. Default 2s.
+	RuntimeHeartbeatTimeout time.Duration
 	// DrainDelay is how long the proxy keeps serving, with readiness
 	// failing, before it stops accepting. Default 0.
 	DrainDelay time.Duration
@@ -151,7 +154,8 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		DecodeBytes: func() float64 { return float64(svc.DecodeBytes()) },
 	})
 	conn = rtconn.New(rtconn.Config{Socket: cfg.Socket, StallAfter: cfg.RuntimeStallAfter,
-		BatchTimeout: cfg.RuntimeBatchTimeout, OnStall: func() { m.RuntimeStalls.Inc() }}, log)
+		HeartbeatTimeout: cfg.RuntimeHeartbeatTimeout, BatchTimeout: cfg.RuntimeBatchTimeout,
+		OnStall: func() { m.RuntimeStalls.Inc() }}, log)
 	bc := cfg.Batch
 	bc.Observer = m
 	p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)

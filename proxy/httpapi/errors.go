@@ -6,6 +6,7 @@ import (
 
 	"github.com/batchgate/batchgate/batching"
 	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/oip"
 	"github.com/batchgate/batchgate/proxy/rtconn"
@@ -19,9 +20,12 @@ func errStatus(err error) *apiError {
 	var me *classify.MemoryError
 	var ie *rtconn.ItemError
 	var oe *oip.Error
+	var pe *flight.PanicError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &pe):
+		return &apiError{500, "internal error", "internal"}
 	case errors.As(err, &oe):
 		return &apiError{400, oe.Msg, "bad_request"}
 	case errors.As(err, &qf):

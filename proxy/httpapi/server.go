@@ -30,6 +30,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/docs"
+	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
 )
@@ -111,7 +112,8 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	} else {
 		rid = fmt.Sprintf("%016x", ctx.ID()^uint64(start.UnixNano()))
 	}
-	route := "other"
+	path := string(ctx.Path())
+	route := routeOf(path) // for a panic; route() names it once served
 	var rep reply
 	defer func() {
 		if p := recover(); p != nil {
@@ -135,7 +137,31 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			"latency_ms", float64(took.Microseconds())/1000, "cached", rep.cached, "batch_size", rep.batchSize,
 			"queue_wait_ms", float64(rep.queueWait.Microseconds())/1000, "remote", ctx.RemoteIP().String())
 	}()
-	route, rep = s.route(ctx, string(ctx.Path()))
+	route, rep = s.route(ctx, path)
+}
+
+// routeOf names path's route (the metrics' route label) before it is
+// served.
+func routeOf(path string) string {
+	switch {
+	case path == "/docs" || strings.HasPrefix(path, "/docs/"):
+		return "/docs"
+	case !strings.HasPrefix(path, "/v2/models/"):
+		for _, r := range stats.Routes {
+			if r == path {
+				return r
+			}
+		}
+		if strings.HasPrefix(path, "/v2/") {
+			return "/v2/other"
+		}
+		return "other"
+	case strings.HasSuffix(path, "/infer"):
+		return "/v2/models/infer"
+	case strings.HasSuffix(path, "/ready"):
+		return "/v2/models/ready"
+	}
+	return "/v2/models/metadata"
 }
 
 func (s *Server) route(ctx *fasthttp.RequestCtx, path string) (string, reply) {
@@ -212,7 +238,9 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 	}
 	n = max(n, 0)
 	wctx, cancel := context.WithTimeout(rctx, s.cfg.UploadWait)
-	lease, err := s.cfg.Uploads.Acquire(wctx, factor*int64(n))
+	// A reservation over the whole budget (a small budget for the body
+	// limit) takes all of it: one such request at a time.
+	lease, err := s.cfg.Uploads.Acquire(wctx, min(factor*int64(n), s.cfg.Uploads.Size()))
 	cancel()
 	if err != nil {
 		skipBody(ctx, n)
@@ -272,7 +300,12 @@ func (s *Server) ExpectHandler(ctx *fasthttp.RequestCtx) int {
 		limit += multipartSlack
 	}
 	if ae := checkLength(ctx.Request.Header.ContentLength(), limit); ae != nil {
+		// The handler will not run: count and log the refusal here.
+		route := routeOf(string(ctx.Path()))
 		s.fail(ctx, ae)
+		s.cfg.Metrics.Request(route, ae.status, 0)
+		s.cfg.Log.Info("request refused before its body", "method", string(ctx.Method()), "route", route,
+			"status", ae.status, "remote", ctx.RemoteIP().String())
 		return ae.status
 	}
 	return fasthttp.StatusContinue
@@ -296,7 +329,12 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, e *apiError) {
 // failErr answers err, with Retry-After on overload and unavailability.
 func (s *Server) failErr(ctx *fasthttp.RequestCtx, err error) {
 	e := errStatus(err)
-	if e.status == 500 {
+	var pe *flight.PanicError
+	switch {
+	case errors.As(err, &pe):
+		s.cfg.Metrics.Panics.Inc()
+		s.cfg.Log.Error("panic in shared work", "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+	case e.status == 500:
 		s.cfg.Log.Error("inference failed", "error", err)
 	}
 	var qf *batching.QueueFullError

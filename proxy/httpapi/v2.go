@@ -3,12 +3,14 @@ package httpapi
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"strings"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/oip"
 	"github.com/batchgate/batchgate/runtime/wire"
 )
@@ -115,22 +117,22 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	g, gctx := errgroup.WithContext(rctx)
 	for i, img := range req.Images {
 		lease.Retain() // one for each image's classification
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			out, err := s.cfg.Classifier.Classify(gctx, img, lease, false)
 			if err == nil {
 				scores[i] = out.Scores
 			}
 			return err
-		})
+		}))
 	}
 	for i, t := range req.Tensors {
-		g.Go(func() error {
+		g.Go(guard(func() error {
 			out, err := s.cfg.Classifier.InferTensor(gctx, t)
 			if err == nil {
 				scores[i] = out.Scores
 			}
 			return err
-		})
+		}))
 	}
 	if err := g.Wait(); err != nil {
 		if rctx.Err() != nil && err == context.Canceled {
@@ -147,4 +149,17 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+}
+
+// guard turns a panic in f, which runs on an errgroup goroutine out of reach
+// of the handler's recover, into a *flight.PanicError.
+func guard(f func() error) func() error {
+	return func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = &flight.PanicError{Value: p, Stack: debug.Stack()}
+			}
+		}()
+		return f()
+	}
 }
