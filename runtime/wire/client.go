@@ -26,7 +26,10 @@ type Client struct {
 	info Info
 	done chan struct{} // closed by the reader when it exits
 
-	wmu  sync.Mutex // serializes writes; wbuf is only used under wmu
+	// wsem serializes writes (a one-slot semaphore, so a caller can give
+	// up waiting for it when its context ends); wbuf is only used while
+	// holding it.
+	wsem chan struct{}
 	wbuf []byte
 
 	mu      sync.Mutex // guards the fields below
@@ -64,7 +67,7 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("cannot read handshake from runtime at %q: %w", path, err)
 	}
-	c := &Client{conn: conn, done: make(chan struct{}), pending: map[uint64]chan reply{}}
+	c := &Client{conn: conn, done: make(chan struct{}), wsem: make(chan struct{}, 1), pending: map[uint64]chan reply{}}
 	switch typ {
 	case TypeInfo:
 		if err := json.Unmarshal(body, &c.info); err != nil {
@@ -104,9 +107,12 @@ func (c *Client) Run(ctx context.Context, n int, images []float32) (*Result, err
 	if err != nil {
 		return nil, err
 	}
-	if err := c.send(func(b []byte) []byte { return AppendBatch(b, id, n, images) }); err != nil {
+	if err := c.send(ctx, func(b []byte) []byte { return AppendBatch(b, id, n, images) }); err != nil {
 		c.unregister(id)
-		return nil, fmt.Errorf("cannot send batch of %d to runtime: %w", n, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: cannot send batch of %d: %v", ErrConnLost, n, err)
 	}
 	select {
 	case r := <-ch:
@@ -123,7 +129,7 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	if err := c.send(func(b []byte) []byte { return AppendStatsRequest(b, id) }); err != nil {
+	if err := c.send(ctx, func(b []byte) []byte { return AppendStatsRequest(b, id) }); err != nil {
 		c.unregister(id)
 		return Stats{}, err
 	}
@@ -166,9 +172,16 @@ func (c *Client) unregister(id uint64) {
 // the write lock forever.
 const WriteTimeout = 10 * time.Second
 
-func (c *Client) send(frame func([]byte) []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+// send writes one frame. Waiting for another caller's write ends with ctx
+// (a write blocked on a stopped runtime must not hold up a heartbeat
+// forever); the write itself is bounded by WriteTimeout.
+func (c *Client) send(ctx context.Context, frame func([]byte) []byte) error {
+	select {
+	case c.wsem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-c.wsem }()
 	c.wbuf = frame(c.wbuf[:0])
 	c.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
 	_, err := c.conn.Write(c.wbuf)
