@@ -11,7 +11,10 @@ DEPS      := .deps
 ORT_LIB   := $(DEPS)/onnxruntime/libonnxruntime.so.1
 SWAGGER_UI := proxy/docs/swagger-ui/swagger-ui-bundle.js
 export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
-FUZZTIME  ?= 15s
+FUZZTIME  ?= 10s
+# Every parser a client (or the runtime's socket) reaches: package:target.
+FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep:FuzzInspect \
+                proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler
 
 .PHONY: run test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
 
@@ -48,8 +51,12 @@ check:
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
 
+# Each fuzz target for FUZZTIME, after its seed corpus.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./runtime/wire
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $${t#*:} in ./$${t%%:*} for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "./$${t%%:*}" || exit 1; \
+	done
 
 # The README's first command, run as a user runs it: `make run` on a free
 # port, a prediction with curl, then Ctrl-C (SIGINT to its process group).

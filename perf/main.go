@@ -13,6 +13,9 @@
 //	go run ./perf -quick          # the `make perf` sweep, about 3 minutes
 //	go run ./perf                 # the whole grid (`make perf-full`)
 //	go run ./perf -target http://host:9999/predict   # any classifier
+//	go run ./perf -autoscale-sim  # autoscaling ramp simulation (autoscale.go); -autoscale-sim -h
+//	go run ./perf -adversarial    # memory under hostile clients (adversarial.go)
+//	go run ./perf -chaos          # faults under load (chaos.go); -chaos -short: a quick one
 package main
 
 import (
@@ -45,6 +48,16 @@ type options struct {
 }
 
 func main() {
+	// Modes other than the sweep, chosen by the first flag; each has its
+	// own flags (-<mode> -h).
+	modes := map[string]func([]string) int{
+		"autoscale-sim": autoscaleMain, "adversarial": adversarialMain, "chaos": chaosMain,
+	}
+	if len(os.Args) > 1 {
+		if mode := modes[strings.TrimLeft(os.Args[1], "-")]; mode != nil {
+			os.Exit(mode(os.Args[2:]))
+		}
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "perf:", err)
@@ -68,6 +81,9 @@ func parseFlags(args []string) (options, error) {
 	out := fs.String("out", "perf/results", "parent folder of the timestamped results folder")
 	images := fs.Int("images", 64, "distinct test images")
 	dedup := fs.Bool("dedup", true, "also run the Zipf dedup scenario (cache on versus off)")
+	fs.Bool("autoscale-sim", false, "as the first flag: run the autoscaling simulation and exit (-autoscale-sim -h: its flags)")
+	fs.Bool("adversarial", false, "as the first flag: run the adversarial memory soak and exit (-adversarial -h: its flags)")
+	fs.Bool("chaos", false, "as the first flag: apply faults under load and exit (-chaos -h: its flags)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}

@@ -97,7 +97,14 @@ func startStack(bins binaries, cfg stackConfig) (*stack, error) {
 
 // stop sends SIGTERM to both processes and waits for them.
 func (s *stack) stop() {
-	for _, c := range []*exec.Cmd{s.px, s.rt} {
+	terminate(s.px, s.rt)
+	os.RemoveAll(s.dir)
+}
+
+// terminate sends SIGTERM to each started process in turn and waits for it
+// to exit, killing it after 30 s.
+func terminate(cmds ...*exec.Cmd) {
+	for _, c := range cmds {
 		if c != nil && c.Process != nil {
 			c.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
@@ -110,7 +117,6 @@ func (s *stack) stop() {
 			}
 		}
 	}
-	os.RemoveAll(s.dir)
 }
 
 // cpuSeconds returns the user+system CPU time of pid so far.

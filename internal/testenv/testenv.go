@@ -4,7 +4,11 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"os"
 	"path/filepath"
 	"sync"
@@ -79,4 +83,27 @@ func model(t testing.TB, name string, gen func(uint64) ([]byte, modelgen.Stats))
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Image returns a file of proxy/testdata.
+func Image(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(Root(t), "proxy", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// UniquePNG returns a small (40x30) PNG that no other seed gives: distinct
+// bodies that neither the cache nor coalescing can merge.
+func UniquePNG(seed int) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i*7 + seed*13)
+	}
+	img.Set(0, 0, color.RGBA{uint8(seed), uint8(seed >> 8), uint8(seed >> 16), 255})
+	var buf bytes.Buffer
+	png.Encode(&buf, img) // writes to a bytes.Buffer cannot fail
+	return buf.Bytes()
 }

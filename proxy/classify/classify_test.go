@@ -1,15 +1,11 @@
 package classify
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"image"
-	"image/color"
-	"image/png"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +17,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/stats"
@@ -97,27 +94,6 @@ func newService(cfg Config, be Backend) (*Service, *stats.Metrics) {
 	return New(cfg, be, m), m
 }
 
-func readFile(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile("../testdata/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// uniquePNG returns a small PNG that no other seed gives.
-func uniquePNG(seed int) []byte {
-	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
-	for i := range img.Pix {
-		img.Pix[i] = uint8(i*7 + seed*13)
-	}
-	img.Set(0, 0, color.RGBA{uint8(seed), uint8(seed >> 8), uint8(seed >> 16), 255})
-	var buf bytes.Buffer
-	png.Encode(&buf, img)
-	return buf.Bytes()
-}
-
 // pngHeader is a PNG signature and IHDR with no image data: enough for
 // imageprep.Inspect.
 func pngHeader(w, h uint32, depth, ctype byte) []byte {
@@ -177,7 +153,7 @@ func TestCoalescing(t *testing.T) {
 		be := newFake()
 		be.gate = make(chan struct{})
 		s, m := newService(Config{CacheEntries: 100, CacheBytes: 1 << 20}, be)
-		data := readFile(t, "small.png")
+		data := testenv.Image(t, "small.png")
 		const n = 8
 		uploads := budget.New(n * int64(len(data)))
 		type result struct {
@@ -249,7 +225,7 @@ func TestCache(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()
 		s, m := newService(Config{CacheEntries: 100, CacheBytes: 1 << 20}, be)
-		data := readFile(t, "grace_hopper.jpg")
+		data := testenv.Image(t, "grace_hopper.jpg")
 		ctx := context.Background()
 		for _, step := range []struct {
 			noCache    bool
@@ -335,7 +311,7 @@ func TestCacheBytes(t *testing.T) {
 				const n = 6
 				imgs := make([][]byte, n)
 				for i := range imgs {
-					imgs[i] = uniquePNG(i)
+					imgs[i] = testenv.UniquePNG(i)
 					if _, err := s.Classify(context.Background(), imgs[i], nil, false); err != nil {
 						t.Fatal(err)
 					}
@@ -406,7 +382,7 @@ func TestCacheAdd(t *testing.T) {
 // The upload lease handed to Classify is released exactly once on every
 // path.
 func TestLeaseReleasedOnce(t *testing.T) {
-	img := readFile(t, "small.png")
+	img := testenv.Image(t, "small.png")
 	boom := errors.New("runtime exploded")
 	for _, tc := range []struct {
 		name    string
@@ -470,7 +446,7 @@ func TestLeaseOfCancelledCaller(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()
 		s, _ := newService(Config{DecodeWorkers: 1, CacheEntries: 10, CacheBytes: 1 << 20}, be)
-		data := readFile(t, "small.png")
+		data := testenv.Image(t, "small.png")
 		uploads := budget.New(1 << 20)
 		s.decode <- struct{}{} // the only decode worker is busy
 
@@ -517,7 +493,7 @@ func TestNotReady(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()
 		s, m := newService(Config{CacheEntries: 10, CacheBytes: 1 << 20}, be)
-		cached, uncached := readFile(t, "small.png"), readFile(t, "grace_hopper.jpg")
+		cached, uncached := testenv.Image(t, "small.png"), testenv.Image(t, "grace_hopper.jpg")
 		ctx := context.Background()
 		want, err := s.Classify(ctx, cached, nil, false)
 		if err != nil {
@@ -571,7 +547,7 @@ func TestNotReady(t *testing.T) {
 // *MemoryError, told from its header; one that needs exactly the budget is
 // decoded.
 func TestDecodeMemory(t *testing.T) {
-	data := readFile(t, "small.png")
+	data := testenv.Image(t, "small.png")
 	h, err := imageprep.Inspect(data, imageprep.Limits{})
 	if err != nil {
 		t.Fatal(err)
@@ -622,13 +598,13 @@ func TestDecodeBusy(t *testing.T) {
 		s.decode <- struct{}{} // hold the only worker
 		uploads := budget.New(1 << 20)
 
-		a := uniquePNG(1)
+		a := testenv.UniquePNG(1)
 		la := lease(t, uploads, a)
 		aDone := make(chan error, 1)
 		go func() { _, err := s.Classify(context.Background(), a, la, false); aDone <- err }()
 		synctest.Wait() // a waits for the worker: the queue is full
 
-		b := uniquePNG(2)
+		b := testenv.UniquePNG(2)
 		lb := heldLease(t, uploads, b)
 		if _, err := s.Classify(context.Background(), b, lb, false); !errors.Is(err, ErrDecodeBusy) {
 			t.Errorf("a second image with a queue of 1 taken: %v, want ErrDecodeBusy", err)
@@ -657,7 +633,7 @@ func TestClassifyFormats(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			be := newFake()
 			s, _ := newService(Config{}, be)
-			out, err := s.Classify(context.Background(), readFile(t, name), nil, false)
+			out, err := s.Classify(context.Background(), testenv.Image(t, name), nil, false)
 			if err != nil || len(out.Scores) != testInfo.Classes || out.Inference == nil || out.Model.Model != testInfo.Model {
 				t.Errorf("%s: %+v, %v", name, out, err)
 			}
@@ -694,7 +670,7 @@ func TestJoinerLeaseReleasedOnJoin(t *testing.T) {
 		be := newFake()
 		be.gate = make(chan struct{})
 		s, _ := newService(Config{}, be)
-		data := readFile(t, "small.png")
+		data := testenv.Image(t, "small.png")
 		uploads := budget.New(1 << 20)
 		var wg sync.WaitGroup
 		wg.Go(func() { s.Classify(context.Background(), data, nil, false) })
@@ -724,7 +700,7 @@ func (panicBackend) Infer(context.Context, []float32, string) (*Inference, error
 func TestPanicInSharedWork(t *testing.T) {
 	s, _ := newService(Config{}, panicBackend{newFake()})
 	uploads := budget.New(1 << 20)
-	data := readFile(t, "small.png")
+	data := testenv.Image(t, "small.png")
 	l := heldLease(t, uploads, data)
 	if _, err := s.Classify(context.Background(), data, l, false); err == nil {
 		t.Error("a panicking backend gave no error")

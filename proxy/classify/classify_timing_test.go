@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 )
 
@@ -14,7 +15,7 @@ import (
 // its body (the cache key) and a cache get, then the whole cached Classify
 // call.
 func BenchmarkCacheHitFloor(b *testing.B) {
-	data := readFile(b, "grace_hopper.jpg")
+	data := testenv.Image(b, "grace_hopper.jpg")
 	for len(data) < 100_000 { // a typical ~100 KB upload
 		data = append(data, data...)
 	}

@@ -136,7 +136,7 @@ func TestDocsHTTP(t *testing.T) {
 	}
 
 	// What the server answers is what the document describes.
-	jpeg := readFile(t, "grace_hopper.jpg")
+	jpeg := testenv.Image(t, "grace_hopper.jpg")
 	pr := do(t, multipartReq(t, tp.url+"/predict", "file", jpeg))
 	if pr.status != 200 {
 		t.Fatalf("/predict = %d %s", pr.status, pr.raw)

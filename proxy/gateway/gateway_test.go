@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"image"
-	"image/color"
 	"image/png"
 	"io"
 	"log/slog"
@@ -189,26 +188,6 @@ func get(t *testing.T, url string) response {
 	return do(t, req)
 }
 
-func readFile(t *testing.T, name string) []byte {
-	b, err := os.ReadFile("../testdata/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// uniquePNG returns a small PNG that no other call returns.
-func uniquePNG(seed int) []byte {
-	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
-	for i := range img.Pix {
-		img.Pix[i] = uint8(i*7 + seed*13)
-	}
-	img.Set(0, 0, color.RGBA{uint8(seed), uint8(seed >> 8), uint8(seed >> 16), 255})
-	var buf bytes.Buffer
-	png.Encode(&buf, img)
-	return buf.Bytes()
-}
-
 // metricValue sums the samples of name (with any labels) on /metrics.
 func metricValue(t *testing.T, url, name string) float64 {
 	t.Helper()
@@ -230,7 +209,7 @@ func TestPredictFormats(t *testing.T) {
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	tp := startProxy(t, testConfig(rt.socket))
 	for _, name := range []string{"grace_hopper.jpg", "small.png", "small.gif", "small.webp", "small_alpha.png"} {
-		data := readFile(t, name)
+		data := testenv.Image(t, name)
 		for _, req := range []*http.Request{
 			multipartReq(t, tp.url+"/predict?top_k=3", "file", data),
 			rawReq(tp.url+"/predict?top_k=3", "image/anything", data),
@@ -253,7 +232,7 @@ func TestPredictFormats(t *testing.T) {
 		}
 	}
 	// The per-request log line is JSON with the request id.
-	req := rawReq(tp.url+"/predict", "image/png", uniquePNG(1))
+	req := rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(1))
 	req.Header.Set("X-Request-Id", "abc-123")
 	if r := do(t, req); r.header.Get("X-Request-Id") != "abc-123" {
 		t.Errorf("X-Request-Id echoed as %q", r.header.Get("X-Request-Id"))
@@ -297,7 +276,7 @@ func TestOtherEndpoints(t *testing.T) {
 func TestV2Infer(t *testing.T) {
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	tp := startProxy(t, testConfig(rt.socket))
-	jpeg := readFile(t, "grace_hopper.jpg")
+	jpeg := testenv.Image(t, "grace_hopper.jpg")
 	url := tp.url + "/v2/models/resnet50/infer"
 
 	// Reference scores through /predict's path: the BYTES input must
@@ -352,7 +331,7 @@ func TestBadInput(t *testing.T) {
 	cfg := testConfig(rt.socket)
 	cfg.MaxBodyBytes, cfg.MaxPixels = 700_000, 1_000_000
 	tp := startProxy(t, cfg)
-	jpeg := readFile(t, "grace_hopper.jpg")
+	jpeg := testenv.Image(t, "grace_hopper.jpg")
 	big := image.NewGray(image.Rect(0, 0, 1100, 1000)) // 1.1 M pixels, a small file
 	var bigPNG bytes.Buffer
 	png.Encode(&bigPNG, big)
@@ -396,7 +375,7 @@ func TestBadInput(t *testing.T) {
 		if r.status != tc.status || r.body["error"] == nil || r.body["error"] == "" {
 			t.Errorf("%s: %d %s; want %d with a JSON error", tc.name, r.status, r.raw, tc.status)
 		}
-		if ok := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(7))); ok.status != 200 {
+		if ok := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(7))); ok.status != 200 {
 			t.Fatalf("after %s, a good request got %d", tc.name, ok.status)
 		}
 	}
@@ -410,7 +389,7 @@ func TestBadInput(t *testing.T) {
 func TestCacheAndCoalescing(t *testing.T) {
 	rt := startRuntime(t, testenv.ResNet50Model(t), 4, "")
 	tp := startProxy(t, testConfig(rt.socket))
-	img := uniquePNG(42)
+	img := testenv.UniquePNG(42)
 	const n = 8
 	before := rt.Stats().Items
 	results := make([]response, n)
@@ -468,7 +447,7 @@ func TestBatchesUnderLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 24 {
 		wg.Go(func() {
-			if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(1000+i))); r.status != 200 {
+			if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(1000+i))); r.status != 200 {
 				t.Errorf("status %d %s", r.status, r.raw)
 			}
 		})
@@ -492,7 +471,7 @@ func TestDecodeOverload(t *testing.T) {
 	// decode limit.
 	cfg.Batch.QueueCapacity, cfg.DecodeQueue = 64, 2
 	tp := startProxy(t, cfg)
-	big := readFile(t, "grace_hopper.jpg")
+	big := testenv.Image(t, "grace_hopper.jpg")
 	const n = 24
 	statuses := make([]int, n)
 	var wg sync.WaitGroup
@@ -531,7 +510,7 @@ func TestDeadlineAndQueueFull(t *testing.T) {
 
 	// A deadline shorter than decoding: 504, and nothing reaches the runtime.
 	before := rt.Stats().Items
-	req := rawReq(tp.url+"/predict", "image/jpeg", readFile(t, "grace_hopper.jpg"))
+	req := rawReq(tp.url+"/predict", "image/jpeg", testenv.Image(t, "grace_hopper.jpg"))
 	req.Header.Set("X-Request-Timeout-Ms", "1")
 	if r := do(t, req); r.status != 504 || r.body["error"] == nil {
 		t.Errorf("1ms deadline: %d %s, want 504", r.status, r.raw)
@@ -546,7 +525,7 @@ func TestDeadlineAndQueueFull(t *testing.T) {
 	results := make([]response, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(2000+i))) })
+		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(2000+i))) })
 	}
 	wg.Wait()
 	full := 0
@@ -586,20 +565,20 @@ func TestRuntimeRestart(t *testing.T) {
 	proc := start()
 	defer func() { proc.Kill(); proc.Wait() }()
 	tp := startProxy(t, testConfig(socket))
-	img := readFile(t, "small.png")
+	img := testenv.Image(t, "small.png")
 	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 {
 		t.Fatalf("before the kill: %d %s", r.status, r.raw)
 	}
 	proc.Kill()
 	proc.Wait()
 	tp.waitReady(t, false)
-	r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3)))
+	r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(3)))
 	if r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("runtime down: %d %s, want 503 with Retry-After", r.status, r.raw)
 	}
 	proc = start() // the stale socket file is taken over
 	tp.waitReady(t, true)
-	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(4))); r.status != 200 {
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(4))); r.status != 200 {
 		t.Errorf("after restart: %d %s", r.status, r.raw)
 	}
 	if got := metricValue(t, tp.url, "inference_runtime_connected"); got != 1 {
@@ -622,7 +601,7 @@ func TestDrain(t *testing.T) {
 	results := make([]response, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3000+i))) })
+		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(3000+i))) })
 	}
 	time.Sleep(20 * time.Millisecond) // the requests are accepted
 	done := make(chan error, 1)
@@ -655,7 +634,7 @@ func TestHostileRequests(t *testing.T) {
 	infer := tp.url + "/v2/models/resnet50/infer"
 	good := func(what string) {
 		t.Helper()
-		if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(len(what)))); r.status != 200 {
+		if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(len(what)))); r.status != 200 {
 			t.Fatalf("after %s, a good request got %d %s", what, r.status, r.raw)
 		}
 	}
@@ -674,7 +653,7 @@ func TestHostileRequests(t *testing.T) {
 
 	// top_k is checked before any work: nothing reaches the runtime.
 	before := rt.Stats().Items
-	if r := do(t, rawReq(tp.url+"/predict?top_k=1001", "image/png", uniquePNG(77))); r.status != 400 {
+	if r := do(t, rawReq(tp.url+"/predict?top_k=1001", "image/png", testenv.UniquePNG(77))); r.status != 400 {
 		t.Errorf("top_k=1001: %d, want 400", r.status)
 	}
 	if got := rt.Stats().Items - before; got != 0 {
@@ -682,7 +661,7 @@ func TestHostileRequests(t *testing.T) {
 	}
 
 	// Chunked uploads have no length to reserve memory for: 411.
-	creq, _ := http.NewRequest("POST", tp.url+"/predict", io.MultiReader(bytes.NewReader(uniquePNG(5))))
+	creq, _ := http.NewRequest("POST", tp.url+"/predict", io.MultiReader(bytes.NewReader(testenv.UniquePNG(5))))
 	creq.Header.Set("Content-Type", "image/png")
 	creq.ContentLength = -1 // chunked
 	if r := do(t, creq); r.status != 411 || r.body["error"] == nil {
@@ -691,7 +670,7 @@ func TestHostileRequests(t *testing.T) {
 	good("a chunked upload")
 
 	// An X-Request-Id outside the safe charset is neither echoed nor logged.
-	ireq := rawReq(tp.url+"/predict", "image/png", uniquePNG(6))
+	ireq := rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(6))
 	ireq.Header.Set("X-Request-Id", `"><script>alert(1)</script>`)
 	r := do(t, ireq)
 	if id := r.header.Get("X-Request-Id"); strings.Contains(id, "<") || len(id) != 16 {
@@ -714,7 +693,7 @@ func TestHostileRequests(t *testing.T) {
 func TestCachedWhileRuntimeAway(t *testing.T) {
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	tp := startProxy(t, testConfig(rt.socket))
-	img := uniquePNG(99)
+	img := testenv.UniquePNG(99)
 	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 || r.body["cached"] != false {
 		t.Fatalf("first request: %d %s", r.status, r.raw)
 	}
@@ -723,7 +702,7 @@ func TestCachedWhileRuntimeAway(t *testing.T) {
 	if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.status != 200 || r.body["cached"] != true {
 		t.Errorf("cached image while the runtime is away: %d %s, want 200 cached", r.status, r.raw)
 	}
-	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(100))); r.status != 503 || r.header.Get("Retry-After") == "" {
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(100))); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("new image while the runtime is away: %d %s, want 503 with Retry-After", r.status, r.raw)
 	}
 }
@@ -745,7 +724,7 @@ func TestRuntimeStall(t *testing.T) {
 	}
 	defer func() { proc.Signal(syscall.SIGCONT); proc.Kill(); proc.Wait() }()
 	tp := startProxy(t, testConfig(socket))
-	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(1))); r.status != 200 {
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(1))); r.status != 200 {
 		t.Fatalf("before the stall: %d %s", r.status, r.raw)
 	}
 
@@ -753,7 +732,7 @@ func TestRuntimeStall(t *testing.T) {
 	stopped := time.Now()
 	tp.waitReady(t, false)
 	t.Logf("stall detected after %v", time.Since(stopped).Round(10*time.Millisecond))
-	req := rawReq(tp.url+"/predict", "image/png", uniquePNG(2))
+	req := rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(2))
 	req.Header.Set("X-Request-Timeout-Ms", "20000")
 	if r := do(t, req); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("while stalled: %d %s, want 503 with Retry-After at once, not a wait for the deadline", r.status, r.raw)
@@ -766,7 +745,7 @@ func TestRuntimeStall(t *testing.T) {
 	resumed := time.Now()
 	tp.waitReady(t, true)
 	t.Logf("recovered %v after SIGCONT", time.Since(resumed).Round(10*time.Millisecond))
-	if r := do(t, rawReq(tp.url+"/predict", "image/png", uniquePNG(3))); r.status != 200 {
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(3))); r.status != 200 {
 		t.Errorf("after SIGCONT: %d %s", r.status, r.raw)
 	}
 }
@@ -797,7 +776,7 @@ func TestDrainKeepAlive(t *testing.T) {
 				if i == 10 {
 					shutdownF.Do(func() { close(shutdown) })
 				}
-				resp, err := client.Do(rawReq(target+"/predict", "image/png", uniquePNG(10000+c*1000+i)))
+				resp, err := client.Do(rawReq(target+"/predict", "image/png", testenv.UniquePNG(10000+c*1000+i)))
 				if err != nil {
 					if target == a.url && strings.Contains(err.Error(), "connection refused") {
 						target = b.url // never accepted: not lost; the balancer moves it

@@ -12,7 +12,6 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/imageprep"
@@ -337,15 +337,6 @@ func multipartBody(field string, data []byte) ([]byte, string) {
 	return buf.Bytes(), mw.FormDataContentType()
 }
 
-func readFile(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile("../testdata/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // checkUploadsFree checks that every request body's reservation was given
 // back.
 func (ts *testServer) checkUploadsFree(t *testing.T, what string) {
@@ -357,7 +348,7 @@ func (ts *testServer) checkUploadsFree(t *testing.T, what string) {
 
 func TestPredict(t *testing.T) {
 	ts := startServer(t, nil)
-	jpeg := readFile(t, "grace_hopper.jpg")
+	jpeg := testenv.Image(t, "grace_hopper.jpg")
 	form, formType := multipartBody("file", jpeg)
 	for _, tc := range []struct {
 		name        string
@@ -743,7 +734,7 @@ func TestUploadBudget(t *testing.T) {
 // upload's reservation given back.
 func TestBadUploads(t *testing.T) {
 	ts := startServer(t, nil)
-	jpeg := readFile(t, "grace_hopper.jpg")
+	jpeg := testenv.Image(t, "grace_hopper.jpg")
 	noFile, noFileType := multipartBody("image", jpeg)
 	bigFile, bigFileType := multipartBody("file", make([]byte, testMaxBody+1))
 	for _, tc := range []struct {

@@ -1,0 +1,530 @@
+package main
+
+// The adversarial memory soak (`go run ./perf -adversarial`): the real
+// proxy and runtime with the proxy's default settings, inside a 512 MiB
+// memory cgroup like the chart's limit, under the clients an attacker would
+// send. For each scenario it records the proxy's peak RSS, what every
+// connection got, and how long RSS takes to fall back below 150 MiB.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"image"
+	"image/png"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// soakConfig sizes the scenarios; fullSoak is the issue's, the test runs a
+// smaller one.
+type soakConfig struct {
+	heldUploads   int           // concurrent uploads held open, last byte withheld
+	uploadBytes   int           // each
+	hold          time.Duration // how long they are held
+	bombs         int           // concurrent 40 MP PNGs (half gray, half RGBA)
+	floodConns    int           // connections sending distinct uploads
+	flood         time.Duration // for this long
+	idleConns     int           // idle keep-alive connections
+	idle          time.Duration // held for this long
+	recoverWithin time.Duration // wait at most this for RSS to fall below recoverMiB
+}
+
+var fullSoak = soakConfig{
+	heldUploads: 200, uploadBytes: 9 << 20, hold: 10 * time.Second,
+	bombs: 16, floodConns: 500, flood: 60 * time.Second,
+	idleConns: 5000, idle: 10 * time.Second, recoverWithin: 60 * time.Second,
+}
+
+const (
+	limitMiB   = 512 // the chart's proxy memory limit
+	recoverMiB = 150
+)
+
+// scenarioResult is one scenario's outcome.
+type scenarioResult struct {
+	Name        string         `json:"name"`
+	PeakRSSMiB  float64        `json:"peak_rss_mib"`
+	Outcomes    map[string]int `json:"outcomes"` // "200", "429", ..., "closed", "error: ..."
+	Connections int            `json:"connections"`
+	RecoverSec  float64        `json:"recover_s"` // -1: not within the limit
+	AfterRSSMiB float64        `json:"after_rss_mib"`
+	Took        time.Duration  `json:"took"`
+}
+
+// soakStack is the proxy and runtime under test.
+type soakStack struct {
+	rt, px  *exec.Cmd
+	addr    string // host:port of the proxy
+	dir     string
+	cgroup  string // memory cgroup folder, or "" when GOMEMLIMIT stands in
+	limited string // how the memory limit was applied
+}
+
+// startSoakStack starts the runtime (tiny model) and the proxy with its
+// default settings (DRAIN_DELAY aside), the proxy in a 512 MiB memory
+// cgroup when one can be made (v1 or v2, as root), else with GOMEMLIMIT at
+// 90% of it as automemlimit would set.
+func startSoakStack(bins binaries, model, ortLibrary string) (*soakStack, error) {
+	dir, err := os.MkdirTemp("", "batchgate-soak-")
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &soakStack{dir: dir, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	socket := filepath.Join(dir, "rt.sock")
+	s.rt = exec.Command(bins.runtime, "serve")
+	s.rt.Env = append(os.Environ(), "RUNTIME_SOCKET="+socket, "MODEL_PATH="+model, "ORT_LIBRARY="+ortLibrary,
+		"ORT_CACHE_DIR=off", "LOG_LEVEL=warn")
+	env := append(os.Environ(), "RUNTIME_SOCKET="+socket, "PORT="+strconv.Itoa(port), "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
+	s.cgroup, err = memoryCgroup(limitMiB << 20)
+	if err == nil {
+		// Join the cgroup before exec, so automemlimit reads its limit.
+		s.px = exec.Command("/bin/sh", "-c", `echo $$ > "$1" && exec "$2"`, "sh", s.cgroup+"/cgroup.procs", bins.proxy)
+		s.limited = "memory cgroup " + s.cgroup + " limited to 512 MiB (GOMEMLIMIT from it)"
+	} else {
+		s.px = exec.Command(bins.proxy)
+		env = append(env, fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10))
+		s.limited = fmt.Sprintf("no memory cgroup (%v): GOMEMLIMIT=%dMiB only, no kernel limit", err, limitMiB*9/10)
+	}
+	s.px.Env = env
+	for _, c := range []*exec.Cmd{s.rt, s.px} {
+		c.Stdout, c.Stderr = os.Stderr, os.Stderr
+		if err := c.Start(); err != nil {
+			s.stop()
+			return nil, err
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get("http://" + s.addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s, nil
+			}
+		}
+	}
+	s.stop()
+	return nil, errors.New("soak stack not ready after 1 minute")
+}
+
+// memoryCgroup creates a memory cgroup limited to limit bytes.
+func memoryCgroup(limit int64) (string, error) {
+	name := fmt.Sprintf("batchgate-soak-%d", os.Getpid())
+	for _, c := range []struct{ dir, file string }{
+		{"/sys/fs/cgroup/memory/" + name, "memory.limit_in_bytes"}, // v1
+		{"/sys/fs/cgroup/" + name, "memory.max"},                   // v2
+	} {
+		if err := os.Mkdir(c.dir, 0o755); err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(c.dir, c.file), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+			os.Remove(c.dir)
+			continue
+		}
+		return c.dir, nil
+	}
+	return "", errors.New("cannot create a memory cgroup (needs root and a mounted memory controller)")
+}
+
+func (s *soakStack) stop() {
+	terminate(s.px, s.rt)
+	if s.cgroup != "" {
+		os.Remove(s.cgroup)
+	}
+	os.RemoveAll(s.dir)
+}
+
+// alive reports whether the proxy process still runs (an OOM kill ends it).
+func (s *soakStack) alive() bool {
+	return s.px.ProcessState == nil && s.px.Process.Signal(syscall.Signal(0)) == nil
+}
+
+// rssMiB reads a process's resident memory.
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+// peakSampler records the highest RSS of pid until stopped.
+func peakSampler(pid int) (stop func() float64) {
+	var peak atomic.Int64 // KiB
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r := rssMiB(pid); r >= 0 && int64(r*1024) > peak.Load() {
+				peak.Store(int64(r * 1024))
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() float64 { close(done); <-finished; return float64(peak.Load()) / 1024 }
+}
+
+// outcomes counts what connections got, safely from many goroutines.
+type outcomes struct {
+	mu sync.Mutex
+	m  map[string]int
+	n  int
+}
+
+func (o *outcomes) add(k string) {
+	o.mu.Lock()
+	if o.m == nil {
+		o.m = map[string]int{}
+	}
+	o.m[k]++
+	o.n++
+	o.mu.Unlock()
+}
+
+// rawRequest writes a request on conn and reads the answer's status;
+// "closed" when the server closed or reset the connection without one.
+func readStatus(br *bufio.Reader) string {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return "closed"
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return strconv.Itoa(resp.StatusCode)
+}
+
+// heldUploads opens n connections, each announcing size bytes of image/jpeg
+// and sending all but the last byte; after hold it sends the last byte.
+func heldUploads(addr string, n, size int, hold time.Duration, jpeg []byte) *outcomes {
+	out := &outcomes{}
+	body := make([]byte, size)
+	copy(body, jpeg)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				out.add("dial error")
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(hold + 90*time.Second))
+			br := bufio.NewReader(conn)
+			status := make(chan string, 1)
+			go func() { status <- readStatus(br) }()
+			fmt.Fprintf(conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", size)
+			if _, err := conn.Write(body[:size-1]); err != nil {
+				out.add(<-status)
+				return
+			}
+			select {
+			case s := <-status: // answered before the last byte: refused
+				out.add(s)
+				return
+			case <-time.After(hold):
+			}
+			conn.Write(body[size-1:])
+			out.add(<-status)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// bombPNG returns a 40 MP PNG (8000 x 5000) of a constant color: a few
+// hundred KB that decode to 40 MB (gray) or 160 MB (RGBA).
+func bombPNG(gray bool) []byte {
+	r := image.Rect(0, 0, 8000, 5000)
+	var img image.Image
+	if gray {
+		img = image.NewGray(r)
+	} else {
+		m := image.NewNRGBA(r)
+		for i := 3; i < len(m.Pix); i += 4 {
+			m.Pix[i] = 255
+		}
+		img = m
+	}
+	var buf bytes.Buffer
+	(&png.Encoder{CompressionLevel: png.BestCompression}).Encode(&buf, img)
+	return buf.Bytes()
+}
+
+// postAll sends each body once, concurrently, on its own connection.
+func postAll(addr string, bodies [][]byte, contentType string) *outcomes {
+	out := &outcomes{}
+	var wg sync.WaitGroup
+	for _, b := range bodies {
+		wg.Go(func() { out.add(post(addr, b, contentType, 2*time.Minute)) })
+	}
+	wg.Wait()
+	return out
+}
+
+func post(addr string, body []byte, contentType string, timeout time.Duration) string {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return "dial error"
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	fmt.Fprintf(conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", contentType, len(body))
+	conn.Write(body)
+	return readStatus(bufio.NewReader(conn))
+}
+
+// flood keeps conns keep-alive connections sending distinct JPEGs for d.
+func flood(addr string, conns int, d time.Duration, jpeg []byte) *outcomes {
+	out := &outcomes{}
+	end := time.Now().Add(d)
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			var conn net.Conn
+			var br *bufio.Reader
+			for time.Now().Before(end) {
+				if conn == nil {
+					c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+					if err != nil {
+						out.add("dial error")
+						time.Sleep(100 * time.Millisecond)
+						continue
+					}
+					conn, br = c, bufio.NewReader(c)
+				}
+				body := fmt.Appendf(append([]byte(nil), jpeg...), "soak-%d", seq.Add(1))
+				conn.SetDeadline(time.Now().Add(60 * time.Second))
+				fmt.Fprintf(conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(body))
+				conn.Write(body)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					out.add("closed")
+					conn.Close()
+					conn = nil
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				out.add(strconv.Itoa(resp.StatusCode))
+				if resp.Close {
+					conn.Close()
+					conn = nil
+				}
+			}
+			if conn != nil {
+				conn.Close()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// idleConns opens n keep-alive connections, makes one GET /healthz on
+// each, and holds them idle for d.
+func idleConns(addr string, n int, d time.Duration) *outcomes {
+	out := &outcomes{}
+	conns := make([]net.Conn, 0, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 200) // dial at most 200 at once
+	for range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				out.add("dial error")
+				return
+			}
+			conn.SetDeadline(time.Now().Add(d + time.Minute))
+			fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: soak\r\n\r\n")
+			out.add(readStatus(bufio.NewReader(conn)))
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	time.Sleep(d)
+	for _, c := range conns {
+		c.Close()
+	}
+	return out
+}
+
+// runSoak runs every scenario against s and returns their results.
+func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any)) []scenarioResult {
+	pid := s.px.Process.Pid
+	gray, rgba := bombPNG(true), bombPNG(false)
+	scenarios := []struct {
+		name string
+		conn int
+		run  func() *outcomes
+	}{
+		{fmt.Sprintf("%d concurrent %d MiB uploads held open %v", cfg.heldUploads, cfg.uploadBytes>>20, cfg.hold), cfg.heldUploads,
+			func() *outcomes { return heldUploads(s.addr, cfg.heldUploads, cfg.uploadBytes, cfg.hold, jpeg) }},
+		{fmt.Sprintf("%d concurrent 40 MP PNG bombs (%d KB gray, %d KB RGBA)", cfg.bombs, len(gray)>>10, len(rgba)>>10), cfg.bombs,
+			func() *outcomes {
+				var bodies [][]byte
+				for i := range cfg.bombs {
+					bodies = append(bodies, slices.Concat(map[bool][]byte{true: gray, false: rgba}[i%2 == 0], fmt.Appendf(nil, "%d", i)))
+				}
+				return postAll(s.addr, bodies, "image/png")
+			}},
+		{fmt.Sprintf("flood of distinct uploads from %d connections for %v", cfg.floodConns, cfg.flood), cfg.floodConns,
+			func() *outcomes { return flood(s.addr, cfg.floodConns, cfg.flood, jpeg) }},
+		{fmt.Sprintf("%d idle keep-alive connections for %v", cfg.idleConns, cfg.idle), cfg.idleConns,
+			func() *outcomes { return idleConns(s.addr, cfg.idleConns, cfg.idle) }},
+	}
+	var results []scenarioResult
+	for _, sc := range scenarios {
+		logf("soak: %s ...", sc.name)
+		start := time.Now()
+		stop := peakSampler(pid)
+		out := sc.run()
+		peak := stop()
+		r := scenarioResult{Name: sc.name, PeakRSSMiB: peak, Outcomes: out.m, Connections: sc.conn, Took: time.Since(start), RecoverSec: -1}
+		// Recovery: RSS back under recoverMiB.
+		t0 := time.Now()
+		for time.Since(t0) < cfg.recoverWithin {
+			if r.AfterRSSMiB = rssMiB(pid); r.AfterRSSMiB >= 0 && r.AfterRSSMiB < recoverMiB {
+				r.RecoverSec = time.Since(t0).Seconds()
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s", sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds())
+		results = append(results, r)
+		if !s.alive() {
+			logf("soak: the proxy died (OOM kill?) during %q", sc.name)
+			break
+		}
+	}
+	return results
+}
+
+// soakReport formats results as Markdown.
+func soakReport(results []scenarioResult, limited, machine string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Adversarial memory soak\n\n%s. Proxy with its default settings; %s; tiny model.\n", machine, limited)
+	fmt.Fprintf(&b, "Goal: peak RSS <= %d MiB, every connection answered (200/413/429/503) or closed cleanly, and RSS < %d MiB within 60 s after.\n\n", limitMiB, recoverMiB)
+	b.WriteString("| scenario | peak RSS MiB | outcomes | RSS after, MiB | back under 150 MiB after |\n|---|---|---|---|---|\n")
+	for _, r := range results {
+		keys := make([]string, 0, len(r.Outcomes))
+		for k := range r.Outcomes {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s: %d", k, r.Outcomes[k]))
+		}
+		rec := "not within 60 s"
+		if r.RecoverSec >= 0 {
+			rec = fmt.Sprintf("%.1f s", r.RecoverSec)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s |\n", r.Name, r.PeakRSSMiB, strings.Join(parts, ", "), r.AfterRSSMiB, rec)
+	}
+	return b.String()
+}
+
+// adversarialMain is `go run ./perf -adversarial`.
+func adversarialMain(args []string) int {
+	fs := flag.NewFlagSet("perf -adversarial", flag.ContinueOnError)
+	out := fs.String("out", "perf/results", "parent folder of the results folder")
+	scale := fs.Float64("scale", 1, "scale the connection counts and durations (0.1: a quick look)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg := fullSoak.scaled(*scale)
+	res, limited, err := adversarial(context.Background(), cfg, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "perf -adversarial:", err)
+		return 1
+	}
+	md := soakReport(res, limited, machine())
+	dir := filepath.Join(*out, "adversarial-"+time.Now().Format("20060102-150405"))
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644)
+		fmt.Fprintln(os.Stderr, "report:", filepath.Join(dir, "report.md"))
+	}
+	fmt.Print(md)
+	return 0
+}
+
+// scaled shrinks the counts and durations by f (at least 1 each).
+func (c soakConfig) scaled(f float64) soakConfig {
+	n := func(v int) int { return max(1, int(float64(v)*f)) }
+	d := func(v time.Duration) time.Duration { return max(time.Second, time.Duration(float64(v)*f)) }
+	c.heldUploads, c.bombs, c.floodConns, c.idleConns = n(c.heldUploads), max(2, n(c.bombs)), n(c.floodConns), n(c.idleConns)
+	c.hold, c.flood, c.idle = d(c.hold), d(c.flood), d(c.idle)
+	return c
+}
+
+// adversarial builds and starts the stack and runs the scenarios.
+func adversarial(ctx context.Context, cfg soakConfig, logf func(string, ...any)) ([]scenarioResult, string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	bin, err := os.MkdirTemp("", "batchgate-soak-bin-")
+	if err != nil {
+		return nil, "", err
+	}
+	defer os.RemoveAll(bin)
+	bins, err := buildBinaries(root, bin)
+	if err != nil {
+		return nil, "", err
+	}
+	model := filepath.Join(bin, "tiny.onnx")
+	if o, err := exec.CommandContext(ctx, bins.runtime, "fetch-model", "-tiny", "-dir", bin).CombinedOutput(); err != nil {
+		return nil, "", fmt.Errorf("cannot generate the tiny model: %v\n%s", err, o)
+	}
+	ort := os.Getenv("ORT_LIBRARY")
+	if ort == "" {
+		ort = filepath.Join(root, ".deps", "onnxruntime", "libonnxruntime.so.1")
+	}
+	jpeg, err := os.ReadFile(filepath.Join(root, "proxy", "testdata", "grace_hopper.jpg"))
+	if err != nil {
+		return nil, "", err
+	}
+	s, err := startSoakStack(bins, model, ort)
+	if err != nil {
+		return nil, "", err
+	}
+	defer s.stop()
+	logf("soak: proxy pid %d; %s", s.px.Process.Pid, s.limited)
+	return runSoak(s, cfg, jpeg, logf), s.limited, nil
+}
