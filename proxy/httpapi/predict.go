@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"io"
 	"math"
 
 	"github.com/valyala/fasthttp"
@@ -43,7 +44,7 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 	if bytes.HasPrefix(contentType, []byte("multipart/")) {
 		limit += multipartSlack
 	}
-	data, lease, ae := s.readBody(rctx, ctx, limit, 1, func(r bodyReader, n int, buf []byte) ([]byte, *apiError) {
+	data, lease, ae := s.readBody(rctx, ctx, limit, 1, func(r io.Reader, n int, buf []byte) ([]byte, *apiError) {
 		return readImage(contentType, r, n, s.cfg.MaxBodyBytes, buf)
 	})
 	if ae != nil {

@@ -230,7 +230,7 @@ func (s *Server) deadline(ctx *fasthttp.RequestCtx) (context.Context, context.Ca
 // body refused unread is skipped (skipBody), so the client reads the answer
 // instead of a reset. The caller owns the returned lease's one reference.
 func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit int, factor int64,
-	read func(r bodyReader, n int, buf []byte) ([]byte, *apiError)) ([]byte, *budget.Lease, *apiError) {
+	read func(r io.Reader, n int, buf []byte) ([]byte, *apiError)) ([]byte, *budget.Lease, *apiError) {
 	n := ctx.Request.Header.ContentLength()
 	if ae := checkLength(n, limit); ae != nil {
 		skipBody(ctx, n)
@@ -310,9 +310,6 @@ func (s *Server) ExpectHandler(ctx *fasthttp.RequestCtx) int {
 	}
 	return fasthttp.StatusContinue
 }
-
-// bodyReader is the request body stream.
-type bodyReader = interface{ Read([]byte) (int, error) }
 
 // fail answers a JSON error, with Retry-After for overload, and counts the
 // rejection.

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"fmt"
+	"io"
 	"runtime/debug"
 	"strings"
 
@@ -96,7 +97,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	if headerLength != nil {
 		factor = 2
 	}
-	body, lease, ae := s.readBody(rctx, ctx, s.cfg.MaxBodyBytes, factor, func(r bodyReader, n int, buf []byte) ([]byte, *apiError) {
+	body, lease, ae := s.readBody(rctx, ctx, s.cfg.MaxBodyBytes, factor, func(r io.Reader, n int, buf []byte) ([]byte, *apiError) {
 		b, err := readFull(r, n, buf)
 		if err != nil {
 			return nil, badRequest("cannot read the request body: %v", err)
