@@ -534,30 +534,12 @@ func (l *controlLoop) object(path string) map[string]any {
 	return o
 }
 
-// field walks map keys and slice indexes.
-func field(o any, path ...any) any {
-	for _, p := range path {
-		switch k := p.(type) {
-		case string:
-			m, _ := o.(map[string]any)
-			o = m[k]
-		case int:
-			s, _ := o.([]any)
-			if k >= len(s) {
-				return nil
-			}
-			o = s[k]
-		}
-	}
-	return o
-}
-
 // condition returns the status of a condition of an object's status.
 func condition(o map[string]any, typ string) string {
-	conds, _ := field(o, "status", "conditions").([]any)
+	conds, _ := get(o, "status", "conditions").([]any)
 	for _, c := range conds {
-		if field(c, "type") == typ {
-			s, _ := field(c, "status").(string)
+		if get(c, "type") == typ {
+			s, _ := get(c, "status").(string)
 			return s
 		}
 	}
@@ -670,7 +652,7 @@ spec:
 	})
 	l.waitFor("APIService v1beta1.external.metrics.k8s.io Available", 120*time.Second, func() (bool, string) {
 		o := l.object("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.external.metrics.k8s.io")
-		return condition(o, "Available") == "True", fmt.Sprint(field(o, "status", "conditions"))
+		return condition(o, "Available") == "True", fmt.Sprint(get(o, "status", "conditions"))
 	})
 	// Through the aggregator, end to end: discovery of the external metrics API.
 	if _, err := l.raw("/apis/external.metrics.k8s.io/v1beta1"); err != nil {
@@ -705,7 +687,7 @@ func (l *controlLoop) startControllers() {
 		for ctx.Err() == nil {
 			for _, name := range []string{loopFullname, loopSecond} {
 				d := l.object(fmt.Sprintf("/apis/apps/v1/namespaces/%s/deployments/%s", loopNS, name))
-				r, ok := field(d, "spec", "replicas").(float64)
+				r, ok := get(d, "spec", "replicas").(float64)
 				if !ok {
 					continue
 				}
@@ -776,7 +758,7 @@ func (l *controlLoop) scaledObject(name string) map[string]any {
 }
 
 func (l *controlLoop) scaledObjectQuery(name string) string {
-	q, _ := field(l.scaledObject(name), "spec", "triggers", 0, "metadata", "query").(string)
+	q, _ := get(l.scaledObject(name), "spec", "triggers", 0, "metadata", "query").(string)
 	if q == "" {
 		l.t.Fatalf("ScaledObject %s has no query", name)
 	}
@@ -791,7 +773,7 @@ func (l *controlLoop) hpa(name string) map[string]any {
 // hpaValue is the external metric's current value per replica as the HPA
 // last read it through the aggregator (-1: none).
 func (l *controlLoop) hpaValue(hpa map[string]any) float64 {
-	s, _ := field(hpa, "status", "currentMetrics", 0, "external", "current", "averageValue").(string)
+	s, _ := get(hpa, "status", "currentMetrics", 0, "external", "current", "averageValue").(string)
 	if s == "" {
 		return -1
 	}
@@ -802,7 +784,7 @@ func (l *controlLoop) hpaValue(hpa map[string]any) float64 {
 // per-replica value times the replicas it divided by.
 func (l *controlLoop) hpaTotal(name string) float64 {
 	hpa := l.hpa(name)
-	n, _ := field(hpa, "status", "currentReplicas").(float64)
+	n, _ := get(hpa, "status", "currentReplicas").(float64)
 	return l.hpaValue(hpa) * n
 }
 
@@ -833,9 +815,9 @@ func (l *controlLoop) describe(name string) string {
 	for _, c := range []string{"AbleToScale", "ScalingActive", "ScalingLimited"} {
 		conds = append(conds, "hpa."+c+"="+condition(hpa, c))
 	}
-	msg, _ := json.Marshal(field(hpa, "status", "conditions"))
+	msg, _ := json.Marshal(get(hpa, "status", "conditions"))
 	return fmt.Sprintf("%s: replicas %d, HPA metric %v/replica, desired %v; %s; HPA conditions %s",
-		name, l.replicas(name), l.hpaValue(hpa), field(hpa, "status", "desiredReplicas"), strings.Join(conds, " "), msg)
+		name, l.replicas(name), l.hpaValue(hpa), get(hpa, "status", "desiredReplicas"), strings.Join(conds, " "), msg)
 }
 
 // --- the workload and Prometheus ---
@@ -950,7 +932,7 @@ func (l *controlLoop) install(release string) {
 		"--set", fmt.Sprintf("keda.minReplicas=%d,keda.maxReplicas=%d", loopMin, loopMax),
 		"--set", "keda.pollingInterval=5",
 		"--set", "keda.scaleDown.stabilizationWindowSeconds=10,keda.scaleDown.periodSeconds=10")
-	fb := field(l.scaledObject(fullnameOf(release)), "spec", "fallback")
+	fb := get(l.scaledObject(fullnameOf(release)), "spec", "fallback")
 	l.t.Logf("installed %s: fallback %v", release, fb)
 }
 
@@ -971,7 +953,7 @@ func (l *controlLoop) podName(release, fullname string) string {
 	l.waitFor("a pod of "+release, 60*time.Second, func() (bool, string) {
 		pods := l.object(fmt.Sprintf("/api/v1/namespaces/%s/pods?labelSelector=%s", loopNS,
 			url.QueryEscape("app.kubernetes.io/instance="+release)))
-		name, _ = field(pods, "items", 0, "metadata", "name").(string)
+		name, _ = get(pods, "items", 0, "metadata", "name").(string)
 		return name != "", "no pod yet"
 	})
 	if !shape.MatchString(name) {
