@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+
+	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 )
 
 // Header is what Inspect learns from an image's header, before any pixel is
@@ -21,6 +23,12 @@ type Header struct {
 	// direct is true when Preprocess reads the decoded image's pixels in
 	// place; otherwise it converts the image to 8-bit NRGBA first.
 	direct bool
+	// JPEG only: color components (1, 3 or 4), samples of all components
+	// in whole blocks, and progressive coding.
+	components  int
+	samples     int64
+	progressive bool
+	fullSize    bool // Limits.FullSizeJPEG
 }
 
 // MemoryBytes estimates the most memory that decoding and preprocessing the
@@ -30,13 +38,40 @@ type Header struct {
 func (h Header) MemoryBytes(p Params) int64 {
 	px := int64(h.Width) * int64(h.Height)
 	n := h.decodeBytes
+	width := int64(h.Width)
+	if h.Format == "jpeg" && turbojpeg.Available {
+		n = h.turboBytes(ScaleDenom(h, p))
+		width = int64((h.Width + 7) / 8 * 8)
+	}
 	if !h.direct {
 		n += 4 * px
 	}
 	// Resize: the horizontal pass keeps up to every source row of the
-	// crop, p.Width float32 RGB values each, plus one source row.
-	n += int64(h.Height)*int64(p.Width)*12 + int64(h.Width)*12
+	// crop, p.Width RGB bytes each, plus one converted source row and
+	// the vertical pass's sums.
+	n += int64(h.Height)*int64(p.Width)*3 + width*3 + int64(p.Width)*12
 	return n + 64<<10
+}
+
+// turboBytes is what libjpeg-turbo takes to decode the JPEG at 1/denom: the
+// output pixels, the whole image's coefficients when progressive (2 bytes a
+// sample, at full size whatever the scale), and its row buffers and tables.
+func (h Header) turboBytes(denom int) int64 {
+	w, ht := turbojpeg.ScaledSize(h.Width, h.Height, denom)
+	bpp := int64(3)
+	switch h.components {
+	case 1:
+		bpp = 1
+	case 4:
+		bpp = 4
+	}
+	n := int64(w) * int64(ht) * bpp
+	if h.progressive {
+		n += 2 * h.samples
+	}
+	// An MCU row of every component (up to 16 lines, 2 bytes a sample
+	// while upsampling) and the decompressor's tables.
+	return n + 64*int64(h.Width+16)*int64(h.components) + 256<<10
 }
 
 // Inspect reads the image's header: the format (ErrFormat), the size and the
@@ -69,6 +104,7 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 	if int64(h.Width)*int64(h.Height) > int64(lim.MaxPixels) {
 		return Header{}, fmt.Errorf("%w: %dx%d, limit %d pixels", ErrTooLarge, h.Width, h.Height, lim.MaxPixels)
 	}
+	h.fullSize = lim.FullSizeJPEG
 	return h, nil
 }
 
@@ -131,6 +167,7 @@ func jpegFrame(seg []byte, progressive bool) (Header, error) {
 		samples += int64(mcuW) * 8 * hi * int64(mcuH) * 8 * vi
 	}
 	h.decodeBytes = samples
+	h.components, h.samples, h.progressive = nc, samples, progressive
 	if nc == 4 { // CMYK or YCCK: converted to 4 bytes a pixel
 		h.decodeBytes += 4 * int64(h.Width) * int64(h.Height)
 	}
