@@ -14,12 +14,24 @@ export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 10s
 # Every parser a client (or the runtime's socket) reaches: package:target.
 FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep:FuzzInspect \
+                proxy/imageprep/turbojpeg:FuzzDecode \
                 proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler
+# JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) when its
+# header and library are installed (Debian: libturbojpeg0-dev; `make test`
+# installs it), else with Go's decoder (the nojpegturbo tag, with a note).
+# Recursive (=), so it is checked again after deps-test installed it; the
+# caller's own GOFLAGS are kept.
+GOFLAGS_USER := $(GOFLAGS)
+export GOFLAGS = $(strip $(GOFLAGS_USER) $(shell scripts/jpeg-tags.sh))
 
-.PHONY: run test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
+.PHONY: run run-ab test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
 
 run: deps-run
 	scripts/run.sh
+
+# Two model versions (fp32 and int8) behind one proxy, 90/10 (docs/versions.md).
+run-ab: deps-run
+	scripts/run-ab.sh
 
 test: deps-test check smoke unit fuzz containers-test
 
@@ -50,6 +62,9 @@ check:
 
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+	@echo "unit: the JPEG path again with Go's decoder (-tags nojpegturbo), and the proxy without cgo"
+	$(GO) test -race -count=1 -tags nojpegturbo ./proxy/imageprep/... ./proxy/classify/...
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./proxy
 
 # Each fuzz target for FUZZTIME, after its seed corpus.
 fuzz:
@@ -67,12 +82,17 @@ smoke:
 containers-test:
 	containers/test.sh
 
-# Raw ONNX Runtime throughput per batch size: the reference for the stack.
+# Raw ONNX Runtime throughput at batch 1, 4 and 8, fp32 against int8 (each
+# variant's model, pinned or generated offline as `make run` gets it), with
+# load time, RSS, the kernels ONNX Runtime runs and the int8 model's
+# agreement with the fp32 one: the reference for the stack. Three rounds, the
+# variants in turn, each batch size keeping its best (about 1.5 minutes).
 bench: deps-run
 	$(GO) build -o bin/runtime ./runtime
-	bin/runtime bench -model "$$(bin/runtime fetch-model -dir $(DEPS)/models)" -ort-cache-dir $(DEPS)/ort-cache
+	bin/runtime bench -variants fp32,int8 -rounds 3 -dir $(DEPS)/models -ort-cache-dir $(DEPS)/ort-cache
 
-# The perf harness (perf/): a quick sweep (about 3 minutes) and the whole grid.
+# The perf harness (perf/): a quick sweep with the image-size axis (about 6
+# minutes) and the whole grid.
 perf: deps-run
 	$(GO) run ./perf -quick
 

@@ -43,13 +43,9 @@ func (u upload) body(unique bool) ([]byte, string) {
 // random crops, sizes (320 to 1024 px wide) and qualities, so every body is
 // unique and typical of uploads (tens to a few hundred KB).
 func imagePool(photo string, n int, seed uint64) ([]upload, int, error) {
-	data, err := os.ReadFile(photo)
+	src, err := readPhoto(photo)
 	if err != nil {
 		return nil, 0, err
-	}
-	src, _, err := image.Decode(bytes.NewReader(data))
-	if err != nil {
-		return nil, 0, fmt.Errorf("cannot decode %s: %w", photo, err)
 	}
 	rng := rand.New(rand.NewPCG(seed, 1))
 	b := src.Bounds()
@@ -71,4 +67,55 @@ func imagePool(photo string, n int, seed uint64) ([]upload, int, error) {
 		total += buf.Len()
 	}
 	return out, total / n, nil
+}
+
+// sizedPool makes n distinct w x h JPEG photos (quality 90) from the
+// committed photograph: random crops scaled to the size, with noise so that
+// their entropy, and so their decode time, is a real photo's.
+func sizedPool(photo string, w, h, n int, seed uint64) ([]upload, int, error) {
+	src, err := readPhoto(photo)
+	if err != nil {
+		return nil, 0, err
+	}
+	rng := rand.New(rand.NewPCG(seed, 2))
+	b := src.Bounds()
+	out := make([]upload, 0, n)
+	total := 0
+	for range n {
+		// The largest crop of the photo with the target's aspect ratio,
+		// shifted at random.
+		cw, ch := b.Dx(), b.Dx()*h/w
+		if ch > b.Dy() {
+			cw, ch = b.Dy()*w/h, b.Dy()
+		}
+		cw, ch = cw*(85+rng.IntN(16))/100, ch*(85+rng.IntN(16))/100
+		x0, y0 := rng.IntN(b.Dx()-cw+1), rng.IntN(b.Dy()-ch+1)
+		dst := image.NewRGBA(image.Rect(0, 0, w, h))
+		draw.CatmullRom.Scale(dst, dst.Bounds(), src, image.Rect(x0, y0, x0+cw, y0+ch), draw.Src, nil)
+		for i := range dst.Pix {
+			if i%4 != 3 {
+				dst.Pix[i] = uint8(min(max(int(dst.Pix[i])+int(rng.NormFloat64()*5), 0), 255))
+			}
+		}
+		var buf bytes.Buffer
+		if err := jpeg.Encode(&buf, dst, &jpeg.Options{Quality: 90}); err != nil {
+			return nil, 0, err
+		}
+		out = append(out, upload{jpeg: buf.Bytes()})
+		total += buf.Len()
+	}
+	return out, total / n, nil
+}
+
+// readPhoto decodes the image file at path.
+func readPhoto(path string) (image.Image, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	src, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode %s: %w", path, err)
+	}
+	return src, nil
 }

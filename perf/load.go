@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -15,6 +16,7 @@ type result struct {
 	latency time.Duration // from the scheduled send time (open loop) or the send (closed loop)
 	status  int           // 0: transport error
 	cached  bool
+	inferMs float64 // the answer's timings.inference_ms; 0 when absent
 }
 
 // client sends images to a classifier: multipart "file", as the FastAPI
@@ -31,22 +33,29 @@ func newClient(url string) *client {
 	}}
 }
 
-// send uploads up (a unique body when unique is set) and returns the status
-// and whether the answer came from the cache.
-func (c *client) send(ctx context.Context, up upload, unique bool) (int, bool) {
+// send uploads up (a unique body when unique is set) and returns the
+// status, whether the answer came from the cache, and the inference time it
+// reports (batchgate's timings.inference_ms; 0 from other servers).
+func (c *client) send(ctx context.Context, up upload, unique bool) (int, bool, float64) {
 	body, contentType := up.body(unique)
 	req, err := http.NewRequestWithContext(ctx, "POST", c.url, bytes.NewReader(body))
 	if err != nil {
-		return 0, false
+		return 0, false, 0
 	}
 	req.Header.Set("Content-Type", contentType)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, false
+		return 0, false, 0
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, bytes.Contains(b, []byte(`"cached":true`))
+	var inferMs float64
+	if _, v, ok := bytes.Cut(b, []byte(`"inference_ms":`)); ok {
+		if end := bytes.IndexAny(v, ",}"); end > 0 {
+			inferMs, _ = strconv.ParseFloat(string(bytes.TrimSpace(v[:end])), 64)
+		}
+	}
+	return resp.StatusCode, bytes.Contains(b, []byte(`"cached":true`)), inferMs
 }
 
 // openLoop sends one request at each scheduled time, whatever the server
@@ -79,8 +88,8 @@ func openLoop(ctx context.Context, c *client, schedule []time.Duration, pick fun
 		up := pick(i)
 		wg.Go(func() {
 			defer func() { <-sem }()
-			status, cached := c.send(ctx, up, unique)
-			results[i] = result{latency: time.Since(scheduled), status: status, cached: cached}
+			status, cached, inferMs := c.send(ctx, up, unique)
+			results[i] = result{latency: time.Since(scheduled), status: status, cached: cached, inferMs: inferMs}
 			progress()
 		})
 	}
@@ -109,10 +118,10 @@ func closedLoop(ctx context.Context, c *client, n int, warmup, d time.Duration, 
 			for ctx.Err() == nil {
 				up := pick(rng)
 				t := time.Now()
-				status, cached := c.send(context.Background(), up, unique)
+				status, cached, inferMs := c.send(context.Background(), up, unique)
 				done := time.Now()
 				if done.After(from) && !done.After(to) { // answered inside the window
-					mine = append(mine, result{latency: done.Sub(t), status: status, cached: cached})
+					mine = append(mine, result{latency: done.Sub(t), status: status, cached: cached, inferMs: inferMs})
 				}
 				progress()
 				answered++

@@ -10,12 +10,13 @@
 // shows the ratio stack / raw. Results go to a timestamped folder as
 // report.md, results.csv, results.json and PNG plots.
 //
-//	go run ./perf -quick          # the `make perf` sweep, about 3 minutes
+//	go run ./perf -quick          # the `make perf` sweep with the image-size axis, about 6 minutes
 //	go run ./perf                 # the whole grid (`make perf-full`)
 //	go run ./perf -target http://host:9999/predict   # any classifier
 //	go run ./perf -autoscale-sim  # autoscaling ramp simulation (autoscale.go); -autoscale-sim -h
 //	go run ./perf -adversarial    # memory under hostile clients (adversarial.go)
 //	go run ./perf -chaos          # faults under load (chaos.go); -chaos -short: a quick one
+//	go run ./perf -preprocess     # preprocessing against PIL: speed and parity (preprocess.go)
 package main
 
 import (
@@ -45,6 +46,8 @@ type options struct {
 	outDir     string
 	images     int
 	dedup      bool
+	imageSizes []string // the image-size axis (imagesizes.go)
+	variants   []string // the model-variant axis (variants.go)
 }
 
 func main() {
@@ -52,6 +55,7 @@ func main() {
 	// own flags (-<mode> -h).
 	modes := map[string]func([]string) int{
 		"autoscale-sim": autoscaleMain, "adversarial": adversarialMain, "chaos": chaosMain,
+		"preprocess": preprocessMain,
 	}
 	if len(os.Args) > 1 {
 		if mode := modes[strings.TrimLeft(os.Args[1], "-")]; mode != nil {
@@ -62,6 +66,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "perf:", err)
 		os.Exit(2)
+	}
+	run := run
+	if len(opts.variants) > 0 {
+		run = runVariants
 	}
 	if err := run(context.Background(), opts); err != nil {
 		fmt.Fprintln(os.Stderr, "perf:", err)
@@ -81,9 +89,12 @@ func parseFlags(args []string) (options, error) {
 	out := fs.String("out", "perf/results", "parent folder of the timestamped results folder")
 	images := fs.Int("images", 64, "distinct test images")
 	dedup := fs.Bool("dedup", true, "also run the Zipf dedup scenario (cache on versus off)")
+	variants := fs.String("variants", "", `model-variant axis, e.g. "fp32,int8": the sweep once per variant's model, then variants.md (variants.go)`)
+	sizes := fs.String("image-sizes", "small,medium,12mp", "image-size axis: small (500x375), medium (768x576), 12mp (4032x3024); empty: none")
 	fs.Bool("autoscale-sim", false, "as the first flag: run the autoscaling simulation and exit (-autoscale-sim -h: its flags)")
 	fs.Bool("adversarial", false, "as the first flag: run the adversarial memory soak and exit (-adversarial -h: its flags)")
 	fs.Bool("chaos", false, "as the first flag: apply faults under load and exit (-chaos -h: its flags)")
+	fs.Bool("preprocess", false, "as the first flag: preprocessing against PIL, speed and parity, and exit (-preprocess -h: its flags)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -118,6 +129,17 @@ func parseFlags(args []string) (options, error) {
 			return o, fmt.Errorf("-loads: bad value %q", s)
 		}
 		o.loads = append(o.loads, f)
+	}
+	for s := range strings.SplitSeq(*sizes, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			if _, ok := imageSizes[s]; !ok {
+				return o, fmt.Errorf("-image-sizes: bad value %q (small, medium or 12mp)", s)
+			}
+			o.imageSizes = append(o.imageSizes, s)
+		}
+	}
+	if *variants != "" {
+		o.variants = strings.Split(*variants, ",")
 	}
 	if o.duration <= 0 || o.images < 1 {
 		return o, errors.New("-duration and -images must be positive")
@@ -155,6 +177,10 @@ type point struct {
 	RawRPS      float64            `json:"raw_images_per_s"`
 	Ratio       float64            `json:"stack_over_raw"`
 	HitRatio    float64            `json:"cache_hit_ratio"`
+	// OverheadP50ms is the median of latency minus the inference time the
+	// answer reports: what the proxy and HTTP add (image-size axis).
+	OverheadP50ms float64 `json:"overhead_p50_ms,omitempty"`
+	InferP50ms    float64 `json:"inference_p50_ms,omitempty"`
 }
 
 // report is everything one run produces.
@@ -234,7 +260,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("raw benchmark gave no throughput:\n%s", raw)
 	}
 
-	total := len(o.batchSizes) * len(o.windows) * (1 + len(o.loads))
+	total := len(o.batchSizes)*len(o.windows)*(1+len(o.loads)) + 2*len(o.imageSizes)
 	if o.dedup {
 		total += 2
 	}
@@ -254,6 +280,22 @@ func run(ctx context.Context, o options) error {
 			}
 			rep.Points = append(rep.Points, pts...)
 		}
+	}
+	if len(o.imageSizes) > 0 {
+		// The proxy's defaults: batch 8 (or the sweep's largest below
+		// it), no batch window.
+		bs := o.batchSizes[0]
+		for _, b := range o.batchSizes {
+			if b <= 8 {
+				bs = max(bs, b)
+			}
+		}
+		pts, err := measureImageSizes(ctx, bins, stackConfig{model: o.model, ortLibrary: ortLib, ortCache: cache, maxBatch: bs},
+			o, rep.Raw[1], bar)
+		if err != nil {
+			return err
+		}
+		rep.Points = append(rep.Points, pts...)
 	}
 	if o.dedup {
 		pts, err := measureDedup(ctx, bins, stackConfig{model: o.model, ortLibrary: ortLib, ortCache: cache,

@@ -132,6 +132,7 @@ func markdown(rep *report) string {
 				p.Throughput, p.HitRatio, p.P50ms, p.P99ms)
 		}
 	}
+	b.WriteString(sizesMarkdown(rep))
 	return b.String()
 }
 

@@ -31,6 +31,8 @@ import (
 	"go.uber.org/automaxprocs/maxprocs"
 
 	"github.com/batchgate/batchgate/proxy/gateway"
+	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/routing"
 )
 
 // config is everything main reads from the environment.
@@ -93,12 +95,29 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	g.UploadWait = dur("UPLOAD_WAIT", 2*time.Second, time.Millisecond, time.Minute)
 	g.DecodeQueue = int(num("DECODE_QUEUE_CAPACITY", int64(g.Batch.QueueCapacity+runtime.GOMAXPROCS(0)), 1, 1<<20))
 	g.DecodeMemory = num("DECODE_MEMORY_BYTES", 128<<20, 1<<20, 1<<40)
+	switch v := str("JPEG_DCT_SCALING", "true"); v {
+	case "true", "1":
+	case "false", "0":
+		g.FullSizeJPEG = true
+	default:
+		errs = append(errs, fmt.Errorf("JPEG_DCT_SCALING=%q: want true or false", v))
+	}
 	g.MaxConnections = int(num("MAX_CONNECTIONS", 10000, 1, 1<<20))
 	g.MaxElements = int(num("OIP_MAX_IMAGES", int64(min(max(g.Batch.QueueCapacity/4, 1), 64)), 1, 1024))
 	g.RuntimeStallAfter = dur("RUNTIME_STALL_TIMEOUT", 4*time.Second, 100*time.Millisecond, time.Hour)
 	g.RuntimeBatchTimeout = dur("RUNTIME_BATCH_TIMEOUT", 15*time.Second, 100*time.Millisecond, time.Hour)
 	g.RuntimeHeartbeatTimeout = dur("RUNTIME_HEARTBEAT_TIMEOUT", 2*time.Second, 10*time.Millisecond, time.Hour)
 	g.DrainDelay = dur("DRAIN_DELAY", 5*time.Second, 0, 10*time.Minute)
+	// ROUTING_FILE: several model versions (docs/versions.md); a bad file
+	// stops start-up here, while at a reload it is rejected and logged.
+	if path := getenv("ROUTING_FILE"); path != "" {
+		f, sum, err := routing.Load(path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ROUTING_FILE=%q: %w", path, err))
+		}
+		g.Routing, g.RoutingFile, g.RoutingSHA256 = f, path, sum
+		g.RoutingPoll = dur("ROUTING_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
+	}
 	if g.UploadMemory < 2*int64(g.MaxBodyBytes) {
 		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 4x their size)", g.UploadMemory, g.MaxBodyBytes))
 	}
@@ -140,9 +159,13 @@ func main() {
 		os.Exit(1)
 	}
 	g := cfg.gateway
+	if g.Routing != nil {
+		log.Info("serving model versions from a routing file", "routing_file", g.RoutingFile,
+			"poll_interval", g.RoutingPoll.String(), "models", len(g.Routing.Models))
+	}
 	log.Info("proxy listening", "addr", cfg.addr, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
 		"batch_window", g.Batch.Window.String(), "queue_capacity", g.Batch.QueueCapacity, "gomaxprocs", runtime.GOMAXPROCS(0),
-		"upload_memory_mib", g.UploadMemory>>20, "decode_memory_mib", g.DecodeMemory>>20)
+		"upload_memory_mib", g.UploadMemory>>20, "decode_memory_mib", g.DecodeMemory>>20, "jpeg_decoder", imageprep.JPEGDecoder())
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln) }()
 

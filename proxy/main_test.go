@@ -22,6 +22,8 @@ func TestConfigFromEnv(t *testing.T) {
 		{map[string]string{"CACHE_BYTES": "-5", "DRAIN_DELAY": "forever"}, "DRAIN_DELAY"},
 		{map[string]string{"UPLOAD_MEMORY_BYTES": "2000000"}, "UPLOAD_MEMORY_BYTES"},
 		{map[string]string{"DECODE_MEMORY_BYTES": "5"}, "DECODE_MEMORY_BYTES"},
+		{map[string]string{"JPEG_DCT_SCALING": "false"}, ""},
+		{map[string]string{"JPEG_DCT_SCALING": "no"}, "JPEG_DCT_SCALING"},
 	} {
 		c, err := configFromEnv(func(k string) string { return tc.env[k] })
 		switch {
@@ -39,8 +41,11 @@ func TestConfigFromEnv(t *testing.T) {
 	c, _ := configFromEnv(func(string) string { return "" })
 	g := c.gateway
 	if c.addr != ":9999" || g.DrainDelay != 5*time.Second || g.UploadMemory != 96<<20 || g.DecodeMemory != 128<<20 ||
-		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" {
+		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" || g.FullSizeJPEG {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c, _ := configFromEnv(func(k string) string { return map[string]string{"JPEG_DCT_SCALING": "false"}[k] }); !c.gateway.FullSizeJPEG {
+		t.Error("JPEG_DCT_SCALING=false does not set FullSizeJPEG")
 	}
 	if c, _ := configFromEnv(func(k string) string { return map[string]string{"CACHE_ENTRIES": "0"}[k] }); c.gateway.CacheEntries >= 0 {
 		t.Errorf("CACHE_ENTRIES=0 gives %d, want the cache disabled (< 0)", c.gateway.CacheEntries)

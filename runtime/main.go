@@ -5,8 +5,8 @@
 // Usage:
 //
 //	runtime [serve]       serve the model (the default)
-//	runtime fetch-model   download the pinned ResNet50, or generate one offline
-//	runtime bench         raw ONNX Runtime throughput per batch size
+//	runtime fetch-model   download the pinned ResNet50 (-variant fp32 or int8), or generate one offline
+//	runtime bench         raw ONNX Runtime throughput per batch size; -variants fp32,int8 compares them
 //	runtime probe         exit 0 only if the runtime on the socket is ready (for startup probes)
 //
 // Every flag has an environment variable that sets its default; run
@@ -32,6 +32,7 @@ import (
 	"github.com/batchgate/batchgate/runtime/engine"
 	"github.com/batchgate/batchgate/runtime/modelfetch"
 	"github.com/batchgate/batchgate/runtime/modelgen"
+	"github.com/batchgate/batchgate/runtime/quantize"
 	"github.com/batchgate/batchgate/runtime/server"
 	"github.com/batchgate/batchgate/runtime/wire"
 )
@@ -136,6 +137,7 @@ func serve(args []string) error {
 	maxBatch := fs.Int("max-batch-size", envInt("MAX_BATCH_SIZE", 8), "largest batch served; every size up to it is warmed up (env MAX_BATCH_SIZE)")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest wait for the batch in flight on SIGTERM")
+	wantVariant := fs.String("variant", env("MODEL_VARIANT", ""), `the model's variant, "fp32" or "int8": start-up fails on a model of the other one; empty: any (env MODEL_VARIANT)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,6 +147,9 @@ func serve(args []string) error {
 	}
 	if *maxBatch < 1 || *maxBatch > 1024 {
 		return fmt.Errorf("MAX_BATCH_SIZE must be in [1, 1024], got %d", *maxBatch)
+	}
+	if _, ok := modelVariants[*wantVariant]; !ok && *wantVariant != "" {
+		return fmt.Errorf("MODEL_VARIANT must be fp32, int8 or empty, got %q", *wantVariant)
 	}
 	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
 		return fmt.Errorf("cannot create socket folder: %w", err)
@@ -162,6 +167,11 @@ func serve(args []string) error {
 		return err
 	}
 	mi := eng.Info()
+	if *wantVariant != "" && mi.Variant != *wantVariant {
+		eng.Close()
+		ln.Close()
+		return fmt.Errorf("MODEL_VARIANT is %s but the model %s is %s", *wantVariant, ef.model, mi.Variant)
+	}
 	generated := mi.Metadata[modelgen.MetaGenerated] == "true"
 	if generated {
 		log.Warn("!!! THIS MODEL HAS GENERATED PSEUDO-RANDOM WEIGHTS: ITS PREDICTIONS ARE MEANINGLESS. " +
@@ -177,14 +187,14 @@ func serve(args []string) error {
 		}
 	}
 	srv := server.New(eng, server.Config{Logger: log, Info: wire.Info{
-		Model: *name, ModelSHA256: mi.SHA256, Generated: generated,
+		Model: *name, ModelSHA256: mi.SHA256, Generated: generated, Variant: mi.Variant,
 		InputName: mi.InputName, OutputName: mi.OutputName,
 		Channels: mi.Channels, Height: mi.Height, Width: mi.Width,
 		ResizeShorter: 256, Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
 		Classes: mi.Classes, LabelSet: labelSet, Labels: labels,
 		MaxBatchSize: *maxBatch, ORTVersion: mi.ORTVersion, Threads: ef.threads,
 	}})
-	log.Info("model loaded", "model", *name, "path", ef.model, "sha256", mi.SHA256, "generated", generated,
+	log.Info("model loaded", "model", *name, "path", ef.model, "sha256", mi.SHA256, "generated", generated, "variant", mi.Variant,
 		"ort_version", mi.ORTVersion, "threads", ef.threads, "from_cache", mi.FromCache,
 		"load_ms", mi.LoadTime.Milliseconds(), "rss_mb", rssMB(), "socket", *socket)
 
@@ -253,13 +263,19 @@ func serve(args []string) error {
 }
 
 // rssMB returns the process's resident memory in MB, or -1 if unknown.
-func rssMB() int {
+func rssMB() int { return statusMB("VmRSS:") }
+
+// peakRSSMB returns the process's peak resident memory in MB, or -1.
+func peakRSSMB() int { return statusMB("VmHWM:") }
+
+// statusMB returns a memory figure of /proc/self/status in MB, or -1.
+func statusMB(key string) int {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return -1
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, key); ok {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return kb / 1024
 		}
@@ -315,40 +331,82 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return d
 }
 
+// modelVariant is where fetch-model gets one variant of ResNet50.
+type modelVariant struct {
+	spec modelfetch.Spec
+	// name and generatedName are the file names of the pinned and the
+	// generated model in the models folder.
+	name, generatedName string
+	// generate returns the generated model; library is ONNX Runtime,
+	// which the int8 twin's calibration runs.
+	generate func(library string) ([]byte, error)
+	// tiny returns the tiny test model of the variant.
+	tiny func(library string) ([]byte, error)
+}
+
+var modelVariants = map[string]modelVariant{
+	engine.VariantFP32: {
+		spec: modelfetch.ResNet50, name: "resnet50-v1-12.onnx", generatedName: "resnet50-v1-generated.onnx",
+		generate: func(string) ([]byte, error) { b, _ := modelgen.ResNet50(modelgen.DefaultSeed); return b, nil },
+		tiny:     func(string) ([]byte, error) { b, _ := modelgen.Tiny(modelgen.DefaultSeed); return b, nil },
+	},
+	// The int8 twin of the generated fp32 model: the same weights,
+	// quantized, with activations calibrated through ONNX Runtime.
+	engine.VariantInt8: {
+		spec: modelfetch.ResNet50Int8, name: "resnet50-v1-12-int8.onnx", generatedName: "resnet50-v1-int8-generated.onnx",
+		generate: func(lib string) ([]byte, error) {
+			b, _ := modelgen.ResNet50(modelgen.DefaultSeed)
+			return quantize.Twin(lib, b)
+		},
+		tiny: func(lib string) ([]byte, error) {
+			b, _ := modelgen.Tiny(modelgen.DefaultSeed)
+			return quantize.Twin(lib, b)
+		},
+	},
+}
+
+// variantNames lists the variants for messages.
+const variantNames = "fp32 or int8"
+
 func fetchModel(args []string) error {
 	fs := flag.NewFlagSet("fetch-model", flag.ContinueOnError)
 	dir := fs.String("dir", ".deps/models", "folder for models")
+	variant := fs.String("variant", env("MODEL_VARIANT", engine.VariantFP32), "fp32, or int8: the model zoo's quantized ResNet50, or offline the int8 twin of the generated model (env MODEL_VARIANT)")
+	library := fs.String("ort-library", env("ORT_LIBRARY", "libonnxruntime.so.1"), "ONNX Runtime shared library, to calibrate a generated int8 model (env ORT_LIBRARY)")
 	generate := fs.Bool("generate-only", false, "skip the download and write the generated ResNet50-architecture model")
 	tiny := fs.Bool("tiny", false, "write the tiny test model (same contract) and exit")
 	fallback := fs.Bool("offline-fallback", true, "generate a ResNet50-architecture model when the download host is unreachable")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	mv, ok := modelVariants[*variant]
+	if !ok {
+		return fmt.Errorf("-variant (MODEL_VARIANT) must be %s, got %q", variantNames, *variant)
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	gen := func() []byte { b, _ := modelgen.ResNet50(modelgen.DefaultSeed); return b }
 	var path string
 	switch {
 	case *tiny:
-		b, _ := modelgen.Tiny(modelgen.DefaultSeed)
-		path = filepath.Join(*dir, "tiny.onnx")
+		b, err := mv.tiny(*library)
+		if err != nil {
+			return err
+		}
+		path = filepath.Join(*dir, map[string]string{engine.VariantFP32: "tiny.onnx", engine.VariantInt8: "tiny-int8.onnx"}[*variant])
 		if err := modelfetch.WriteFile(path, b); err != nil {
 			return err
 		}
 	case *generate:
-		path = filepath.Join(*dir, "resnet50-v1-generated.onnx")
-		if err := modelfetch.WriteFile(path, gen()); err != nil {
+		b, err := mv.generate(*library)
+		if err != nil {
+			return err
+		}
+		path = filepath.Join(*dir, mv.generatedName)
+		if err := modelfetch.WriteFile(path, b); err != nil {
 			return err
 		}
 	default:
-		cfg := modelfetch.EnsureConfig{
-			Spec: modelfetch.ResNet50, Dir: *dir, Name: "resnet50-v1-12.onnx",
-			GeneratedName: "resnet50-v1-generated.onnx", Progress: os.Stderr, Logger: log,
-		}
-		if *fallback {
-			cfg.Generate = gen
-		}
 		var err error
-		if path, _, err = modelfetch.Ensure(context.Background(), cfg); err != nil {
+		if path, err = ensureModel(mv, *dir, *library, *fallback, log); err != nil {
 			return err
 		}
 	}
@@ -356,43 +414,18 @@ func fetchModel(args []string) error {
 	return nil
 }
 
-func bench(args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	var ef engineFlags
-	ef.register(fs)
-	sizes := fs.String("batch-sizes", "1,2,4,8,16,32", "comma-separated batch sizes")
-	minTime := fs.Duration("min-time", 3*time.Second, "least time measured per batch size")
-	minRuns := fs.Int("min-runs", 3, "least runs per batch size")
-	if err := fs.Parse(args); err != nil {
-		return err
+// ensureModel returns the path of a variant's model in dir: the pinned one,
+// downloaded if need be, or with fallback the generated one when the model
+// host is unreachable.
+func ensureModel(mv modelVariant, dir, library string, fallback bool, log *slog.Logger) (string, error) {
+	cfg := modelfetch.EnsureConfig{
+		Spec: mv.spec, Dir: dir, Name: mv.name, GeneratedName: mv.generatedName, Progress: os.Stderr, Logger: log,
 	}
-	var bs []int
-	for s := range strings.SplitSeq(*sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return fmt.Errorf("bad batch size %q", s)
-		}
-		bs = append(bs, n)
+	if fallback {
+		cfg.Generate = func() ([]byte, error) { return mv.generate(library) }
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eng, err := ef.open(log)
-	if err != nil {
-		return err
-	}
-	defer eng.Close()
-	mi := eng.Info()
-	fmt.Printf("# raw ONNX Runtime %s, %d thread(s), model %s (sha256 %.12s, generated=%v, load %d ms, from cache %v)\n",
-		mi.ORTVersion, ef.threads, filepath.Base(ef.model), mi.SHA256, mi.Metadata[modelgen.MetaGenerated] == "true",
-		mi.LoadTime.Milliseconds(), mi.FromCache)
-	fmt.Println("batch_size\truns\tfirst_run_ms\tmedian_batch_ms\tmedian_ms_per_image\timages_per_s")
-	for _, n := range bs {
-		r, err := BenchBatch(eng, n, *minTime, *minRuns)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("%d\t%d\t%.1f\t%.1f\t%.2f\t%.2f\n", n, r.Runs, ms(r.First), ms(r.Median), ms(r.Median)/float64(n), r.ImagesPerSec)
-	}
-	return nil
+	path, _, err := modelfetch.Ensure(context.Background(), cfg)
+	return path, err
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }

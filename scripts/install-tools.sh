@@ -8,6 +8,8 @@ command -v git >/dev/null || need+=(git)
 command -v curl >/dev/null || need+=(curl) # containers/test.sh talks to the pod with it
 command -v promtool >/dev/null || need+=(prometheus) # the chart's tests run a real Prometheus
 command -v chromium >/dev/null || need+=(chromium) # proxy/docs_browser_test.go drives Swagger UI in it
+[ -f /usr/include/turbojpeg.h ] || need+=(libturbojpeg0-dev) # the proxy's JPEG decoder (cgo, static)
+/usr/bin/python3 -c 'import PIL, numpy' 2>/dev/null || need+=(python3-pil python3-numpy) # the PIL reference (parity tests)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-tools: please install: ${need[*]}" >&2

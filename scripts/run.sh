@@ -10,8 +10,17 @@ port=${PORT:-9999}
 say() { echo "batchgate: $*" >&2; }
 
 go build -o bin/runtime ./runtime
-go build -o bin/proxy ./proxy
-model=$(bin/runtime fetch-model -dir .deps/models)
+# JPEG through libjpeg-turbo when installed, else Go's decoder (with a note).
+# (make already put the tag in GOFLAGS when needed.)
+tags=
+[[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
+go build $tags -o bin/proxy ./proxy
+# MODEL_VARIANT: fp32 (default) or int8 (ResNet50 quantized; offline, the
+# int8 twin of the generated model, calibrated with ONNX Runtime). The
+# runtime checks that the model it loads is that variant.
+export MODEL_VARIANT="${MODEL_VARIANT:-fp32}"
+model=$(bin/runtime fetch-model -dir .deps/models -variant "$MODEL_VARIANT" \
+  -ort-library "${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}")
 sockdir=$(mktemp -d -t batchgate.XXXXXX)
 export RUNTIME_SOCKET="$sockdir/runtime.sock" MODEL_PATH="$model" PORT="$port"
 export ORT_LIBRARY="${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}"
@@ -30,16 +39,8 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 
-# ready: GET /readyz with bash alone (no curl needed), true on 200.
-ready() {
-  local status
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-  printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-  read -r -t 2 _ status _ <&3 || status=
-  exec 3<&- 3>&-
-  [ "$status" = 200 ]
-}
-alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; }
+# ready and alive (GET /readyz with bash alone; every process still running).
+source scripts/lib-run.sh
 
 say "socket folder $sockdir"
 bin/runtime serve &

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -151,14 +152,39 @@ func (s *Service) LastModel() (wire.Info, bool) {
 // While no runtime is ready, a cached answer for the last model seen is
 // still given: degraded but useful.
 func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*Outcome, error) {
+	return s.ClassifyOn(ctx, Target{Backend: s.be}, data, lease, noCache)
+}
+
+// Target is one model version to classify on: its backend, the tag that
+// keeps its cache and coalescing entries apart from other versions', and
+// an optional mirror.
+type Target struct {
+	Backend Backend
+	// Tag is added to the cache and coalescing key. Versions with
+	// different tags never share an answer, even when their models have
+	// the same sha256. "" is the single-model key, unchanged.
+	Tag string
+	// Mirror, if set, is called once the target computed an image (not
+	// for cached or coalesced answers) with the tensor, the model's
+	// handshake and the scores. It runs on the computing goroutine and
+	// must not block; it owns tensor from then on (nothing else uses
+	// it) and must not change scores.
+	Mirror func(tensor []float32, info wire.Info, scores []float32)
+}
+
+// ClassifyOn is Classify on t's backend, with t's cache tag and mirror.
+func (s *Service) ClassifyOn(ctx context.Context, t Target, data []byte, lease *budget.Lease, noCache bool) (*Outcome, error) {
 	release := releaser(lease)
-	info, ready, known := s.be.Model()
+	info, ready, known := t.Backend.Model()
 	if !known {
 		release()
 		return nil, ErrUnavailable
 	}
 	sum := sha256.Sum256(data)
 	key := hex.EncodeToString(sum[:]) + "|" + info.ModelSHA256 + "|" + strconv.Itoa(imageprep.Version)
+	if t.Tag != "" {
+		key += "|" + t.Tag
+	}
 	if !noCache {
 		if scores, ok := s.cache.get(key); ok {
 			release()
@@ -183,11 +209,14 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 			return nil, err
 		}
 		prep := time.Since(start)
-		inf, err := s.be.Infer(fctx, tensor, info.ModelSHA256)
+		inf, err := t.Backend.Infer(fctx, tensor, info.ModelSHA256)
 		if err != nil {
 			return nil, err
 		}
 		s.cache.add(key, inf.Scores)
+		if t.Mirror != nil {
+			t.Mirror(tensor, info, inf.Scores)
+		}
 		return &Outcome{Scores: inf.Scores, Model: info, Prep: prep, Inference: inf}, nil
 	}, joined)
 	if err != nil {
@@ -204,11 +233,20 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 // InferTensor runs one preprocessed image (the model's input layout) with
 // no cache and no coalescing.
 func (s *Service) InferTensor(ctx context.Context, tensor []float32) (*Outcome, error) {
-	info, ready, _ := s.be.Model()
+	return s.InferTensorOn(ctx, Target{Backend: s.be}, tensor)
+}
+
+// InferTensorOn is InferTensor on t's backend. The mirror gets a copy of
+// tensor (the caller's may live in a request body).
+func (s *Service) InferTensorOn(ctx context.Context, t Target, tensor []float32) (*Outcome, error) {
+	info, ready, _ := t.Backend.Model()
 	if !ready {
 		return nil, ErrUnavailable
 	}
-	inf, err := s.be.Infer(ctx, tensor, info.ModelSHA256)
+	inf, err := t.Backend.Infer(ctx, tensor, info.ModelSHA256)
+	if err == nil && t.Mirror != nil {
+		t.Mirror(slices.Clone(tensor), info, inf.Scores)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -245,13 +283,10 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 		return nil, ctx.Err()
 	}
 	defer func() { <-s.decode }()
-	img, err := imageprep.DecodeInspected(data, h)
+	tensor := make([]float32, info.ImageSize())
+	err = imageprep.Tensor(data, h, p, tensor)
 	done()
 	if err != nil {
-		return nil, err
-	}
-	tensor := make([]float32, info.ImageSize())
-	if err := imageprep.Preprocess(img, p, tensor); err != nil {
 		return nil, err
 	}
 	return tensor, nil

@@ -29,6 +29,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/httpapi"
 	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/proxy/rtconn"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
@@ -67,6 +68,10 @@ type Config struct {
 	// DecodeMemory bounds the images being decoded at once (their decoded
 	// size, estimated from the header). Default 128 MiB.
 	DecodeMemory int64
+	// FullSizeJPEG decodes every JPEG at full size: no DCT-domain
+	// scaling of large photos, so tensors equal PIL + torchvision's bit
+	// for bit, at several times the CPU on large photos. Default false.
+	FullSizeJPEG bool
 	// MaxConnections bounds open client connections; beyond it fasthttp
 	// answers 503 and closes. Default 10000.
 	MaxConnections int
@@ -84,6 +89,15 @@ type Config struct {
 	// DrainDelay is how long the proxy keeps serving, with readiness
 	// failing, before it stops accepting. Default 0.
 	DrainDelay time.Duration
+	// Routing, if set, serves the model versions of a routing file
+	// (docs/versions.md), each from its own runtime, instead of the one
+	// runtime at Socket. RoutingFile is its path, polled every
+	// RoutingPoll (default 2s) and applied when its content changes;
+	// RoutingSHA256 is the sha256 of the content Routing came from.
+	Routing       *routing.File
+	RoutingFile   string
+	RoutingPoll   time.Duration
+	RoutingSHA256 [32]byte
 }
 
 func (c *Config) defaults() {
@@ -119,6 +133,7 @@ func (c *Config) defaults() {
 	set64(&c.DecodeMemory, 128<<20)
 	set(&c.MaxConnections, 10000)
 	set(&c.MaxElements, min(max(c.Batch.QueueCapacity/4, 1), 64))
+	setDur(&c.RoutingPoll, 2*time.Second)
 }
 
 // Proxy is the assembled server.
@@ -127,7 +142,8 @@ type Proxy struct {
 	log     *slog.Logger
 	api     *httpapi.Server
 	server  *fasthttp.Server
-	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
+	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result] // nil with a routing file
+	router  *router                                         // nil without one
 	stopRT  context.CancelFunc
 	rtDone  chan struct{}
 }
@@ -143,8 +159,11 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		uploads = budget.New(cfg.UploadMemory)
 	)
 	m := stats.New(set, stats.Gauges{
-		QueueDepth: func() float64 { s := p.batcher.Snapshot(); return float64(s.Waiting + s.InFlight) },
+		QueueDepth: p.queueDepth,
 		RuntimeConnected: func() float64 {
+			if p.router != nil {
+				return b2f(p.router.ready())
+			}
 			if c, _ := conn.Current(); c != nil {
 				return 1
 			}
@@ -153,21 +172,40 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		UploadBytes: func() float64 { return float64(uploads.InUse()) },
 		DecodeBytes: func() float64 { return float64(svc.DecodeBytes()) },
 	})
-	conn = rtconn.New(rtconn.Config{Socket: cfg.Socket, StallAfter: cfg.RuntimeStallAfter,
-		HeartbeatTimeout: cfg.RuntimeHeartbeatTimeout, BatchTimeout: cfg.RuntimeBatchTimeout,
-		OnStall: func() { m.RuntimeStalls.Inc() }}, log)
-	bc := cfg.Batch
-	bc.Observer = m
-	p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)
+	var be classify.Backend
+	if cfg.Routing == nil {
+		conn = rtconn.New(rtconn.Config{Socket: cfg.Socket, StallAfter: cfg.RuntimeStallAfter,
+			HeartbeatTimeout: cfg.RuntimeHeartbeatTimeout, BatchTimeout: cfg.RuntimeBatchTimeout,
+			OnStall: func() { m.RuntimeStalls.Inc() }}, log)
+		bc := cfg.Batch
+		bc.Observer = m
+		p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)
+		be = backend{conn, p.batcher}
+	} else {
+		p.router = newRouter(cfg, log, m)
+		be = noBackend{p.router}
+	}
 	svc = classify.New(classify.Config{
 		CacheEntries: max(cfg.CacheEntries, 0), CacheBytes: cfg.CacheBytes,
 		DecodeQueue:  cfg.DecodeQueue,
 		DecodeMemory: cfg.DecodeMemory,
-		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels},
-	}, backend{conn, p.batcher}, m)
+		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, FullSizeJPEG: cfg.FullSizeJPEG},
+	}, be, m)
+	var router httpapi.Router // nil interface without a routing file
+	if p.router != nil {
+		p.router.svc = svc
+		p.router.apply(cfg.Routing)
+		router = p.router
+	}
 	p.api = httpapi.New(httpapi.Config{
-		Classifier: svc, Metrics: m, Log: log, Version: Version,
-		Ready:          func() bool { c, _ := conn.Current(); return c != nil },
+		Classifier: svc, Router: router, Metrics: m, Log: log, Version: Version,
+		Ready: func() bool {
+			if p.router != nil {
+				return p.router.ready()
+			}
+			c, _ := conn.Current()
+			return c != nil
+		},
 		RequestTimeout: cfg.RequestTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
 		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
 	})
@@ -193,12 +231,15 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stopRT = cancel
 	idle := func() bool {
-		q := p.batcher.Snapshot()
-		return uploads.InUse() == 0 && svc.DecodeBytes() == 0 && q.Waiting+q.InFlight == 0
+		return uploads.InUse() == 0 && svc.DecodeBytes() == 0 && p.queueDepth() == 0
 	}
 	go func() {
 		defer close(p.rtDone)
 		go trimMemory(ctx, idle)
+		if p.router != nil {
+			p.router.run(ctx)
+			return
+		}
 		conn.Run(ctx)
 	}()
 	return p
@@ -251,12 +292,27 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	err := p.server.ShutdownWithContext(ctx)
-	if berr := p.batcher.Close(ctx); berr != nil {
+	if p.router != nil {
+		if rerr := p.router.close(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	} else if berr := p.batcher.Close(ctx); berr != nil {
 		err = errors.Join(err, berr)
 	}
 	p.stopRT()
 	<-p.rtDone
 	return err
+}
+
+// queueDepth is waiting + in-flight items: inference_queue_depth, the
+// autoscaling signal. With a routing file, the sum over the versions,
+// without shadow work.
+func (p *Proxy) queueDepth() float64 {
+	if p.router != nil {
+		return p.router.queueDepth()
+	}
+	s := p.batcher.Snapshot()
+	return float64(s.Waiting + s.InFlight)
 }
 
 // backend is classify's view of the runtime: the connection's handshake and

@@ -55,7 +55,7 @@ func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtSe
 		Model: "resnet50", ModelSHA256: mi.SHA256, InputName: mi.InputName, OutputName: mi.OutputName,
 		Channels: mi.Channels, Height: mi.Height, Width: mi.Width, ResizeShorter: 256,
 		Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
-		Classes: mi.Classes, Labels: labels, MaxBatchSize: maxBatch, Generated: true,
+		Classes: mi.Classes, Labels: labels, MaxBatchSize: maxBatch, Generated: true, Variant: mi.Variant,
 	}, Logger: slog.New(slog.DiscardHandler)})
 	srv.SetReady(true)
 	if socket == "" {

@@ -21,9 +21,12 @@ func errStatus(err error) *apiError {
 	var ie *rtconn.ItemError
 	var oe *oip.Error
 	var pe *flight.PanicError
+	var nf *NotFoundError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &nf):
+		return &apiError{404, nf.Msg, "not_found"}
 	case errors.As(err, &pe):
 		return &apiError{500, "internal error", "internal"}
 	case errors.As(err, &oe):

@@ -21,7 +21,8 @@ type prediction struct {
 // Everything that can be checked from the headers is, before the body is
 // read.
 func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
-	info, ok := s.cfg.Classifier.LastModel()
+	cls := s.cfg.Classifier
+	info, ok := s.lastModel("", "")
 	if !ok {
 		s.failErr(ctx, classify.ErrUnavailable)
 		return reply{}
@@ -52,11 +53,20 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 		return reply{}
 	}
 	defer lease.Release()
+	var rep reply
+	if s.cfg.Router != nil {
+		rt, err := s.cfg.Router.Route("", string(ctx.Request.Header.Peek("X-Model-Version")), routeKeys(ctx, data))
+		if err != nil {
+			s.failErr(ctx, err)
+			return reply{}
+		}
+		cls, rep.version, rep.done = rt.Classifier, rt.Version, rt.Done
+	}
 	lease.Retain() // the classifier's, released once the image is decoded
-	out, err := s.cfg.Classifier.Classify(rctx, data, lease, noCache)
+	out, err := cls.Classify(rctx, data, lease, noCache)
 	if err != nil {
 		s.failErr(ctx, err)
-		return reply{}
+		return rep
 	}
 	probs := softmax(out.Scores)
 	preds := []prediction{}
@@ -70,8 +80,14 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 		"cached":       out.Cached,
 		"coalesced":    out.Coalesced,
 	}
+	if v := out.Model.Variant; v != "" {
+		resp["model_variant"] = v
+	}
+	if rep.version != "" {
+		resp["model_version"] = rep.version
+	}
 	timings := map[string]float64{}
-	rep := reply{cached: out.Cached}
+	rep.cached = out.Cached
 	if inf := out.Inference; inf != nil {
 		timings["preprocess_ms"] = ms(out.Prep)
 		timings["queue_ms"] = ms(inf.QueueWait)

@@ -52,8 +52,11 @@ type Classifier interface {
 // Config configures a Server.
 type Config struct {
 	Classifier Classifier
-	Metrics    *stats.Metrics
-	Log        *slog.Logger
+	// Router, if set, routes /predict and the OIP model routes over
+	// several model versions; Classifier then serves nothing.
+	Router  Router
+	Metrics *stats.Metrics
+	Log     *slog.Logger
 	// Ready reports whether the model can serve (the proxy adds its own
 	// draining state).
 	Ready func() bool
@@ -99,6 +102,8 @@ type reply struct {
 	cached    bool
 	batchSize int
 	queueWait time.Duration
+	version   string                               // routed: the version that served it
+	done      func(status int, took time.Duration) // routed: Routed.Done
 }
 
 // Handler serves one request: route, answer, count and log it. A panic is
@@ -130,12 +135,15 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		took := time.Since(start)
 		status := ctx.Response.StatusCode()
 		s.cfg.Metrics.Request(route, status, took)
+		if rep.done != nil {
+			rep.done(status, took)
+		}
 		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
 			return // probes and scrapes would drown the log
 		}
 		s.cfg.Log.Info("request", "request_id", rid, "method", string(ctx.Method()), "route", route, "status", status,
 			"latency_ms", float64(took.Microseconds())/1000, "cached", rep.cached, "batch_size", rep.batchSize,
-			"queue_wait_ms", float64(rep.queueWait.Microseconds())/1000, "remote", ctx.RemoteIP().String())
+			"queue_wait_ms", float64(rep.queueWait.Microseconds())/1000, "model_version", rep.version, "remote", ctx.RemoteIP().String())
 	}()
 	route, rep = s.route(ctx, path)
 }

@@ -36,8 +36,15 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		return "/v2/other", reply{}
 	}
 	parts := strings.Split(rest, "/")
-	name, action := parts[0], ""
-	if len(parts) >= 3 && parts[1] == "versions" {
+	name, action, version := parts[0], "", ""
+	if len(parts) >= 3 && parts[1] == "versions" && s.cfg.Router != nil {
+		version = parts[2] // checked by the router
+		if version == "" {
+			s.fail(ctx, &apiError{404, "empty model version", "not_found"})
+			return "/v2/other", reply{}
+		}
+		parts = append(parts[:1], parts[3:]...)
+	} else if len(parts) >= 3 && parts[1] == "versions" {
 		if parts[2] != oip.Version {
 			s.fail(ctx, &apiError{404, fmt.Sprintf("unknown model version %.20q; this server serves version %s", parts[2], oip.Version), "not_found"})
 			return "/v2/other", reply{}
@@ -50,6 +57,9 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 	case len(parts) > 2:
 		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 		return "/v2/other", reply{}
+	}
+	if s.cfg.Router != nil {
+		return s.v2Routed(ctx, name, version, action)
 	}
 	info, ok := s.cfg.Classifier.LastModel()
 	if !ok {
@@ -71,7 +81,7 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		if !ctx.IsPost() {
 			s.fail(ctx, &apiError{405, "use POST", "method_not_allowed"})
 		} else {
-			s.infer(ctx, info)
+			s.infer(ctx, info, "", "")
 		}
 		return "/v2/models/infer", reply{}
 	}
@@ -82,7 +92,8 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 // infer serves POST /v2/models/{name}/infer. The images of one request run
 // concurrently (they meet in the batcher); the first failure cancels the
 // others.
-func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
+func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version string) (rep reply) {
+	cls := s.cfg.Classifier
 	rctx, cancel, ae := s.deadline(ctx)
 	if ae != nil {
 		s.fail(ctx, ae)
@@ -109,6 +120,19 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 		return
 	}
 	defer lease.Release()
+	if s.cfg.Router != nil {
+		rt, err := s.cfg.Router.Route(name, version, routeKeys(ctx, body))
+		if err != nil {
+			s.failErr(ctx, err)
+			return
+		}
+		cls, rep.version, rep.done = rt.Classifier, rt.Version, rt.Done
+		var ok bool
+		if info, ok = cls.LastModel(); !ok {
+			s.failErr(ctx, classify.ErrUnavailable)
+			return
+		}
+	}
 	req, err := oip.ParseInfer(body, headerLength, &info, oip.Limits{MaxElements: s.cfg.MaxElements})
 	if err != nil {
 		s.failErr(ctx, err)
@@ -119,7 +143,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	for i, img := range req.Images {
 		lease.Retain() // one for each image's classification
 		g.Go(guard(func() error {
-			out, err := s.cfg.Classifier.Classify(gctx, img, lease, false)
+			out, err := cls.Classify(gctx, img, lease, false)
 			if err == nil {
 				scores[i] = out.Scores
 			}
@@ -128,7 +152,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	}
 	for i, t := range req.Tensors {
 		g.Go(guard(func() error {
-			out, err := s.cfg.Classifier.InferTensor(gctx, t)
+			out, err := cls.InferTensor(gctx, t)
 			if err == nil {
 				scores[i] = out.Scores
 			}
@@ -142,7 +166,11 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 		s.failErr(ctx, err)
 		return
 	}
-	b, err := oip.InferResponse(&info, req, scores)
+	ver := oip.Version
+	if rep.version != "" {
+		ver = rep.version
+	}
+	b, err := oip.InferResponseAt(&info, ver, req, scores)
 	if err != nil {
 		s.failErr(ctx, err)
 		return
@@ -150,6 +178,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info) {
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+	return rep
 }
 
 // guard turns a panic in f, which runs on an errgroup goroutine out of reach

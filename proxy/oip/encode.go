@@ -29,15 +29,19 @@ func ServerMetadata(version string) map[string]any {
 // ModelMetadata is GET /v2/models/{name}: the BYTES input takes encoded
 // images, the FP32 input preprocessed tensors.
 func ModelMetadata(info *wire.Info) map[string]any {
+	params := map[string]any{"model_sha256": info.ModelSHA256, "generated_weights": info.Generated,
+		"max_batch_size": info.MaxBatchSize}
+	if info.Variant != "" {
+		params["variant"] = info.Variant
+	}
 	return map[string]any{
 		"name": info.Model, "versions": []string{Version}, "platform": "onnxruntime_onnx",
 		"inputs": []TensorMeta{
 			{Name: "image", Datatype: "BYTES", Shape: []int64{-1}},
 			{Name: info.InputName, Datatype: "FP32", Shape: []int64{-1, int64(info.Channels), int64(info.Height), int64(info.Width)}},
 		},
-		"outputs": []TensorMeta{{Name: info.OutputName, Datatype: "FP32", Shape: []int64{-1, int64(info.Classes)}}},
-		"parameters": map[string]any{"model_sha256": info.ModelSHA256, "generated_weights": info.Generated,
-			"max_batch_size": info.MaxBatchSize},
+		"outputs":    []TensorMeta{{Name: info.OutputName, Datatype: "FP32", Shape: []int64{-1, int64(info.Classes)}}},
+		"parameters": params,
 	}
 }
 
@@ -53,6 +57,12 @@ type output struct {
 // strings "score:index:label" of the best classes (the score is the raw
 // model output); otherwise every score.
 func InferResponse(info *wire.Info, req *Request, scores [][]float32) ([]byte, error) {
+	return InferResponseAt(info, Version, req, scores)
+}
+
+// InferResponseAt is InferResponse from the model's version version (a
+// routing file's version name).
+func InferResponseAt(info *wire.Info, version string, req *Request, scores [][]float32) ([]byte, error) {
 	n := int64(len(scores))
 	out := output{Name: req.Output}
 	if req.Classify > 0 {
@@ -75,7 +85,7 @@ func InferResponse(info *wire.Info, req *Request, scores [][]float32) ([]byte, e
 		}
 		out.Datatype, out.Shape, out.Data = "FP32", []int64{n, int64(info.Classes)}, flat
 	}
-	resp := map[string]any{"model_name": info.Model, "model_version": Version, "outputs": []output{out}}
+	resp := map[string]any{"model_name": info.Model, "model_version": version, "outputs": []output{out}}
 	if req.ID != "" {
 		resp["id"] = req.ID
 	}

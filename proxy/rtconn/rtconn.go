@@ -122,7 +122,7 @@ func (rc *Conn) Run(ctx context.Context) {
 		}
 		info := c.Info()
 		rc.log.Info("runtime connected", "socket", rc.cfg.Socket, "model", info.Model, "model_sha256", info.ModelSHA256,
-			"generated", info.Generated, "max_batch_size", info.MaxBatchSize)
+			"generated", info.Generated, "variant", info.Variant, "max_batch_size", info.MaxBatchSize)
 		if info.Generated {
 			rc.log.Warn("!!! the runtime's model has generated pseudo-random weights: predictions are meaningless !!!")
 		}
@@ -291,6 +291,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		}
 		res, err := c.Run(bctx, len(chunk), in)
 		capped := errors.Is(context.Cause(bctx), errBatchTimeout)
+		expired := bctx.Err() != nil // before cancel, which ends bctx anyway
 		cancel()
 		*bp = in
 		r.buf.Put(bp)
@@ -307,7 +308,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 				err = fmt.Errorf("%w: batch of %d took over %v", ErrUnavailable, len(chunk), r.conn.cfg.BatchTimeout)
 			case ctx.Err() != nil:
 				err = ctx.Err()
-			case bctx.Err() != nil:
+			case expired:
 				err = context.DeadlineExceeded // every item's deadline passed
 			default:
 				err = fmt.Errorf("cannot run batch of %d on the runtime: %w", len(chunk), err)

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/batchgate/batchgate/runtime/modelgen"
 )
 
 // Config configures an Engine.
@@ -56,6 +58,16 @@ type Info struct {
 	SHA256 string
 	// Metadata is the model's custom metadata (metadata_props).
 	Metadata map[string]string
+	// Variant is VariantInt8 or VariantFP32: the model's metadata
+	// (modelgen.MetaVariant) when it says, otherwise what its graph holds
+	// (quantization operators make it int8).
+	Variant string
+	// Ops counts the model's nodes by operator type, as in the file.
+	Ops map[string]int
+	// OptimizedOps counts the nodes of the graph that ONNX Runtime
+	// optimized for this CPU (the fused kernels it runs, such as
+	// QLinearConv); nil when the optimized-graph cache is off.
+	OptimizedOps map[string]int
 	// ORTVersion is the version of the loaded ONNX Runtime library.
 	ORTVersion string
 	// FromCache is true when the session was created from a cached
@@ -134,7 +146,7 @@ func Open(cfg Config) (*Engine, error) {
 	if cfg.CacheDir == "" {
 		e.session, err = newSession(model, info, cfg.IntraOpThreads, "")
 	} else {
-		e.session, e.info.FromCache, err = openCached(model, info, cfg)
+		e.session, e.info.FromCache, err = openCached(model, info, cfg, &e.info.OptimizedOps)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create ONNX Runtime session for %q: %w", cfg.ModelPath, err)
@@ -176,7 +188,35 @@ func describe(model []byte) (Info, error) {
 		Channels: int(in.dims[1]), Height: int(in.dims[2]), Width: int(in.dims[3]),
 		Classes:  int(classes),
 		Metadata: io.metadata,
+		Variant:  variant(io.metadata, io.ops),
+		Ops:      io.ops,
 	}, nil
+}
+
+// The model variants batchgate knows.
+const (
+	VariantFP32 = "fp32"
+	VariantInt8 = "int8"
+)
+
+// quantOps are the operators that only quantized models hold: the QDQ
+// pair, and the QOperator-format operators (the model zoo's int8 ResNet50
+// uses these).
+var quantOps = []string{"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+	"QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QGemm"}
+
+// variant says what a model is: its metadata when it says, otherwise int8
+// when its graph holds quantization operators, otherwise fp32.
+func variant(metadata map[string]string, ops map[string]int) string {
+	if v := metadata[modelgen.MetaVariant]; v != "" {
+		return v
+	}
+	for _, op := range quantOps {
+		if ops[op] > 0 {
+			return VariantInt8
+		}
+	}
+	return VariantFP32
 }
 
 // newSession creates a session from ONNX bytes. A non-empty optimizedPath
@@ -252,7 +292,8 @@ func cpuDescription() string {
 
 // openCached creates the session from the cached optimized graph when a
 // valid one exists, and otherwise from the model, saving the optimized graph.
-func openCached(model []byte, info Info, cfg Config) (*ort.DynamicAdvancedSession, bool, error) {
+// optimizedOps receives the optimized graph's operator counts.
+func openCached(model []byte, info Info, cfg Config, optimizedOps *map[string]int) (*ort.DynamicAdvancedSession, bool, error) {
 	log := cfg.Logger
 	key := cacheKey(info.SHA256, info.ORTVersion)
 	graphPath := filepath.Join(cfg.CacheDir, key+".onnx")
@@ -264,6 +305,7 @@ func openCached(model []byte, info Info, cfg Config) (*ort.DynamicAdvancedSessio
 		s, err := newSessionLevel(cached, info, cfg.IntraOpThreads, "", ort.GraphOptimizationLevelDisableAll)
 		if err == nil {
 			log.Info("loaded optimized graph from cache", "path", graphPath)
+			*optimizedOps, _ = graphOps(cached)
 			return s, true, nil
 		}
 		log.Warn("cached optimized graph refused by ONNX Runtime; rebuilding it", "path", graphPath, "error", err)
@@ -286,8 +328,11 @@ func openCached(model []byte, info Info, cfg Config) (*ort.DynamicAdvancedSessio
 	if err != nil {
 		return nil, false, err
 	}
-	if err := storeCacheEntry(tmp, graphPath, metaPath, key); err != nil {
+	graph, err := storeCacheEntry(tmp, graphPath, metaPath, key)
+	if err != nil {
 		log.Warn("cannot save optimized graph; next start will optimize again", "error", err)
+	} else {
+		*optimizedOps, _ = graphOps(graph)
 	}
 	return s, false, nil
 }
@@ -319,27 +364,28 @@ func loadCacheEntry(graphPath, metaPath, key string) ([]byte, error) {
 
 // storeCacheEntry moves the freshly written graph tmp into place and then
 // writes its metadata; a reader only trusts a graph its metadata vouches for.
-func storeCacheEntry(tmp, graphPath, metaPath, key string) error {
+// It returns the graph.
+func storeCacheEntry(tmp, graphPath, metaPath, key string) ([]byte, error) {
 	graph, err := os.ReadFile(tmp)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !bytes.HasPrefix(graph, []byte{0x08}) { // ModelProto starts with ir_version
-		return fmt.Errorf("ONNX Runtime wrote an unexpected file to %q", tmp)
+		return nil, fmt.Errorf("ONNX Runtime wrote an unexpected file to %q", tmp)
 	}
 	sum := sha256.Sum256(graph)
 	meta, err := json.Marshal(cacheMeta{Key: key, SHA256: hex.EncodeToString(sum[:]), Size: len(graph)})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Rename(tmp, graphPath); err != nil {
-		return err
+		return nil, err
 	}
 	metaTmp := metaPath + ".tmp"
 	if err := os.WriteFile(metaTmp, meta, 0o644); err != nil {
-		return err
+		return nil, err
 	}
-	return os.Rename(metaTmp, metaPath)
+	return graph, os.Rename(metaTmp, metaPath)
 }
 
 // Info returns the model's description.

@@ -11,6 +11,8 @@ import (
 type graphIO struct {
 	inputs, outputs []tensorInfo
 	metadata        map[string]string
+	// ops counts the graph's nodes by operator type.
+	ops map[string]int
 }
 
 // tensorInfo is a graph input or output. A dimension < 0 is symbolic.
@@ -70,7 +72,7 @@ func fields(b []byte, fn func(field int, v uint64, data []byte) error) error {
 // readGraphIO parses an ONNX ModelProto. Inputs that are also initializers
 // (listed as inputs by models with IR version < 4) are dropped.
 func readGraphIO(model []byte) (*graphIO, error) {
-	io := &graphIO{metadata: map[string]string{}}
+	io := &graphIO{metadata: map[string]string{}, ops: map[string]int{}}
 	var graph []byte
 	err := fields(model, func(f int, _ uint64, data []byte) error {
 		switch f {
@@ -103,6 +105,13 @@ func readGraphIO(model []byte) (*graphIO, error) {
 	var inputs []tensorInfo
 	err = fields(graph, func(f int, _ uint64, data []byte) error {
 		switch f {
+		case 1: // node: only its operator type matters here
+			return fields(data, func(f int, _ uint64, d []byte) error {
+				if f == 4 {
+					io.ops[string(d)]++
+				}
+				return nil
+			})
 		case 5: // initializer: only its name matters here
 			return fields(data, func(f int, _ uint64, d []byte) error {
 				if f == 8 {
@@ -173,4 +182,13 @@ func readValueInfo(b []byte) (tensorInfo, error) {
 		return nil
 	})
 	return t, err
+}
+
+// graphOps counts the nodes of an ONNX model by operator type.
+func graphOps(model []byte) (map[string]int, error) {
+	io, err := readGraphIO(model)
+	if err != nil {
+		return nil, err
+	}
+	return io.ops, nil
 }

@@ -32,6 +32,15 @@ var ResNet50 = Spec{
 	SHA256: "ab65bdc02c5b3123eb3cdf6dac01742438517d8635d4f233913b2be1c70db3b6",
 }
 
+// ResNet50Int8 is the ONNX Model Zoo's resnet50-v1-12-int8, ResNet50
+// quantized with Intel Neural Compressor (top-1 74.77%, against 74.97%
+// for ResNet50, as the zoo's README reports), pinned by commit.
+var ResNet50Int8 = Spec{
+	URL:    "https://github.com/onnx/models/raw/4c46cd00fbdb7cd30b6c1c17ab54f2e1f4f7b177/validated/vision/classification/resnet/model/resnet50-v1-12-int8.onnx",
+	Size:   25816052,
+	SHA256: "c234f30975989788b4405f25253275aae247ab6dbdd34aaa69ab0a59ff76f6d0",
+}
+
 var (
 	// ErrIntegrity means the bytes are not the pinned file. It is never
 	// a reason to fall back to anything.
@@ -146,7 +155,7 @@ type EnsureConfig struct {
 	GeneratedName string
 	// Generate returns the fallback model's bytes; nil disables the
 	// fallback.
-	Generate func() []byte
+	Generate func() ([]byte, error)
 	// Client downloads; nil means a client with a 30 s connect timeout.
 	Client   *http.Client
 	Progress io.Writer
@@ -191,7 +200,11 @@ func Ensure(ctx context.Context, cfg EnsureConfig) (string, Source, error) {
 	if _, err := os.Stat(gen); err == nil {
 		return gen, SourceGenerated, nil
 	}
-	if err := WriteFile(gen, cfg.Generate()); err != nil {
+	b, err := cfg.Generate()
+	if err != nil {
+		return "", "", fmt.Errorf("cannot generate the fallback model: %w", err)
+	}
+	if err := WriteFile(gen, b); err != nil {
 		return "", "", fmt.Errorf("cannot write generated model: %w", err)
 	}
 	return gen, SourceGenerated, nil

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"testing"
 )
@@ -131,7 +132,7 @@ func closedURL(t *testing.T) string {
 
 func TestEnsure(t *testing.T) {
 	generated := []byte("generated model")
-	gen := func() []byte { return generated }
+	gen := func() ([]byte, error) { return generated, nil }
 	t.Run("download", func(t *testing.T) {
 		srv := server(t, "")
 		dir := t.TempDir()
@@ -171,6 +172,18 @@ func TestEnsure(t *testing.T) {
 			t.Error("Ensure fell back to the generated model after an integrity error")
 		}
 	})
+	t.Run("generation fails", func(t *testing.T) {
+		dir := t.TempDir()
+		boom := errors.New("no ONNX Runtime to calibrate with")
+		cfg := EnsureConfig{Spec: spec(closedURL(t)), Dir: dir, Name: "real.onnx", GeneratedName: "gen.onnx",
+			Generate: func() ([]byte, error) { return nil, boom }}
+		if _, _, err := Ensure(context.Background(), cfg); !errors.Is(err, boom) {
+			t.Fatalf("Ensure with a failing generator = %v, want its error", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "gen.onnx")); err == nil {
+			t.Error("a failed generation left a model file")
+		}
+	})
 	t.Run("corrupt existing file", func(t *testing.T) {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, "real.onnx"), []byte("corrupt"), 0o644)
@@ -179,4 +192,26 @@ func TestEnsure(t *testing.T) {
 			t.Fatalf("Ensure with a corrupt file = %v, want ErrIntegrity", err)
 		}
 	})
+}
+
+// TestPins: each pinned model is a commit-pinned URL with a size and a
+// sha256, and no two pins are the same file.
+func TestPins(t *testing.T) {
+	commit := regexp.MustCompile(`/raw/[0-9a-f]{40}/`)
+	seen := map[string]bool{}
+	for _, tc := range []struct {
+		name string
+		spec Spec
+		size int64
+	}{{"fp32", ResNet50, 102576419}, {"int8", ResNet50Int8, 25816052}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !commit.MatchString(tc.spec.URL) || tc.spec.Size != tc.size || len(tc.spec.SHA256) != 64 {
+				t.Errorf("pin = %+v: want a URL at a commit, %d bytes and a sha256", tc.spec, tc.size)
+			}
+			if seen[tc.spec.SHA256] || seen[tc.spec.URL] {
+				t.Errorf("pin %+v repeats another one", tc.spec)
+			}
+			seen[tc.spec.SHA256], seen[tc.spec.URL] = true, true
+		})
+	}
 }

@@ -11,7 +11,8 @@
 // microseconds, for fast tests.
 //
 // Both mark themselves in the model's metadata (MetaGenerated = "true"), so
-// every component that loads them can say so.
+// every component that loads them can say so. Their int8 twins (package
+// quantize) also carry MetaVariant = "int8".
 package modelgen
 
 import (
@@ -25,6 +26,10 @@ const (
 	MetaGenerated    = "batchgate.generated"
 	MetaArchitecture = "batchgate.architecture"
 	MetaNote         = "batchgate.note"
+	// MetaVariant is the numeric variant, "fp32" or "int8". The fp32
+	// generators do not write it (their bytes, and so their sha256, stay
+	// as they were): a model without it is told apart by its graph.
+	MetaVariant = "batchgate.variant"
 )
 
 // DefaultSeed is the seed of the models that `make` generates. The same

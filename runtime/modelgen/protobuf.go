@@ -25,6 +25,11 @@ func (p *pb) int(field int, v int64) {
 	p.varint(uint64(v))
 }
 
+func (p *pb) fixed32(field int, v uint32) {
+	p.tag(field, 5)
+	p.b = binary.LittleEndian.AppendUint32(p.b, v)
+}
+
 func (p *pb) bytes(field int, b []byte) {
 	p.tag(field, wireBytes)
 	p.varint(uint64(len(b)))

@@ -68,7 +68,10 @@ type Info struct {
 	ModelSHA256 string `json:"model_sha256"`
 	// Generated is true for models with generated weights, whose
 	// predictions are meaningless.
-	Generated  bool   `json:"generated"`
+	Generated bool `json:"generated"`
+	// Variant is the model's numeric variant: "fp32" or "int8". Empty
+	// from runtimes older than the field.
+	Variant    string `json:"variant,omitempty"`
 	InputName  string `json:"input_name"`
 	OutputName string `json:"output_name"`
 	Channels   int    `json:"channels"`

@@ -1,0 +1,667 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/httpapi"
+	"github.com/batchgate/batchgate/proxy/routing"
+	"github.com/batchgate/batchgate/proxy/rtconn"
+	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/proxy/topk"
+	"github.com/batchgate/batchgate/runtime/wire"
+)
+
+// router serves the versions of a routing file (docs/versions.md): one
+// runtime connection and one batcher per version, the traffic policy from
+// proxy/routing, shadow traffic and rollback. It implements httpapi.Router.
+//
+// # Ownership and goroutines
+//
+//   - The table (models, their versions and policies) is immutable once
+//     published in router.table; apply, on the watcher's goroutine and
+//     under router.mu, builds the next one and swaps it in. Requests load
+//     it once and keep the version they were routed to.
+//   - Each version owns its Conn and batcher. Its Conn.Run goroutine runs
+//     from start until the version is retired (a reload without it, or
+//     Shutdown) and exits when its context is cancelled. A retired
+//     version's retire goroutine waits for the requests that hold it
+//     (version.refs), closes its batcher (queued items are still run) and
+//     then stops its Conn; it exits then.
+//   - A version's rollback state is its window (replaced when its model's
+//     entry changes) and the rolledBack flag, both atomic.
+//   - A shadow goroutine runs one mirrored item and exits when the shadow
+//     batcher answers (bounded by RequestTimeout); at most max_queue run
+//     per shadow version. close waits for them.
+//   - router.wg counts every goroutine above; close waits for it.
+type router struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *stats.Metrics
+	rm      *stats.Routing
+	svc     *classify.Service // set by New before serving
+	ctx     context.Context   // ends at close: stops the Conns
+	stop    context.CancelFunc
+	table   atomic.Pointer[table]
+	gen     atomic.Int64
+	mu      sync.Mutex // serializes apply and close; guards closing
+	closing bool
+	wg      sync.WaitGroup
+}
+
+type table struct {
+	models []*model // file order; the first is the default
+	byName map[string]*model
+}
+
+type model struct {
+	spec     routing.Model
+	versions []*version
+	byName   map[string]*version
+	shadow   *version // nil: none
+}
+
+type version struct {
+	r       *router
+	model   string
+	name    string // fixed: a version's name and socket never change
+	socket  string
+	variant atomic.Pointer[string] // the variant required, "" for any
+	conn    *rtconn.Conn
+	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
+	metrics *stats.Version
+	cancel  context.CancelFunc // stops the Conn
+
+	window     atomic.Pointer[routing.Window] // nil: no rollback limits
+	rolledBack atomic.Bool
+	weight     atomic.Uint64 // math.Float64bits of the configured weight
+	shadows    atomic.Int64  // mirrored items in flight on this version
+	// maxShadow is the model's shadow max_queue when this version is its
+	// shadow (atomic: a reload may change it while mirrors run).
+	maxShadow atomic.Int64
+
+	mu      sync.Mutex // guards refs and retired
+	refs    int
+	retired bool
+	idle    chan struct{} // closed when retired and refs is 0
+}
+
+func newRouter(cfg Config, log *slog.Logger, m *stats.Metrics) *router {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &router{cfg: cfg, log: log, m: m, ctx: ctx, stop: cancel}
+	r.rm = m.NewRouting(func() float64 { return float64(r.gen.Load()) })
+	r.table.Store(&table{byName: map[string]*model{}})
+	return r
+}
+
+// apply makes f the routing: versions new to it start, versions gone from
+// it retire once their requests are done, and versions kept (same model,
+// name and socket) keep their connection, batcher and queue. A model whose
+// entry changed gets fresh rollback windows: that is how a rolled-back
+// version comes back.
+func (r *router) apply(f *routing.File) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closing {
+		return
+	}
+	old := r.table.Load()
+	next := &table{byName: map[string]*model{}}
+	kept := map[*version]bool{}
+	for _, ms := range f.Models {
+		nm := &model{spec: ms, byName: map[string]*version{}}
+		om := old.byName[ms.Name]
+		changed := om == nil || !sameModel(om.spec, ms)
+		for _, vs := range ms.Versions {
+			var v *version
+			if om != nil {
+				if ov := om.byName[vs.Name]; ov != nil && ov.socket == vs.Socket {
+					v = ov
+				}
+			}
+			if v == nil {
+				v = r.startVersion(ms.Name, vs)
+			} else if changed {
+				v.rolledBack.Store(false)
+			}
+			v.variant.Store(&vs.Variant)
+			v.weight.Store(math.Float64bits(vs.Weight))
+			if changed || v.window.Load() == nil && vs.Rollback != nil {
+				if vs.Rollback != nil {
+					v.window.Store(routing.NewWindow(*vs.Rollback))
+				} else {
+					v.window.Store(nil)
+				}
+			}
+			kept[v] = true
+			nm.versions = append(nm.versions, v)
+			nm.byName[vs.Name] = v
+		}
+		if s := ms.Shadow; s != nil {
+			nm.shadow = nm.byName[s.Version]
+			nm.shadow.maxShadow.Store(int64(s.MaxQueue))
+		}
+		next.models = append(next.models, nm)
+		next.byName[ms.Name] = nm
+	}
+	r.table.Store(next)
+	r.gen.Add(1)
+	for _, om := range old.models {
+		for _, v := range om.versions {
+			if !kept[v] {
+				r.log.Info("version retired: it leaves once its requests are done", "model", v.model, "version", v.name, "socket", v.socket)
+				r.retire(v)
+			}
+		}
+	}
+	var summary []string
+	for _, ms := range f.Models {
+		for _, vs := range ms.Versions {
+			summary = append(summary, fmt.Sprintf("%s/%s=%g", ms.Name, vs.Name, vs.Weight))
+		}
+	}
+	r.log.Info("routing applied", "generation", r.gen.Load(), "weights", strings.Join(summary, " "))
+}
+
+// sameModel reports whether a model's entry is unchanged.
+func sameModel(a, b routing.Model) bool { return reflect.DeepEqual(a, b) }
+
+// startVersion creates a version's Conn, batcher and metrics and starts its
+// Conn (called under r.mu).
+func (r *router) startVersion(model string, vs routing.Version) *version {
+	v := &version{r: r, model: model, name: vs.Name, socket: vs.Socket, idle: make(chan struct{})}
+	v.variant.Store(&vs.Variant)
+	v.metrics = r.m.NewVersion(model, vs.Name, stats.VersionGauges{
+		QueueDepth:  func() float64 { return float64(v.primaryDepth()) },
+		ShadowDepth: func() float64 { return float64(v.shadows.Load()) },
+		Connected: func() float64 {
+			if _, ready := v.current(); ready {
+				return 1
+			}
+			return 0
+		},
+		Weight:     func() float64 { return v.effectiveWeight() },
+		RolledBack: func() float64 { return b2f(v.rolledBack.Load()) },
+	})
+	v.conn = rtconn.New(rtconn.Config{Socket: vs.Socket, StallAfter: r.cfg.RuntimeStallAfter,
+		HeartbeatTimeout: r.cfg.RuntimeHeartbeatTimeout, BatchTimeout: r.cfg.RuntimeBatchTimeout,
+		OnStall: func() { r.m.RuntimeStalls.Inc() }}, r.log.With("version", vs.Name))
+	bc := r.cfg.Batch
+	bc.Observer = v.metrics
+	v.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(v.conn, r.m), bc)
+	ctx, cancel := context.WithCancel(r.ctx)
+	v.cancel = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		v.conn.Run(ctx)
+	}()
+	r.log.Info("version started", "model", model, "version", vs.Name, "socket", vs.Socket, "weight", vs.Weight)
+	return v
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// retire closes v once no request holds it (called under r.mu, or by
+// close).
+func (r *router) retire(v *version) {
+	v.mu.Lock()
+	if v.retired {
+		v.mu.Unlock()
+		return
+	}
+	v.retired = true
+	if v.refs == 0 {
+		close(v.idle)
+	}
+	v.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		// Requests that hold v finish within their deadlines; a handler
+		// that panicked before Done is not waited for past that.
+		select {
+		case <-v.idle:
+		case <-time.After(r.cfg.RequestTimeout + 10*time.Second):
+			r.log.Warn("retiring a version with requests still counted", "model", v.model, "version", v.name)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+		if err := v.batcher.Close(ctx); err != nil {
+			r.log.Warn("retired version's queue not fully drained", "model", v.model, "version", v.name, "error", err)
+		}
+		cancel()
+		v.cancel()
+		v.metrics.Unregister()
+	}()
+}
+
+// acquire holds v for a request; false if v is retired.
+func (v *version) acquire() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.retired {
+		return false
+	}
+	v.refs++
+	return true
+}
+
+func (v *version) release() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.refs--
+	if v.refs == 0 && v.retired {
+		close(v.idle)
+	}
+}
+
+// current returns v's handshake and whether v can serve: a ready runtime
+// connected, serving the configured variant.
+func (v *version) current() (wire.Info, bool) {
+	c, info := v.conn.Current()
+	if c == nil {
+		return info, false
+	}
+	if want := *v.variant.Load(); want != "" && info.Variant != want {
+		return info, false
+	}
+	return info, true
+}
+
+// effectiveWeight is the configured weight, 0 once rolled back.
+func (v *version) effectiveWeight() float64 {
+	if v.rolledBack.Load() {
+		return 0
+	}
+	return math.Float64frombits(v.weight.Load())
+}
+
+// primaryDepth is the version's waiting and running items less its
+// mirrored ones: the autoscaling signal's share.
+func (v *version) primaryDepth() int64 {
+	s := v.batcher.Snapshot()
+	return max(int64(s.Waiting+s.InFlight)-v.shadows.Load(), 0)
+}
+
+// queueDepth sums every version's primary depth: inference_queue_depth.
+func (r *router) queueDepth() float64 {
+	var n int64
+	for _, m := range r.table.Load().models {
+		for _, v := range m.versions {
+			n += v.primaryDepth()
+		}
+	}
+	return float64(n)
+}
+
+// ready: every model has a ready version with weight > 0.
+func (r *router) ready() bool {
+	t := r.table.Load()
+	if len(t.models) == 0 {
+		return false
+	}
+	for _, m := range t.models {
+		ok := false
+		for _, v := range m.versions {
+			if _, rd := v.current(); rd && v.effectiveWeight() > 0 {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *table) model(name string) (*model, error) {
+	if name == "" && len(t.models) > 0 {
+		return t.models[0], nil
+	}
+	if m := t.byName[name]; m != nil {
+		return m, nil
+	}
+	names := make([]string, len(t.models))
+	for i, m := range t.models {
+		names[i] = m.spec.Name
+	}
+	return nil, &httpapi.NotFoundError{Msg: fmt.Sprintf("unknown model %.100q; this server serves %s", name, strings.Join(names, ", "))}
+}
+
+// LastModel implements httpapi.Router.
+func (r *router) LastModel(name, ver string) (wire.Info, bool) {
+	m, err := r.table.Load().model(name)
+	if err != nil {
+		return wire.Info{}, false
+	}
+	var last wire.Info
+	known := false
+	for _, v := range m.versions {
+		if ver != "" && v.name != ver {
+			continue
+		}
+		if info, ready := v.current(); ready {
+			return info, true
+		}
+		if info, ok := v.conn.LastInfo(); ok && !known {
+			last, known = info, true
+		}
+	}
+	return last, known
+}
+
+// Versions implements httpapi.Router.
+func (r *router) Versions(name string) ([]httpapi.VersionStatus, bool) {
+	m, err := r.table.Load().model(name)
+	if err != nil {
+		return nil, false
+	}
+	out := make([]httpapi.VersionStatus, 0, len(m.versions))
+	for _, v := range m.versions {
+		info, ready := v.current()
+		if _, known := v.conn.LastInfo(); !known {
+			info = wire.Info{}
+		}
+		out = append(out, httpapi.VersionStatus{Name: v.name, Ready: ready, Weight: v.effectiveWeight(),
+			RolledBack: v.rolledBack.Load(), Shadow: m.shadow == v, Variant: info.Variant, ModelSHA256: info.ModelSHA256})
+	}
+	return out, true
+}
+
+// Route implements httpapi.Router.
+func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Routed, error) {
+	for range 3 { // a reload may retire the version picked: pick again
+		t := r.table.Load()
+		m, err := t.model(name)
+		if err != nil {
+			return nil, err
+		}
+		v, err := m.pick(ver, keys)
+		if err != nil {
+			return nil, err
+		}
+		if !v.acquire() {
+			continue
+		}
+		target := classify.Target{Backend: v, Tag: m.spec.Name + "/" + v.name}
+		if m.spec.ShareCache {
+			target.Tag = m.spec.Name
+		}
+		if s := m.shadow; s != nil && s != v && routing.Mirror(m.spec.Shadow.Percent, rand.Float64()) {
+			target.Mirror = func(tensor []float32, info wire.Info, scores []float32) { r.mirror(s, tensor, info, scores) }
+		}
+		var once sync.Once
+		return &httpapi.Routed{
+			Version:    v.name,
+			Classifier: versionClassifier{r.svc, target},
+			Done: func(status int, took time.Duration) {
+				once.Do(func() {
+					v.metrics.Request(status, took)
+					v.release()
+				})
+			},
+		}, nil
+	}
+	return nil, classify.ErrUnavailable
+}
+
+// pick chooses a version: ver if set, else the weighted split over the
+// ready versions, sticky when the policy says so.
+func (m *model) pick(ver string, keys httpapi.RouteKeys) (*version, error) {
+	if ver != "" {
+		if v := m.byName[ver]; v != nil {
+			return v, nil // explicit: whatever its weight or state
+		}
+		names := make([]string, len(m.versions))
+		for i, v := range m.versions {
+			names[i] = v.name
+		}
+		return nil, &httpapi.NotFoundError{Msg: fmt.Sprintf("unknown version %.64q of model %q; its versions are %s",
+			ver, m.spec.Name, strings.Join(names, ", "))}
+	}
+	var weights [routing.MaxVersions]float64
+	for i, v := range m.versions {
+		if _, ready := v.current(); ready {
+			weights[i] = v.effectiveWeight()
+		}
+	}
+	u := -1.0
+	if s := m.spec.Sticky; s != nil {
+		var key []byte
+		switch {
+		case s.Image:
+			key = keys.Body
+		case keys.Header != nil:
+			key = keys.Header(s.Header)
+		}
+		if len(key) > 0 {
+			u = routing.StickyPoint(s.Salt, key)
+		}
+	}
+	if u < 0 {
+		u = rand.Float64()
+	}
+	i := routing.Pick(weights[:len(m.versions)], u)
+	if i < 0 {
+		return nil, fmt.Errorf("%w: no version of model %q with a weight above 0 is ready", classify.ErrUnavailable, m.spec.Name)
+	}
+	return m.versions[i], nil
+}
+
+// Model and Infer make version a classify.Backend.
+func (v *version) Model() (wire.Info, bool, bool) {
+	info, ready := v.current()
+	if ready {
+		return info, true, true
+	}
+	info, known := v.conn.LastInfo()
+	return info, false, known
+}
+
+func (v *version) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
+	dl, _ := ctx.Deadline()
+	start := time.Now()
+	res, err := v.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: start, Deadline: dl})
+	v.observe(ctx, time.Since(start), err)
+	if err != nil {
+		return nil, err
+	}
+	return &classify.Inference{Scores: res.Scores, BatchSize: res.BatchSize, QueueWait: res.QueueWait, Exec: res.Exec}, nil
+}
+
+// observe feeds the rollback window with a request's time in the version
+// and whether the version failed it. The caller's own cancellations and
+// deadlines, a full queue (overload) and bad inputs are not the version's
+// failures and are not counted.
+func (v *version) observe(ctx context.Context, took time.Duration, err error) {
+	w := v.window.Load()
+	if w == nil {
+		return
+	}
+	var ie *rtconn.ItemError
+	if err != nil && (ctx.Err() != nil || errors.Is(err, batching.ErrQueueFull) || errors.As(err, &ie) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return
+	}
+	if b := w.Observe(took, err != nil); b != nil {
+		v.r.rollback(v, w, b)
+	}
+}
+
+// rollback sets v's weight to 0 after a breach of window w, unless that
+// would leave its model without traffic.
+func (r *router) rollback(v *version, w *routing.Window, b *routing.Breach) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if v.window.Load() != w { // a reload replaced the window meanwhile
+		return
+	}
+	m := r.table.Load().byName[v.model]
+	if m == nil || m.byName[v.name] != v {
+		return
+	}
+	others := false
+	for _, o := range m.versions {
+		if o != v && o.effectiveWeight() > 0 {
+			others = true
+		}
+	}
+	if !others {
+		r.log.Error("rollback limits breached, but rolling back would leave the model with no traffic: version kept",
+			"model", v.model, "version", v.name, "reason", b.Reason)
+		return
+	}
+	v.rolledBack.Store(true)
+	v.metrics.Rollbacks.Inc()
+	r.log.Error("version rolled back: weight set to 0 until its model's entry in the routing file changes",
+		"model", v.model, "version", v.name, "reason", b.Reason, "requests", b.Requests,
+		"error_rate", b.ErrorRate, "p99_ms", b.P99.Milliseconds())
+}
+
+// mirror sends a copy of a primary's computed image to the shadow version
+// s, unless s is busy: shadow work never waits for queue space and is
+// dropped first (counted as shed).
+func (r *router) mirror(s *version, tensor []float32, pinfo wire.Info, primary []float32) {
+	sinfo, ready := s.current()
+	if !ready || sinfo.ImageSize() != pinfo.ImageSize() || sinfo.Classes != len(primary) ||
+		sinfo.Mean != pinfo.Mean || sinfo.Std != pinfo.Std || sinfo.ResizeShorter != pinfo.ResizeShorter {
+		s.metrics.ShadowErrors.Inc() // not ready, or another input or output shape
+		return
+	}
+	limit := s.maxShadow.Load()
+	snap := s.batcher.Snapshot()
+	if s.shadows.Add(1) > limit || int64(snap.Waiting+snap.InFlight) >= limit {
+		s.shadows.Add(-1)
+		s.metrics.ShadowShed.Inc()
+		return
+	}
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		s.shadows.Add(-1)
+		return
+	}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		defer s.shadows.Add(-1)
+		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.RequestTimeout)
+		defer cancel()
+		start := time.Now()
+		dl, _ := ctx.Deadline()
+		res, err := s.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: sinfo.ModelSHA256, Submitted: start, Deadline: dl})
+		if err != nil {
+			s.metrics.ShadowErrors.Inc()
+			return
+		}
+		s.metrics.ShadowLatency.Update(time.Since(start).Seconds())
+		if topk.Indices(res.Scores, 1)[0] == topk.Indices(primary, 1)[0] {
+			s.metrics.ShadowAgree.Inc()
+		} else {
+			s.metrics.ShadowDisagree.Inc()
+		}
+	}()
+}
+
+// close retires every version (their queues drain within ctx), waits for
+// the shadows and stops the Conns.
+func (r *router) close(ctx context.Context) error {
+	r.mu.Lock()
+	r.closing = true
+	t := r.table.Load()
+	r.mu.Unlock()
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
+	for _, m := range t.models {
+		for _, v := range m.versions {
+			wg.Go(func() {
+				if err := v.batcher.Close(ctx); err != nil {
+					emu.Lock()
+					errs = append(errs, fmt.Errorf("model %s version %s: %w", v.model, v.name, err))
+					emu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	r.stop()
+	r.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// versionClassifier is httpapi's Classifier for one routed request.
+type versionClassifier struct {
+	svc *classify.Service
+	t   classify.Target
+}
+
+func (c versionClassifier) Model() (wire.Info, bool) {
+	info, ready, _ := c.t.Backend.Model()
+	return info, ready
+}
+
+func (c versionClassifier) LastModel() (wire.Info, bool) {
+	info, _, known := c.t.Backend.Model()
+	return info, known
+}
+
+func (c versionClassifier) Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*classify.Outcome, error) {
+	return c.svc.ClassifyOn(ctx, c.t, data, lease, noCache)
+}
+
+func (c versionClassifier) InferTensor(ctx context.Context, tensor []float32) (*classify.Outcome, error) {
+	return c.svc.InferTensorOn(ctx, c.t, tensor)
+}
+
+// noBackend is classify.Service's default backend with a routing file:
+// every request goes through a version's Target instead.
+type noBackend struct{ r *router }
+
+func (b noBackend) Model() (wire.Info, bool, bool) {
+	info, known := b.r.LastModel("", "")
+	return info, false, known
+}
+
+func (noBackend) Infer(context.Context, []float32, string) (*classify.Inference, error) {
+	return nil, classify.ErrUnavailable
+}
+
+// run polls the routing file, if there is one, and applies each valid new
+// content until ctx ends (on New's runtime goroutine).
+func (r *router) run(ctx context.Context) {
+	if r.cfg.RoutingFile == "" {
+		<-ctx.Done()
+		return
+	}
+	routing.Watch(ctx, r.cfg.RoutingFile, r.cfg.RoutingPoll, r.cfg.RoutingSHA256,
+		func(f *routing.File) {
+			r.apply(f)
+			r.rm.Applied.Inc()
+		},
+		func(err error) {
+			r.rm.Rejected.Inc()
+			r.log.Error("routing file rejected", "path", r.cfg.RoutingFile, "error", err.Error())
+		})
+}
