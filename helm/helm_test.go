@@ -150,7 +150,7 @@ var namespaced = []string{"Deployment", "Service", "Ingress", "ScaledObject", "H
 // profiles are the values files of helm/batchgate/ci ("" is the defaults);
 // apiserver_test.go applies each of them to a real API server.
 var profiles = []string{"", "ci/keda-off.yaml", "ci/monitoring-on.yaml", "ci/model-pvc.yaml",
-	"ci/servicemonitor.yaml", "ci/fixed-replicas.yaml", "ci/pod-options.yaml"}
+	"ci/servicemonitor.yaml", "ci/fixed-replicas.yaml", "ci/pod-options.yaml", "ci/models.yaml"}
 
 func TestProfiles(t *testing.T) {
 	for _, tc := range []struct {
@@ -971,7 +971,8 @@ func TestModelDownload(t *testing.T) {
 	src := filepath.Join(dir, "src.onnx")
 	os.WriteFile(src, model, 0o644)
 	sum := sha256.Sum256(model)
-	docs := render(t, "rel", "ns1", "-f", filepath.Join(chartDir(t), "ci/model-pvc.yaml"), "--set", "model.sha256="+hex.EncodeToString(sum[:]))
+	docs := render(t, "rel", "ns1", "-f", filepath.Join(chartDir(t), "ci/model-pvc.yaml"),
+		"--set", "model.url=https://models.example.com/model.onnx", "--set", "model.sha256="+hex.EncodeToString(sum[:]))
 	fetch := containerNamed(get(find(docs, "Deployment"), "spec", "template", "spec"), "fetch-model")
 	if get(fetch, "env", 0, "name") != "POD_NAME" || get(fetch, "env", 0, "valueFrom", "fieldRef", "fieldPath") != "metadata.name" {
 		t.Fatalf("fetch-model: want POD_NAME from the downward API, env %v", get(fetch, "env"))
