@@ -260,7 +260,13 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 	b, ae := read(ctx.RequestBodyStream(), n, make([]byte, 0, n))
 	if ae != nil {
 		lease.Release()
-		ctx.SetConnectionClose() // the body may be half read
+		// The body may be half read: never reuse the connection, but
+		// read what is left first (at most n bytes, within skipTimeout),
+		// or closing with unread bytes resets the connection and the
+		// client, still sending, may never see this answer.
+		ctx.SetConnectionClose()
+		ctx.SetReadDeadline(time.Now().Add(skipTimeout))
+		io.Copy(io.Discard, io.LimitReader(ctx.RequestBodyStream(), int64(n)))
 		return nil, nil, ae
 	}
 	return b, lease, nil
