@@ -97,6 +97,9 @@ func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int
 	if err != nil {
 		return 0, 0, err
 	}
+	if info.Width <= 0 || info.Height <= 0 {
+		return 0, 0, fmt.Errorf("turbojpeg: the header says %dx%d pixels", info.Width, info.Height)
+	}
 	w, h = ScaledSize(info.Width, info.Height, denom)
 	if len(dst) < w*h*f.Bytes() {
 		return 0, 0, fmt.Errorf("turbojpeg: buffer of %d bytes for %dx%d pixels of %d bytes", len(dst), w, h, f.Bytes())
