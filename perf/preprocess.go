@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/topk"
 	"github.com/batchgate/batchgate/runtime/engine"
 )
 
@@ -299,8 +300,8 @@ func prepAgreement(ctx context.Context, root string, files []string, tensDir str
 			return nil, err
 		}
 		k := len(scores) / 3
-		ref := topK(scores[:k], 5)
-		ex, sv := topK(scores[k:2*k], 5), topK(scores[2*k:], 5)
+		ref := topk.Indices(scores[:k], 5)
+		ex, sv := topk.Indices(scores[k:2*k], 5), topk.Indices(scores[2*k:], 5)
 		p.Top1Exact, p.Top1Served = ex[0] == ref[0], sv[0] == ref[0]
 		p.Top5Exact, p.Top5Served = shared(ex, ref), shared(sv, ref)
 		p.Gap = float64(scores[ref[0]] - scores[ref[1]])
@@ -335,24 +336,6 @@ func tensorDiff(a, b []float32) (mean, worst float64) {
 		worst = max(worst, d)
 	}
 	return sum / float64(len(a)), worst
-}
-
-// topK returns the indices of the k largest scores, largest first.
-func topK(s []float32, k int) []int {
-	idx := make([]int, len(s))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortStableFunc(idx, func(a, b int) int {
-		switch {
-		case s[a] > s[b]:
-			return -1
-		case s[a] < s[b]:
-			return 1
-		}
-		return 0
-	})
-	return idx[:k]
 }
 
 func shared(a, b []int) int {

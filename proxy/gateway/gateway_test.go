@@ -40,23 +40,27 @@ type rtServer struct {
 	socket string
 }
 
+// testRuntimeInfo is the handshake of a test runtime serving the model mi.
+func testRuntimeInfo(mi engine.Info, maxBatch int) wire.Info {
+	labels := make([]string, mi.Classes)
+	for i := range labels {
+		labels[i] = "label" + strconv.Itoa(i)
+	}
+	return wire.Info{
+		Model: "resnet50", ModelSHA256: mi.SHA256, InputName: mi.InputName, OutputName: mi.OutputName,
+		Channels: mi.Channels, Height: mi.Height, Width: mi.Width, ResizeShorter: 256,
+		Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
+		Classes: mi.Classes, Labels: labels, MaxBatchSize: maxBatch, Generated: true, Variant: mi.Variant,
+	}
+}
+
 func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtServer {
 	t.Helper()
 	eng, err := engine.Open(engine.Config{LibraryPath: testenv.ORTLibrary(t), ModelPath: model})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mi := eng.Info()
-	labels := make([]string, mi.Classes)
-	for i := range labels {
-		labels[i] = "label" + strconv.Itoa(i)
-	}
-	srv := server.New(eng, server.Config{Info: wire.Info{
-		Model: "resnet50", ModelSHA256: mi.SHA256, InputName: mi.InputName, OutputName: mi.OutputName,
-		Channels: mi.Channels, Height: mi.Height, Width: mi.Width, ResizeShorter: 256,
-		Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
-		Classes: mi.Classes, Labels: labels, MaxBatchSize: maxBatch, Generated: true, Variant: mi.Variant,
-	}, Logger: slog.New(slog.DiscardHandler)})
+	srv := server.New(eng, server.Config{Info: testRuntimeInfo(eng.Info(), maxBatch), Logger: slog.New(slog.DiscardHandler)})
 	srv.SetReady(true)
 	if socket == "" {
 		socket = filepath.Join(t.TempDir(), "rt.sock")

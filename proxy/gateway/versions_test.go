@@ -10,7 +10,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +20,6 @@ import (
 	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/runtime/engine"
 	"github.com/batchgate/batchgate/runtime/server"
-	"github.com/batchgate/batchgate/runtime/wire"
 )
 
 // switchModel wraps the real engine: it fails every batch while fail is
@@ -67,18 +65,8 @@ func startVersion(t *testing.T, dir, name string) *switchModel {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mi := eng.Info()
-	labels := make([]string, mi.Classes)
-	for i := range labels {
-		labels[i] = "label" + strconv.Itoa(i)
-	}
 	sm := &switchModel{Model: eng}
-	srv := server.New(sm, server.Config{Info: wire.Info{
-		Model: "resnet50", ModelSHA256: mi.SHA256, InputName: mi.InputName, OutputName: mi.OutputName,
-		Channels: mi.Channels, Height: mi.Height, Width: mi.Width, ResizeShorter: 256,
-		Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
-		Classes: mi.Classes, Labels: labels, MaxBatchSize: 4, Generated: true, Variant: mi.Variant,
-	}, Logger: slog.New(slog.DiscardHandler)})
+	srv := server.New(sm, server.Config{Info: testRuntimeInfo(eng.Info(), 4), Logger: slog.New(slog.DiscardHandler)})
 	srv.SetReady(true)
 	ln, err := server.Listen(filepath.Join(dir, name+".sock"))
 	if err != nil {

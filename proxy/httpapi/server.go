@@ -261,12 +261,11 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 	if ae != nil {
 		lease.Release()
 		// The body may be half read: never reuse the connection, but
-		// read what is left first (at most n bytes, within skipTimeout),
+		// skip what is left first (the stream ends at the body's end),
 		// or closing with unread bytes resets the connection and the
 		// client, still sending, may never see this answer.
 		ctx.SetConnectionClose()
-		ctx.SetReadDeadline(time.Now().Add(skipTimeout))
-		io.Copy(io.Discard, io.LimitReader(ctx.RequestBodyStream(), int64(n)))
+		skipBody(ctx, n)
 		return nil, nil, ae
 	}
 	return b, lease, nil
@@ -291,9 +290,10 @@ const (
 	skipTimeout = 5 * time.Second
 )
 
-// skipBody reads and drops the unread body of n bytes (memory: a copy
-// buffer), so that the client, still sending, gets the answer rather than a
-// connection reset.
+// skipBody reads and drops the unread body of n bytes, or what is left of
+// a body read in part (the stream ends with the body), with a copy buffer's
+// memory, so that the client, still sending, gets the answer rather than a
+// connection reset. Anything short of n bytes closes the connection.
 func skipBody(ctx *fasthttp.RequestCtx, n int) {
 	if n < 0 || n > maxSkip {
 		ctx.SetConnectionClose()
