@@ -15,7 +15,8 @@ FUZZTIME  ?= 10s
 # Every parser a client (or the runtime's socket) reaches: package:target.
 FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep:FuzzInspect \
                 proxy/imageprep/turbojpeg:FuzzDecode \
-                proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler
+                proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler \
+                proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck
 # JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) when its
 # header and library are installed (Debian: libturbojpeg0-dev; `make test`
 # installs it), else with Go's decoder (the nojpegturbo tag, with a note).
@@ -48,6 +49,7 @@ deps: deps-test
 tools:
 	@scripts/install-tools.sh
 	@scripts/build-k8s-tools.sh $(DEPS)/tools
+	@scripts/build-jaeger.sh $(DEPS)/tools
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh
 	scripts/fetch-onnxruntime.sh $(DEPS)/onnxruntime

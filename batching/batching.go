@@ -101,6 +101,52 @@ func (f RunnerFunc[In, Out]) RunBatch(ctx context.Context, items []In, results [
 	return f(ctx, items, results)
 }
 
+// Trigger says what closed a batch.
+type Trigger uint8
+
+const (
+	// TriggerFull: MaxBatchSize items waited.
+	TriggerFull Trigger = iota + 1
+	// TriggerWindow: the oldest item had waited Window.
+	TriggerWindow
+	// TriggerIdle: Window is zero and a runner slot was free, so the
+	// waiting items left at once.
+	TriggerIdle
+	// TriggerDrain: Close dispatches what is queued without waiting.
+	TriggerDrain
+)
+
+func (t Trigger) String() string {
+	switch t {
+	case TriggerFull:
+		return "full"
+	case TriggerWindow:
+		return "window"
+	case TriggerIdle:
+		return "idle"
+	case TriggerDrain:
+		return "drain"
+	}
+	return "unknown"
+}
+
+// BatchInfo describes the batch a Runner is running.
+type BatchInfo struct {
+	// Trigger is what closed the batch.
+	Trigger Trigger
+	// QueueDepth is the number of waiting and running items, this batch's
+	// included, when it was formed.
+	QueueDepth int
+}
+
+type batchInfoKey struct{}
+
+// InfoFrom returns the BatchInfo of the batch whose RunBatch received ctx.
+func InfoFrom(ctx context.Context) (BatchInfo, bool) {
+	i, ok := ctx.Value(batchInfoKey{}).(BatchInfo)
+	return i, ok
+}
+
 // Observer receives batch events, for metrics. Its methods are called from
 // the batcher's goroutines and must be fast and safe for concurrent use.
 type Observer interface {
@@ -226,6 +272,7 @@ type batch[In, Out any] struct {
 	items   []In
 	results []Result[Out]
 	waits   []time.Duration
+	info    BatchInfo
 }
 
 // New starts a Batcher for r.
@@ -395,6 +442,15 @@ func (b *Batcher[In, Out]) dispatch() {
 				break // wait for company, at most until the window ends
 			}
 			bt := free[len(free)-1]
+			bt.info = BatchInfo{Trigger: TriggerIdle, QueueDepth: int(b.waiting.Load() + b.inFlight.Load())}
+			switch {
+			case draining:
+				bt.info.Trigger = TriggerDrain
+			case len(queue) >= b.cfg.MaxBatchSize:
+				bt.info.Trigger = TriggerFull
+			case b.cfg.Window > 0:
+				bt.info.Trigger = TriggerWindow
+			}
 			if queue = b.take(queue, bt); len(bt.reqs) > 0 {
 				free = free[:len(free)-1]
 				b.prepare(bt)
@@ -510,7 +566,7 @@ func (b *Batcher[In, Out]) run(bt *batch[In, Out]) {
 	n := len(bt.reqs)
 	bt.results = slices.Grow(bt.results[:0], n)[:n]
 	start := time.Now()
-	err := b.runner.RunBatch(b.runCtx, bt.items, bt.results)
+	err := b.runner.RunBatch(context.WithValue(b.runCtx, batchInfoKey{}, bt.info), bt.items, bt.results)
 	end := time.Now()
 	exec := end.Sub(start)
 	b.observe(start, end, bt.results, err)

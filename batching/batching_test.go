@@ -28,6 +28,7 @@ type recorder struct {
 
 	mu         sync.Mutex
 	batches    [][]int
+	infos      []BatchInfo
 	starts     []time.Time
 	running    int
 	maxRunning int
@@ -37,6 +38,8 @@ type recorder struct {
 func (r *recorder) RunBatch(ctx context.Context, items []int, results []Result[int]) error {
 	r.mu.Lock()
 	r.batches = append(r.batches, slices.Clone(items))
+	info, _ := InfoFrom(ctx)
+	r.infos = append(r.infos, info)
 	r.starts = append(r.starts, time.Now())
 	r.running++
 	r.maxRunning = max(r.maxRunning, r.running)
@@ -83,33 +86,37 @@ func TestWindow(t *testing.T) {
 		arrivals   []time.Duration // item i arrives at arrivals[i]
 		want       [][]int
 		wantStarts []time.Duration
+		triggers   []Trigger
 	}{
 		{
 			name: "idle runner waits Window from the oldest item",
 			cfg:  Config{MaxBatchSize: 8, Window: 10 * ms}, arrivals: []time.Duration{0, ms, 2 * ms},
-			want: [][]int{{0, 1, 2}}, wantStarts: []time.Duration{10 * ms},
+			want: [][]int{{0, 1, 2}}, wantStarts: []time.Duration{10 * ms}, triggers: []Trigger{TriggerWindow},
 		},
 		{
 			name: "window 0 dispatches at once",
 			cfg:  Config{MaxBatchSize: 8}, arrivals: []time.Duration{0, ms, 2 * ms},
 			want: [][]int{{0}, {1}, {2}}, wantStarts: []time.Duration{0, ms, 2 * ms},
+			triggers: []Trigger{TriggerIdle, TriggerIdle, TriggerIdle},
 		},
 		{
 			name: "a full batch goes without waiting for the window",
 			cfg:  Config{MaxBatchSize: 2, Window: time.Hour}, arrivals: []time.Duration{0, ms},
-			want: [][]int{{0, 1}}, wantStarts: []time.Duration{ms},
+			want: [][]int{{0, 1}}, wantStarts: []time.Duration{ms}, triggers: []Trigger{TriggerFull},
 		},
 		{
 			name: "under load batches fill while the runner is busy",
 			cfg:  Config{MaxBatchSize: 4, Window: 10 * ms}, exec: 100 * ms,
 			arrivals: []time.Duration{0, 20 * ms, 30 * ms, 40 * ms, 50 * ms, 60 * ms},
 			want:     [][]int{{0}, {1, 2, 3, 4}, {5}}, wantStarts: []time.Duration{10 * ms, 110 * ms, 210 * ms},
+			triggers: []Trigger{TriggerWindow, TriggerFull, TriggerWindow},
 		},
 		{
 			name: "two in flight",
 			cfg:  Config{MaxBatchSize: 2, MaxInFlight: 2}, exec: 100 * ms,
 			arrivals: []time.Duration{0, ms, 2 * ms, 3 * ms},
 			want:     [][]int{{0}, {1}, {2, 3}}, wantStarts: []time.Duration{0, ms, 100 * ms},
+			triggers: []Trigger{TriggerIdle, TriggerIdle, TriggerFull},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,9 +146,36 @@ func TestWindow(t *testing.T) {
 				if !slices.Equal(starts, tc.wantStarts) {
 					t.Errorf("batch starts = %v, want %v", starts, tc.wantStarts)
 				}
+				var triggers []Trigger
+				for _, i := range r.infos {
+					triggers = append(triggers, i.Trigger)
+				}
+				if !slices.Equal(triggers, tc.triggers) {
+					t.Errorf("triggers = %v, want %v", triggers, tc.triggers)
+				}
 			})
 		})
 	}
+}
+
+// TestBatchInfoDrain: Close sends queued items at once, as TriggerDrain,
+// and QueueDepth counts every item waiting or running as a batch forms.
+func TestBatchInfoDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &recorder{exec: fixed(time.Second)}
+		b := New(r, Config{MaxBatchSize: 2, Window: time.Hour})
+		for i := range 3 {
+			go b.Submit(context.Background(), i)
+			synctest.Wait()
+		}
+		// 0 and 1 left as a full batch (depth 2); 2 waits for the window,
+		// then leaves alone once the first batch is done (depth 1).
+		b.Close(context.Background())
+		want := []BatchInfo{{TriggerFull, 2}, {TriggerDrain, 1}}
+		if !slices.Equal(r.infos, want) {
+			t.Errorf("batch infos = %v, want %v", r.infos, want)
+		}
+	})
 }
 
 func TestQueueFull(t *testing.T) {

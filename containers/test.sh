@@ -2,8 +2,9 @@
 # containers/test.sh: builds both images from the real Dockerfiles on local
 # base images (Debian bookworm made by mmdebstrap, no registry), runs them as
 # a pod with `podman kube play`, classifies an image through the proxy on a
-# loopback port, reads /metrics, and tears everything down. Prints the image
-# sizes and the pod's time from `kube play` to ready.
+# loopback port, reads /metrics on the proxy's metrics port (METRICS_PORT, a
+# second loopback port; a 404 on the API port), and tears everything down.
+# Prints the image sizes and the pod's time from `kube play` to ready.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF=$PWD/containers/containers.conf
@@ -54,9 +55,14 @@ check "proxy image at most 25 MB" awk "BEGIN{exit !($proxy_mb <= 25)}"
 check "proxy image runs as non-root" test "$(podman image inspect localhost/batchgate-proxy:test --format '{{.Config.User}}')" = 65532:65532
 check "runtime image runs as non-root" test "$(podman image inspect localhost/batchgate-runtime:test --format '{{.Config.User}}')" = 65532:65532
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Two free loopback ports, both bound until chosen so they differ: the API
+# (PORT) and /metrics (METRICS_PORT; its default 9464 may be taken here).
+read -r port mport < <(python3 -c 'import socket
+ss = [socket.socket() for _ in range(2)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))')
 pod=$(mktemp --suffix=.yaml)
-sed "s/@PORT@/$port/g" containers/pod.yaml > "$pod"
+sed -e "s/@PORT@/$port/g" -e "s/@METRICS_PORT@/$mport/g" containers/pod.yaml > "$pod"
 cleanup() { podman kube down "$pod" >/dev/null 2>&1 || true; rm -f "$pod"; }
 trap cleanup EXIT
 podman pod rm -f batchgate-test >/dev/null 2>&1 || true # left by an interrupted run
@@ -75,9 +81,11 @@ if [ $ready = 1 ]; then
   echo "containers: /predict -> ${out:0:160}..."
   check "classification through the pod" grep -q '"predictions":\[{"label"' <<<"$out"
   check "generated weights reported" grep -q '"generated_weights":true' <<<"$out"
-  metrics=$(curl -s "http://127.0.0.1:$port/metrics")
+  metrics=$(curl -s "http://127.0.0.1:$mport/metrics")
   check "metrics: one request counted" grep -q 'inference_requests_total{route="/predict",code="200"} 1' <<<"$metrics"
   check "metrics: runtime connected" grep -q '^inference_runtime_connected 1' <<<"$metrics"
+  check "metrics: 404 on the API port" \
+    test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/metrics")" = 404
   check "runtime runs as uid 65532" test "$(podman exec batchgate-test-runtime id -u)" = 65532
   check "runtime root filesystem read-only" bash -c "! podman exec batchgate-test-runtime touch /usr/x 2>/dev/null"
   check "socket in the shared emptyDir" podman exec batchgate-test-runtime test -S /sock/runtime.sock

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batchgate/batchgate/internal/testenv"
 )
 
 // cluster is a real etcd + kube-apiserver on 127.0.0.1, with no nodes: it
@@ -24,7 +26,7 @@ type cluster struct {
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	etcdPort, peerPort, apiPort := freePort(t), freePort(t), freePort(t)
+	etcdPort, peerPort, apiPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	start(t, exec.Command(tool(t, "etcd"), "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
@@ -163,6 +165,37 @@ func TestKubeAPIServer(t *testing.T) {
 	}
 	if !strings.Contains(out, "monitoring.prometheusRelease") {
 		t.Errorf("NOTES do not mention the kube-prometheus-stack release label:\n%s", out)
+	}
+	// NOTES on the metrics port, API keys and tracing.
+	for _, tc := range []struct {
+		name         string
+		args         []string
+		want, absent []string
+	}{
+		{"defaults", nil,
+			[]string{"GET /metrics on the metrics port 9464 only", "port-forward deploy/bg-batchgate 9464", "a PodMonitor scrapes the pods' port metrics (9464)"},
+			[]string{"API keys", "Tracing:", "without API keys", "metricsNamespaces is empty"}},
+		{"ci/tracing-auth.yaml", []string{"-f", filepath.Join(chartDir(t), "ci/tracing-auth.yaml")},
+			[]string{"API keys: on, from Secret batchgate-keys (key keys.yaml, re-read every 5s", "clients of batchgate.example.com need one",
+				"with your API key", "Tracing: the proxy and the runtimes send OTLP/HTTP to http://otel-collector.observability:4318, sampler parentbased_traceidratio (0.05 of root traces)"},
+			[]string{"without API keys"}},
+		{"an Ingress without keys", []string{"--set", "ingress.enabled=true"}, []string{"publishes the API at batchgate.example.com without API keys"}, []string{"API keys: on"}},
+		{"a ServiceMonitor", []string{"--set", "monitoring.serviceMonitor.enabled=true,monitoring.metricsPort=9100"},
+			[]string{"a ServiceMonitor scrapes the pods' port metrics (9100) through the headless Service bg-batchgate-metrics"}, nil},
+		{"metrics port closed", []string{"--set", "networkPolicy.enabled=true,networkPolicy.metricsNamespaces=null"}, []string{"metricsNamespaces is empty"}, nil},
+	} {
+		out := helmIn(append([]string{"install", "bg", chartDir(t), "-n", "ns1", "--dry-run=server"}, tc.args...)...)
+		_, notes, _ := strings.Cut(out, "NOTES:")
+		for _, w := range tc.want {
+			if !strings.Contains(notes, w) {
+				t.Errorf("%s: NOTES lack %q:\n%s", tc.name, w, notes)
+			}
+		}
+		for _, a := range tc.absent {
+			if strings.Contains(notes, a) {
+				t.Errorf("%s: NOTES say %q:\n%s", tc.name, a, notes)
+			}
+		}
 	}
 
 	// Every profile, and the default as rendered for a cluster with the

@@ -263,21 +263,22 @@ var loopHTTP = &http.Client{Timeout: 5 * time.Second}
 
 // controlLoop holds the processes and the clients of one test.
 type controlLoop struct {
-	t          *testing.T
-	dir, root  string
-	api        string // https://127.0.0.1:port
-	token      string
-	kubeconfig string
-	hc         *http.Client
-	caPEM      []byte
-	kedaCerts  string // ca.crt, tls.crt, tls.key for the adapter and the operator
-	critical   []*loopProc
-	prom       *loopProc
-	promURL    string
-	promPort   int
-	proxyURL   string
-	proxyPort  int
-	timings    []string
+	t           *testing.T
+	dir, root   string
+	api         string // https://127.0.0.1:port
+	token       string
+	kubeconfig  string
+	hc          *http.Client
+	caPEM       []byte
+	kedaCerts   string // ca.crt, tls.crt, tls.key for the adapter and the operator
+	critical    []*loopProc
+	prom        *loopProc
+	promURL     string
+	promPort    int
+	proxyURL    string
+	proxyPort   int
+	metricsPort int // the proxy's METRICS_PORT: Prometheus scrapes it, as the chart's monitors do
+	timings     []string
 
 	mu    sync.Mutex
 	watch map[string][]loopChange // spec.replicas of each Deployment, as it changed
@@ -442,7 +443,7 @@ func (l *controlLoop) startAPIServer() {
 	t := l.t
 	dir := filepath.Join(l.dir, "apiserver")
 	os.MkdirAll(dir, 0o755)
-	etcdPort, peerPort, apiPort := freePort(t), freePort(t), freePort(t)
+	etcdPort, peerPort, apiPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	l.critical = append(l.critical, l.start("etcd", nil, l.bin("etcd"), "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
 		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", etcdPort),
@@ -596,7 +597,7 @@ func (l *controlLoop) startKEDA() {
 		[]string{"keda-metrics-apiserver.keda.svc", "keda-metrics-apiserver.keda.svc.cluster.local",
 			"keda-operator.keda.svc", "keda-operator.keda.svc.cluster.local", "localhost"}, net.IPv4(127, 0, 0, 1))
 
-	adapterPort, grpcPort, probePort, adapterMetrics := freePort(t), freePort(t), freePort(t), freePort(t)
+	adapterPort, grpcPort, probePort, adapterMetrics := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	// An IPv4 EndpointSlice may not hold a loopback address (validation:
 	// "may not be in the loopback range"); an FQDN one may hold the name
 	// "127.0.0.1", and the aggregator dials Addresses[0] whatever the type.
@@ -663,7 +664,7 @@ spec:
 // --- kube-controller-manager ---
 
 func (l *controlLoop) startControllers() {
-	port := freePort(l.t)
+	port := testenv.FreePort(l.t)
 	l.critical = append(l.critical, l.start("kube-controller-manager", nil, l.bin("kube-controller-manager"),
 		"--kubeconfig="+l.kubeconfig, "--authentication-kubeconfig="+l.kubeconfig, "--authorization-kubeconfig="+l.kubeconfig,
 		"--controllers=horizontalpodautoscaling,deployment,replicaset", "--leader-elect=false",
@@ -830,25 +831,31 @@ func (l *controlLoop) startProxy() {
 		run(t, "go", "build", "-C", l.root, "-o", filepath.Join(dir, pkg), "./"+pkg)
 	}
 	socket := filepath.Join(dir, "rt.sock")
-	l.proxyPort = freePort(t)
+	l.proxyPort, l.metricsPort = testenv.FreePort(t), testenv.FreePort(t)
 	l.critical = append(l.critical, l.start("runtime", nil, filepath.Join(dir, "runtime"), "serve", "-socket", socket,
 		"-model", testenv.ResNet50Model(t), "-ort-library", testenv.ORTLibrary(t),
 		"-ort-cache-dir", filepath.Join(l.root, ".deps", "ort-cache"), "-max-batch-size", "1"))
-	l.critical = append(l.critical, l.start("proxy", []string{"PORT=" + strconv.Itoa(l.proxyPort), "RUNTIME_SOCKET=" + socket,
+	l.critical = append(l.critical, l.start("proxy", []string{"PORT=" + strconv.Itoa(l.proxyPort),
+		"METRICS_PORT=" + strconv.Itoa(l.metricsPort), "RUNTIME_SOCKET=" + socket,
 		"MAX_BATCH_SIZE=1", "LOG_LEVEL=warn", "DRAIN_DELAY=0s",
 		// A closed loop keeps the queue at the number of clients as long as
 		// no request fails: on a busy machine an inference can take seconds,
 		// which the defaults (4 s stall, 15 s batch, 30 s request) would fail.
 		"RUNTIME_STALL_TIMEOUT=2m", "RUNTIME_BATCH_TIMEOUT=2m", "REQUEST_TIMEOUT=5m"}, filepath.Join(dir, "proxy")))
 	l.proxyURL = fmt.Sprintf("http://127.0.0.1:%d", l.proxyPort)
-	l.waitFor("the proxy's /readyz", 120*time.Second, func() (bool, string) {
-		resp, err := loopHTTP.Get(l.proxyURL + "/readyz")
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200, resp.Status
-	})
+	for _, w := range []struct{ what, url string }{
+		{"the proxy's /readyz", l.proxyURL + "/readyz"},
+		{"the proxy's /metrics on METRICS_PORT", fmt.Sprintf("http://127.0.0.1:%d/metrics", l.metricsPort)},
+	} {
+		l.waitFor(w.what, 120*time.Second, func() (bool, string) {
+			resp, err := loopHTTP.Get(w.url)
+			if err != nil {
+				return false, err.Error()
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200, resp.Status
+		})
+	}
 }
 
 // startPrometheus starts (or restarts, same port and storage) Debian's
@@ -857,7 +864,7 @@ func (l *controlLoop) startPrometheus() {
 	dir := filepath.Join(l.dir, "prometheus")
 	if l.promPort == 0 {
 		os.MkdirAll(dir, 0o755)
-		l.promPort = freePort(l.t)
+		l.promPort = testenv.FreePort(l.t)
 		l.promURL = fmt.Sprintf("http://127.0.0.1:%d", l.promPort)
 		os.WriteFile(filepath.Join(dir, "targets.json"), []byte("[]"), 0o644)
 		os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(`global: {scrape_interval: 1s, evaluation_interval: 1s}
@@ -887,7 +894,7 @@ func (l *controlLoop) setTargets(pods map[string]string) {
 	}
 	var groups []group
 	for pod, release := range pods {
-		groups = append(groups, group{[]string{fmt.Sprintf("127.0.0.1:%d", l.proxyPort)},
+		groups = append(groups, group{[]string{fmt.Sprintf("127.0.0.1:%d", l.metricsPort)},
 			map[string]string{"namespace": loopNS, "pod": pod, "release": release}})
 	}
 	b, _ := json.Marshal(groups)
@@ -934,6 +941,21 @@ func (l *controlLoop) install(release string) {
 		"--set", "keda.scaleDown.stabilizationWindowSeconds=10,keda.scaleDown.periodSeconds=10")
 	fb := get(l.scaledObject(fullnameOf(release)), "spec", "fallback")
 	l.t.Logf("installed %s: fallback %v", release, fb)
+	// Prometheus scrapes the proxy's METRICS_PORT (setTargets): the port
+	// the stored pod template exposes as `metrics` and announces in its
+	// prometheus.io/port annotation.
+	tmpl := get(l.object(fmt.Sprintf("/apis/apps/v1/namespaces/%s/deployments/%s", loopNS, fullnameOf(release))), "spec", "template")
+	proxy := get(tmpl, "spec", "containers", 0)
+	var port string
+	ports, _ := get(proxy, "ports").([]any)
+	for _, p := range ports {
+		if get(p, "name") == "metrics" {
+			port = fmt.Sprint(get(p, "containerPort"))
+		}
+	}
+	if env := envOf(proxy)["METRICS_PORT"]; port == "" || env != port || get(tmpl, "metadata", "annotations", "prometheus.io/port") != port {
+		l.t.Errorf("%s: container port metrics %q, METRICS_PORT %q, prometheus.io/port %v: want one metrics port", release, port, env, get(tmpl, "metadata", "annotations", "prometheus.io/port"))
+	}
 }
 
 func fullnameOf(release string) string {

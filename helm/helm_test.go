@@ -14,7 +14,6 @@ import (
 	"image"
 	"image/png"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -150,7 +149,7 @@ var namespaced = []string{"Deployment", "Service", "Ingress", "ScaledObject", "H
 // profiles are the values files of helm/batchgate/ci ("" is the defaults);
 // apiserver_test.go applies each of them to a real API server.
 var profiles = []string{"", "ci/keda-off.yaml", "ci/monitoring-on.yaml", "ci/model-pvc.yaml",
-	"ci/servicemonitor.yaml", "ci/fixed-replicas.yaml", "ci/pod-options.yaml", "ci/models.yaml"}
+	"ci/servicemonitor.yaml", "ci/fixed-replicas.yaml", "ci/pod-options.yaml", "ci/models.yaml", "ci/tracing-auth.yaml"}
 
 func TestProfiles(t *testing.T) {
 	for _, tc := range []struct {
@@ -208,7 +207,11 @@ func TestProfiles(t *testing.T) {
 				t.Error("model volume is not the PVC")
 			}
 		}},
-		{"ci/servicemonitor.yaml", "rel-batchgate", []string{"ServiceMonitor"}, []string{"PodMonitor"}, nil},
+		{"ci/servicemonitor.yaml", "rel-batchgate", []string{"ServiceMonitor"}, []string{"PodMonitor"}, func(t *testing.T, docs []object) {
+			if named(docs, "Service", "rel-batchgate-metrics") == nil {
+				t.Error("no Service rel-batchgate-metrics for the ServiceMonitor")
+			}
+		}},
 		{"ci/fixed-replicas.yaml", "rel-batchgate", nil, []string{"ScaledObject", "HorizontalPodAutoscaler"}, nil},
 		{"ci/pod-options.yaml", "classifier", nil, nil, func(t *testing.T, docs []object) {
 			pod := get(find(docs, "Deployment"), "spec", "template")
@@ -233,6 +236,17 @@ func TestProfiles(t *testing.T) {
 			}
 			if q := queryOf(t, docs); !strings.Contains(q, `pod=~"classifier-[a-z0-9]+-[a-z0-9]+"`) {
 				t.Errorf("query %s does not follow fullnameOverride", q)
+			}
+		}},
+		{"ci/tracing-auth.yaml", "rel-batchgate", []string{"Ingress", "NetworkPolicy"}, nil, func(t *testing.T, docs []object) {
+			spec := get(find(docs, "Deployment"), "spec", "template", "spec")
+			for _, c := range []any{get(spec, "containers", 0), containerNamed(spec, "runtime")} {
+				if env := envOf(c); env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "http://otel-collector.observability:4318" || env["OTEL_TRACES_SAMPLER_ARG"] != "0.05" {
+					t.Errorf("%v: OTEL env %v, want the profile's endpoint and ratio", get(c, "name"), env)
+				}
+			}
+			if env := envOf(get(spec, "containers", 0)); env["AUTH_KEYS_FILE"] != "/etc/batchgate/auth/keys.yaml" || env["AUTH_POLL_INTERVAL"] != "5s" {
+				t.Errorf("proxy env %v: want AUTH_KEYS_FILE and AUTH_POLL_INTERVAL 5s", env)
 			}
 		}},
 	} {
@@ -518,14 +532,15 @@ func TestMonitorByCapability(t *testing.T) {
 			if pm == nil {
 				return
 			}
-			// It selects the Deployment's pods, on the proxy's port.
+			// It selects the Deployment's pods, on the proxy's metrics port.
 			dep := find(docs, "Deployment")
 			if !reflect.DeepEqual(get(pm, "spec", "selector", "matchLabels"), get(dep, "spec", "selector", "matchLabels")) {
 				t.Errorf("PodMonitor selects %v, the Deployment %v", get(pm, "spec", "selector"), get(dep, "spec", "selector"))
 			}
 			port := get(pm, "spec", "podMetricsEndpoints", 0, "port")
-			if get(dep, "spec", "template", "spec", "containers", 0, "ports", 0, "name") != port || get(pm, "spec", "podMetricsEndpoints", 0, "path") != "/metrics" {
-				t.Errorf("PodMonitor scrapes port %v, not the proxy's /metrics", port)
+			proxy := get(dep, "spec", "template", "spec", "containers", 0)
+			if n := containerPort(proxy, fmt.Sprint(port)); n == 0 || strconv.Itoa(n) != envOf(proxy)["METRICS_PORT"] || get(pm, "spec", "podMetricsEndpoints", 0, "path") != "/metrics" {
+				t.Errorf("PodMonitor scrapes port %v (container port %d), not the proxy's /metrics on METRICS_PORT %s", port, n, envOf(proxy)["METRICS_PORT"])
 			}
 		})
 	}
@@ -783,15 +798,6 @@ tests:
 	run(t, promtool, "test", "rules", unitFile)
 }
 
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // start runs a command until the test ends.
 func start(t *testing.T, cmd *exec.Cmd) {
 	t.Helper()
@@ -802,18 +808,28 @@ func start(t *testing.T, cmd *exec.Cmd) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 }
 
-func waitHTTP(t *testing.T, u string) {
+// httpStatus returns the status of a GET.
+func httpStatus(t *testing.T, u string) int {
 	t.Helper()
-	for range 600 { // 60 s
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Errorf("GET %s: %v", u, err)
+		return 0
 	}
-	t.Fatalf("%s never answered 200", u)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// containerPort returns the number of a container's port by name, 0 if none.
+func containerPort(c any, name string) int {
+	ps, _ := get(c, "ports").([]any)
+	for _, p := range ps {
+		if get(p, "name") == name {
+			n, _ := get(p, "containerPort").(int)
+			return n
+		}
+	}
+	return 0
 }
 
 // TestScaledObjectOnPrometheus runs the proxy and runtime under a steady
@@ -840,17 +856,24 @@ func TestScaledObjectOnPrometheus(t *testing.T) {
 	for _, pkg := range []string{"runtime", "proxy"} {
 		run(t, "go", "build", "-C", root, "-o", filepath.Join(dir, pkg), "./"+pkg)
 	}
-	socket, port := filepath.Join(dir, "rt.sock"), freePort(t)
+	socket, port, metricsPort := filepath.Join(dir, "rt.sock"), testenv.FreePort(t), testenv.FreePort(t)
 	rt := exec.Command(filepath.Join(dir, "runtime"), "serve", "-socket", socket, "-model", testenv.ResNet50Model(t),
 		"-ort-library", testenv.ORTLibrary(t), "-ort-cache-dir", filepath.Join(root, ".deps", "ort-cache"), "-max-batch-size", "1")
 	start(t, rt)
 	px := exec.Command(filepath.Join(dir, "proxy"))
-	px.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "RUNTIME_SOCKET="+socket, "MAX_BATCH_SIZE=1", "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
+	px.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort),
+		"RUNTIME_SOCKET="+socket, "MAX_BATCH_SIZE=1", "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
 	start(t, px)
 	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitHTTP(t, proxyURL+"/readyz")
+	testenv.WaitHTTP(t, proxyURL+"/readyz")
+	// /metrics is on METRICS_PORT only, which Prometheus scrapes below, as
+	// the chart's monitors and annotations do.
+	testenv.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if code := httpStatus(t, proxyURL+"/metrics"); code != 404 {
+		t.Errorf("GET /metrics on the API port (PORT): %d, want 404", code)
+	}
 
-	promPort := freePort(t)
+	promPort := testenv.FreePort(t)
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 scrape_configs:
   - job_name: batchgate
@@ -865,12 +888,12 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:%[1]d']
         labels: {namespace: ns1, pod: rel-batchgate-7d9f8c6b5-abcde}
-`, port)
+`, metricsPort)
 	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644)
 	start(t, exec.Command(tool(t, "prometheus"), "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), fmt.Sprintf("--web.listen-address=127.0.0.1:%d", promPort)))
 	promURL := fmt.Sprintf("http://127.0.0.1:%d", promPort)
-	waitHTTP(t, promURL+"/-/ready")
+	testenv.WaitHTTP(t, promURL+"/-/ready")
 
 	// Steady load, bounded: clients stop when the test has its samples or
 	// after 90 s.

@@ -84,7 +84,7 @@ func startSoakStack(bins binaries, model, ortLibrary string) (*soakStack, error)
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, mport, err := proxyPorts()
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func startSoakStack(bins binaries, model, ortLibrary string) (*soakStack, error)
 	s.rt = exec.Command(bins.runtime, "serve")
 	s.rt.Env = append(os.Environ(), "RUNTIME_SOCKET="+socket, "MODEL_PATH="+model, "ORT_LIBRARY="+ortLibrary,
 		"ORT_CACHE_DIR=off", "LOG_LEVEL=warn")
-	env := append(os.Environ(), "RUNTIME_SOCKET="+socket, "PORT="+strconv.Itoa(port), "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
+	env := append(append(os.Environ(), proxyPortEnv(port, mport)...), "RUNTIME_SOCKET="+socket, "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
 	s.cgroup, err = memoryCgroup(limitMiB << 20)
 	if err == nil {
 		// Join the cgroup before exec, so automemlimit reads its limit.

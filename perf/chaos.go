@@ -272,7 +272,7 @@ func chaos(ctx context.Context, cfg chaosConfig, dir, command string, logf func(
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, mport, err := proxyPorts()
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +286,7 @@ func chaos(ctx context.Context, cfg chaosConfig, dir, command string, logf func(
 		return nil, err
 	}
 	defer pxLog.Close()
-	s := &chaosStack{bins: bins, dir: sockDir, socket: filepath.Join(sockDir, "rt.sock"), port: port,
+	s := &chaosStack{bins: bins, dir: sockDir, socket: filepath.Join(sockDir, "rt.sock"), port: port, metricsPort: mport,
 		url: fmt.Sprintf("http://127.0.0.1:%d", port), ortLib: ort, ortCache: filepath.Join(root, ".deps", "ort-cache"),
 		maxBatch: cfg.MaxBatch, drainDelay: cfg.DrainDelay, rtLog: &syncWriter{w: rtLog}, pxLog: &syncWriter{w: pxLog}}
 	r.stack = s

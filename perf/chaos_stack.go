@@ -104,17 +104,18 @@ func (p *chaosProc) stop(grace time.Duration) {
 // chaosStack is the runtime and the proxy under test; either may be
 // replaced during the run.
 type chaosStack struct {
-	bins       binaries
-	dir        string // temporary: the socket
-	socket     string
-	port       int
-	url        string
-	ortLib     string
-	ortCache   string
-	maxBatch   int
-	drainDelay time.Duration // DRAIN_DELAY; <0: the proxy's default
-	rtLog      io.Writer
-	pxLog      io.Writer
+	bins        binaries
+	dir         string // temporary: the socket
+	socket      string
+	port        int // PORT, the API
+	metricsPort int // METRICS_PORT: every proxy listens there too
+	url         string
+	ortLib      string
+	ortCache    string
+	maxBatch    int
+	drainDelay  time.Duration // DRAIN_DELAY; <0: the proxy's default
+	rtLog       io.Writer
+	pxLog       io.Writer
 
 	mu sync.Mutex
 	rt *chaosProc
@@ -140,12 +141,12 @@ func (s *chaosStack) startRuntime(model string) error {
 	return nil
 }
 
-// startProxy starts a proxy on the stack's port with its default settings
-// but MAX_BATCH_SIZE, DRAIN_DELAY and a quieter log.
+// startProxy starts a proxy on the stack's ports (API and metrics) with
+// its default settings but MAX_BATCH_SIZE, DRAIN_DELAY and a quieter log.
 func (s *chaosStack) startProxy() error {
 	fmt.Fprintf(s.pxLog, "---- chaos: %s starting proxy\n", time.Now().Format(time.RFC3339Nano))
-	env := []string{"RUNTIME_SOCKET=" + s.socket, "PORT=" + strconv.Itoa(s.port),
-		"MAX_BATCH_SIZE=" + strconv.Itoa(s.maxBatch), "LOG_LEVEL=warn"}
+	env := append(proxyPortEnv(s.port, s.metricsPort), "RUNTIME_SOCKET="+s.socket,
+		"MAX_BATCH_SIZE="+strconv.Itoa(s.maxBatch), "LOG_LEVEL=warn")
 	if s.drainDelay >= 0 {
 		env = append(env, "DRAIN_DELAY="+s.drainDelay.String())
 	}

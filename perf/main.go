@@ -55,7 +55,7 @@ func main() {
 	// own flags (-<mode> -h).
 	modes := map[string]func([]string) int{
 		"autoscale-sim": autoscaleMain, "adversarial": adversarialMain, "chaos": chaosMain,
-		"preprocess": preprocessMain,
+		"preprocess": preprocessMain, "tracing": tracingMain,
 	}
 	if len(os.Args) > 1 {
 		if mode := modes[strings.TrimLeft(os.Args[1], "-")]; mode != nil {
@@ -95,6 +95,7 @@ func parseFlags(args []string) (options, error) {
 	fs.Bool("adversarial", false, "as the first flag: run the adversarial memory soak and exit (-adversarial -h: its flags)")
 	fs.Bool("chaos", false, "as the first flag: apply faults under load and exit (-chaos -h: its flags)")
 	fs.Bool("preprocess", false, "as the first flag: preprocessing against PIL, speed and parity, and exit (-preprocess -h: its flags)")
+	fs.Bool("tracing", false, "as the first flag: tracing's throughput cost against a real Jaeger, and exit (-tracing -h: its flags)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -365,12 +366,19 @@ func measureSetting(ctx context.Context, bins binaries, cfg stackConfig, o optio
 // load returns the measured results and reports the number of requests
 // answered in all (warm-up included) and the time the results cover.
 func measure(s *stack, base point, load func(n *int, elapsed *time.Duration) []result) (point, error) {
-	before := scrape(s.url)
+	before, err := scrape(s.metrics)
+	if err != nil {
+		return base, err
+	}
 	pcpu, rcpu := cpuSeconds(s.px.Process.Pid), cpuSeconds(s.rt.Process.Pid)
 	var n int
 	var took time.Duration
 	res := load(&n, &took)
-	d := delta(before, scrape(s.url))
+	after, err := scrape(s.metrics)
+	if err != nil {
+		return base, err
+	}
+	d := delta(before, after)
 	p := fill(base, res, took)
 	// CPU per image: all the CPU spent, warm-up included, over every
 	// request answered, warm-up included (n).

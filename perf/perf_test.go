@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"math"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +19,53 @@ import (
 
 	"github.com/batchgate/batchgate/internal/testenv"
 )
+
+// TestProxyPorts: every proxy perf starts gets two distinct free ports,
+// PORT and METRICS_PORT (whose default, 9464, another proxy may hold).
+func TestProxyPorts(t *testing.T) {
+	for range 20 {
+		api, metrics, err := proxyPorts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if api <= 0 || metrics <= 0 || api == metrics || metrics == 9464 {
+			t.Fatalf("proxyPorts() = %d, %d", api, metrics)
+		}
+		env := strings.Join(proxyPortEnv(api, metrics), " ")
+		if want := fmt.Sprintf("PORT=%d METRICS_PORT=%d", api, metrics); env != want {
+			t.Fatalf("proxyPortEnv = %q, want %q", env, want)
+		}
+	}
+}
+
+// TestScrape: samples are read from the metrics port; the API port's 404
+// (or any other non-200) is an error, never an empty set of metrics.
+func TestScrape(t *testing.T) {
+	metricsPort := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte("# HELP x\ninference_batch_size_sum 12\ninference_requests_total{route=\"/predict\",code=\"200\"} 3\n\n"))
+	}))
+	defer metricsPort.Close()
+	apiPort := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		w.Write([]byte(`{"error":"metrics are served on their own port (METRICS_PORT, default 9464), not on the API's"}`))
+	}))
+	defer apiPort.Close()
+	m, err := scrape(metricsPort.URL)
+	if err != nil || m["inference_batch_size_sum"] != 12 || m[`inference_requests_total{route="/predict",code="200"}`] != 3 || len(m) != 2 {
+		t.Errorf("scrape of the metrics port = %v, %v", m, err)
+	}
+	if m, err := scrape(apiPort.URL); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("scrape of the API port = %v, %v; want an error naming the 404", m, err)
+	}
+	metricsPort.Close()
+	if _, err := scrape(metricsPort.URL); err == nil {
+		t.Error("scrape of a closed port: no error")
+	}
+}
 
 func TestPercentile(t *testing.T) {
 	var data []time.Duration

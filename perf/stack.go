@@ -37,22 +37,46 @@ type stackConfig struct {
 	maxBatch                    int
 	window                      time.Duration
 	cacheEntries                int
+	env                         []string // more environment for both processes (perf -tracing: OTEL_*)
 }
 
 // stack is a running runtime + proxy pair.
 type stack struct {
-	rt, px *exec.Cmd
-	url    string // base URL of the proxy
-	dir    string
+	rt, px  *exec.Cmd
+	url     string // base URL of the proxy's API (PORT)
+	metrics string // base URL of its /metrics (METRICS_PORT)
+	dir     string
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts returns n distinct free ports: each listener stays open until
+// all are chosen, so the kernel cannot hand the same port out twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
+}
+
+// proxyPorts returns a free API port (PORT) and a free metrics port
+// (METRICS_PORT) for a proxy: every proxy needs both, and the metrics
+// port's default, 9464, may be taken by another proxy or a developer's.
+func proxyPorts() (api, metrics int, err error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return 0, 0, err
+	}
+	return p[0], p[1], nil
+}
+
+// proxyPortEnv is the environment that puts a proxy on those ports.
+func proxyPortEnv(api, metrics int) []string {
+	return []string{"PORT=" + strconv.Itoa(api), "METRICS_PORT=" + strconv.Itoa(metrics)}
 }
 
 // startStack starts the runtime and the proxy and waits until /readyz says
@@ -62,17 +86,17 @@ func startStack(bins binaries, cfg stackConfig) (*stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, mport, err := proxyPorts()
 	if err != nil {
 		return nil, err
 	}
 	socket := filepath.Join(dir, "rt.sock")
-	common := []string{"RUNTIME_SOCKET=" + socket, "MAX_BATCH_SIZE=" + strconv.Itoa(cfg.maxBatch), "LOG_LEVEL=warn"}
-	s := &stack{dir: dir, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	common := append([]string{"RUNTIME_SOCKET=" + socket, "MAX_BATCH_SIZE=" + strconv.Itoa(cfg.maxBatch), "LOG_LEVEL=warn"}, cfg.env...)
+	s := &stack{dir: dir, url: fmt.Sprintf("http://127.0.0.1:%d", port), metrics: fmt.Sprintf("http://127.0.0.1:%d", mport)}
 	s.rt = exec.Command(bins.runtime, "serve")
 	s.rt.Env = append(os.Environ(), append(common, "MODEL_PATH="+cfg.model, "ORT_LIBRARY="+cfg.ortLibrary, "ORT_CACHE_DIR="+cfg.ortCache)...)
 	s.px = exec.Command(bins.proxy)
-	s.px.Env = append(os.Environ(), append(common, "PORT="+strconv.Itoa(port), "BATCH_WINDOW="+cfg.window.String(),
+	s.px.Env = append(os.Environ(), append(append(common, proxyPortEnv(port, mport)...), "BATCH_WINDOW="+cfg.window.String(),
 		"CACHE_ENTRIES="+strconv.Itoa(cfg.cacheEntries), "DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")...)
 	for _, c := range []*exec.Cmd{s.rt, s.px} {
 		c.Stdout, c.Stderr = os.Stderr, os.Stderr
@@ -135,14 +159,19 @@ func cpuSeconds(pid int) float64 {
 	return (utime + stime) / 100 // USER_HZ is 100 on Linux
 }
 
-// scrape returns every sample on url's /metrics, keyed by name{labels}.
-func scrape(base string) map[string]float64 {
+// scrape returns every sample on base's /metrics, keyed by name{labels}.
+// base is the proxy's metrics port (METRICS_PORT): on its API port
+// /metrics is a 404, which is an error here, not an empty set.
+func scrape(base string) (map[string]float64, error) {
 	out := map[string]float64{}
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
-		return out
+		return nil, fmt.Errorf("scrape: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape: GET %s/metrics: %s", base, resp.Status)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -158,7 +187,10 @@ func scrape(base string) map[string]float64 {
 			out[line[:i]] = v
 		}
 	}
-	return out
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape: %s/metrics: %w", base, err)
+	}
+	return out, nil
 }
 
 // delta returns after - before for every key of after.

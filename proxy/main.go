@@ -30,17 +30,21 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"go.uber.org/automaxprocs/maxprocs"
 
+	"github.com/batchgate/batchgate/proxy/auth"
 	"github.com/batchgate/batchgate/proxy/gateway"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/routing"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // config is everything main reads from the environment.
 type config struct {
-	addr      string
-	pprofAddr string
-	logLevel  slog.Level
-	gateway   gateway.Config
+	addr        string
+	metricsAddr string
+	pprofAddr   string
+	logLevel    slog.Level
+	gateway     gateway.Config
+	tracing     tracing.Config
 }
 
 // configFromEnv reads and validates the environment through getenv.
@@ -77,6 +81,12 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	}
 	g := &c.gateway
 	c.addr = ":" + strconv.FormatInt(num("PORT", 9999, 1, 65535), 10)
+	// METRICS_PORT: /metrics on a port of its own, so an Ingress in front
+	// of PORT never exposes it.
+	c.metricsAddr = ":" + strconv.FormatInt(num("METRICS_PORT", 9464, 1, 65535), 10)
+	if c.metricsAddr == c.addr {
+		errs = append(errs, fmt.Errorf("METRICS_PORT must differ from PORT (%s)", c.addr[1:]))
+	}
 	c.pprofAddr = getenv("PPROF_ADDR")
 	g.Socket = str("RUNTIME_SOCKET", "/tmp/batchgate/runtime.sock")
 	g.Batch.MaxBatchSize = int(num("MAX_BATCH_SIZE", 8, 1, 1024))
@@ -118,9 +128,25 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		g.Routing, g.RoutingFile, g.RoutingSHA256 = f, path, sum
 		g.RoutingPoll = dur("ROUTING_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
 	}
+	// AUTH_KEYS_FILE: API keys (docs/auth.md); off unless set. A bad file
+	// stops start-up here, while at a reload it is rejected and logged.
+	if path := getenv("AUTH_KEYS_FILE"); path != "" {
+		k, sum, err := auth.Load(path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("AUTH_KEYS_FILE=%q: %w", path, err))
+		}
+		g.Auth, g.AuthFile, g.AuthSHA256 = k, path, sum
+		g.AuthPoll = dur("AUTH_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
+	}
 	if g.UploadMemory < 2*int64(g.MaxBodyBytes) {
 		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 4x their size)", g.UploadMemory, g.MaxBodyBytes))
 	}
+	// OTEL_*: tracing, off unless an OTLP endpoint is set (docs/tracing.md).
+	tc, err := tracing.ConfigFromEnv(getenv, "batchgate-proxy")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.tracing, g.Tracing = tc, tc.Enabled()
 	if err := c.logLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", getenv("LOG_LEVEL")))
 	}
@@ -146,6 +172,11 @@ func main() {
 	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
 		log.Info("memory limit", "gomemlimit_mib", l>>20)
 	}
+	stopTracing, err := tracing.Start(context.Background(), cfg.tracing, log)
+	if err != nil {
+		log.Error("cannot start tracing", "error", err)
+		os.Exit(1)
+	}
 	set := metrics.NewSet()
 	metrics.RegisterSet(set)
 	p := gateway.New(cfg.gateway, log, set)
@@ -158,16 +189,29 @@ func main() {
 		log.Error("cannot listen", "addr", cfg.addr, "error", err)
 		os.Exit(1)
 	}
+	mln, err := net.Listen("tcp", cfg.metricsAddr)
+	if err != nil {
+		log.Error("cannot listen for /metrics (METRICS_PORT)", "addr", cfg.metricsAddr, "error", err)
+		os.Exit(1)
+	}
 	g := cfg.gateway
+	if g.Auth != nil {
+		log.Info("API keys required", "keys_file", g.AuthFile, "keys", g.Auth.Len(), "poll_interval", g.AuthPoll.String())
+	}
 	if g.Routing != nil {
 		log.Info("serving model versions from a routing file", "routing_file", g.RoutingFile,
 			"poll_interval", g.RoutingPoll.String(), "models", len(g.Routing.Models))
 	}
-	log.Info("proxy listening", "addr", cfg.addr, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
+	log.Info("proxy listening", "addr", cfg.addr, "metrics_addr", cfg.metricsAddr, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
 		"batch_window", g.Batch.Window.String(), "queue_capacity", g.Batch.QueueCapacity, "gomaxprocs", runtime.GOMAXPROCS(0),
 		"upload_memory_mib", g.UploadMemory>>20, "decode_memory_mib", g.DecodeMemory>>20, "jpeg_decoder", imageprep.JPEGDecoder())
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- p.Serve(ln) }()
+	go func() {
+		if err := p.ServeMetrics(mln); err != nil {
+			served <- fmt.Errorf("metrics server: %w", err)
+		}
+	}()
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
@@ -180,7 +224,12 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.DrainDelay+g.RequestTimeout+10*time.Second)
 	defer cancel()
-	if err := p.Shutdown(ctx); err != nil {
+	err = p.Shutdown(ctx)
+	// The last spans, within the drain's deadline.
+	if terr := stopTracing(ctx); terr != nil {
+		log.Warn("tracing: cannot flush the last spans", "error", terr)
+	}
+	if err != nil {
 		log.Error("shutdown incomplete", "error", err)
 		os.Exit(1)
 	}

@@ -14,6 +14,16 @@ func TestConfigFromEnv(t *testing.T) {
 		{map[string]string{}, ""},
 		{map[string]string{"PORT": "8080", "BATCH_WINDOW": "2ms", "MAX_BATCH_SIZE": "16"}, ""},
 		{map[string]string{"PORT": "99999"}, "PORT"},
+		// METRICS_PORT: /metrics on a port of its own, never PORT's.
+		{map[string]string{"METRICS_PORT": "9100"}, ""},
+		{map[string]string{"PORT": "8080", "METRICS_PORT": "9100"}, ""},
+		{map[string]string{"METRICS_PORT": "0"}, "METRICS_PORT"},
+		{map[string]string{"METRICS_PORT": "65536"}, "METRICS_PORT"},
+		{map[string]string{"METRICS_PORT": "metrics"}, "METRICS_PORT"},
+		{map[string]string{"PORT": "8080", "METRICS_PORT": "8080"}, "METRICS_PORT"},
+		{map[string]string{"PORT": "9464"}, "METRICS_PORT"},             // the metrics port's default
+		{map[string]string{"METRICS_PORT": "9999"}, "METRICS_PORT"},     // the API port's default
+		{map[string]string{"PORT": "9464", "METRICS_PORT": "9465"}, ""}, // moved out of the way
 		{map[string]string{"BATCH_WINDOW": "2"}, "BATCH_WINDOW"},
 		{map[string]string{"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"},
 		{map[string]string{"QUEUE_CAPACITY": "x"}, "QUEUE_CAPACITY"},
@@ -40,9 +50,18 @@ func TestConfigFromEnv(t *testing.T) {
 	// The defaults the documentation states.
 	c, _ := configFromEnv(func(string) string { return "" })
 	g := c.gateway
-	if c.addr != ":9999" || g.DrainDelay != 5*time.Second || g.UploadMemory != 96<<20 || g.DecodeMemory != 128<<20 ||
+	if c.addr != ":9999" || c.metricsAddr != ":9464" || g.DrainDelay != 5*time.Second || g.UploadMemory != 96<<20 || g.DecodeMemory != 128<<20 ||
 		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" || g.FullSizeJPEG {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c, err := configFromEnv(func(k string) string { return map[string]string{"PORT": "8080", "METRICS_PORT": "9100"}[k] }); err != nil ||
+		c.addr != ":8080" || c.metricsAddr != ":9100" {
+		t.Errorf("PORT=8080 METRICS_PORT=9100: addr %q, metrics %q, %v", c.addr, c.metricsAddr, err)
+	}
+	// Equal ports: the error names METRICS_PORT and the port they share.
+	if _, err := configFromEnv(func(k string) string { return map[string]string{"PORT": "8080", "METRICS_PORT": "8080"}[k] }); err == nil ||
+		!strings.Contains(err.Error(), "METRICS_PORT must differ from PORT (8080)") {
+		t.Errorf("PORT=METRICS_PORT=8080: %v", err)
 	}
 	if c, _ := configFromEnv(func(k string) string { return map[string]string{"JPEG_DCT_SCALING": "false"}[k] }); !c.gateway.FullSizeJPEG {
 		t.Error("JPEG_DCT_SCALING=false does not set FullSizeJPEG")

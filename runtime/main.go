@@ -35,6 +35,7 @@ import (
 	"github.com/batchgate/batchgate/runtime/quantize"
 	"github.com/batchgate/batchgate/runtime/server"
 	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 //go:embed labels/imagenet.txt
@@ -148,6 +149,23 @@ func serve(args []string) error {
 	if *maxBatch < 1 || *maxBatch > 1024 {
 		return fmt.Errorf("MAX_BATCH_SIZE must be in [1, 1024], got %d", *maxBatch)
 	}
+	// Tracing (OTEL_* env, off without an endpoint): a span per batch that
+	// came with the proxy's batch span context (docs/tracing.md).
+	tcfg, err := tracing.ConfigFromEnv(os.Getenv, "batchgate-runtime")
+	if err != nil {
+		return err
+	}
+	stopTracing, err := tracing.Start(context.Background(), tcfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(ctx); err != nil {
+			log.Warn("tracing: cannot flush the last spans", "error", err)
+		}
+	}()
 	if _, ok := modelVariants[*wantVariant]; !ok && *wantVariant != "" {
 		return fmt.Errorf("MODEL_VARIANT must be fp32, int8 or empty, got %q", *wantVariant)
 	}

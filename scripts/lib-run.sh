@@ -13,3 +13,26 @@ ready() {
 
 # alive: true while every process in pids runs.
 alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; }
+
+# listening PORT: true when something accepts connections on 127.0.0.1:PORT.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# metrics_port: the proxy's METRICS_PORT (it serves /metrics there, and only
+# there). $METRICS_PORT when set; else 9464, the proxy's default, or when
+# that is taken (another proxy, a developer's) or is $port, the next free
+# port above it, so that two `make run`s on different PORTs do not collide.
+metrics_port() {
+  if [ -n "${METRICS_PORT:-}" ]; then
+    echo "$METRICS_PORT"
+    return
+  fi
+  local p
+  for p in $(seq 9464 9563); do
+    if [ "$p" != "$port" ] && ! listening "$p"; then
+      echo "$p"
+      return
+    fi
+  done
+  echo "batchgate: ports 9464-9563 are all taken; set METRICS_PORT to a free port" >&2
+  return 1
+}

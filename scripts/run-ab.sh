@@ -5,11 +5,19 @@
 # that fails, a copy of the fp32 model). Each runs in its own runtime, on
 # its own socket; the proxy reads routing.yaml from the socket folder and
 # reloads it when it changes: edit it while this runs to move the split.
-# Ctrl-C stops everything and removes the folder.
+# Ctrl-C stops everything and removes the folder. PORT (default 9999) is the
+# API, METRICS_PORT (default 9464, or the next free port above it) /metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${PORT:-9999}
 say() { echo "batchgate: $*" >&2; }
+
+# ready, alive, listening and metrics_port (scripts/lib-run.sh).
+source scripts/lib-run.sh
+metrics_port=$(metrics_port)
+if [ -z "${METRICS_PORT:-}" ] && [ "$metrics_port" != 9464 ]; then
+  say "port 9464 is taken (another proxy?): /metrics goes on $metrics_port (set METRICS_PORT to choose)"
+fi
 
 tags=
 [[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
@@ -51,14 +59,11 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 
-# ready and alive (GET /readyz with bash alone; every process still running).
-source scripts/lib-run.sh
-
 RUNTIME_SOCKET="$dir/v1.sock" MODEL_PATH="$fp32" MODEL_VARIANT=fp32 bin/runtime serve &
 pids+=($!)
 RUNTIME_SOCKET="$dir/v2.sock" MODEL_PATH="$int8" MODEL_VARIANT=$v2variant bin/runtime serve &
 pids+=($!)
-ROUTING_FILE="$dir/routing.yaml" PORT="$port" DRAIN_DELAY="${DRAIN_DELAY:-0s}" bin/proxy &
+ROUTING_FILE="$dir/routing.yaml" PORT="$port" METRICS_PORT="$metrics_port" DRAIN_DELAY="${DRAIN_DELAY:-0s}" bin/proxy &
 pids+=($!)
 
 say "warming up two runtimes; the URL follows when the proxy is ready"
@@ -70,7 +75,8 @@ done
 say "ready in $((SECONDS - start)) s: http://localhost:$port, v1 (fp32) 90%, v2 ($v2variant) 10%"
 say "  split:    for i in \$(seq 20); do curl -s -F file=@proxy/testdata/grace_hopper.jpg localhost:$port/predict | grep -o '\"model_version\":\"v[12]\"'; done | sort | uniq -c"
 say "  explicit: curl -H 'X-Model-Version: v2' -F file=@proxy/testdata/grace_hopper.jpg localhost:$port/predict"
-say "  versions: curl localhost:$port/v2/models/resnet50     metrics: curl -s localhost:$port/metrics | grep inference_version_"
+say "  versions: curl localhost:$port/v2/models/resnet50"
+say "  metrics:  curl -s localhost:$metrics_port/metrics | grep inference_version_    (METRICS_PORT; not on the API port)"
 say "  routing:  $dir/routing.yaml (edit the weights; reloaded within 2 s)"
 wait -n
 say "a process exited; stopping the others"

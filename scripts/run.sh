@@ -4,10 +4,20 @@
 # with the socket in a temporary folder. It prints the URL only once /readyz
 # answers 200, so the first request never meets a 503. Ctrl-C (or SIGTERM)
 # stops both processes and removes the socket folder.
+#
+# PORT (default 9999) is the API; METRICS_PORT (default 9464, or the next
+# free port above it when 9464 is taken) serves /metrics, and only it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${PORT:-9999}
 say() { echo "batchgate: $*" >&2; }
+
+# ready, alive, listening and metrics_port (scripts/lib-run.sh).
+source scripts/lib-run.sh
+metrics_port=$(metrics_port)
+if [ -z "${METRICS_PORT:-}" ] && [ "$metrics_port" != 9464 ]; then
+  say "port 9464 is taken (another proxy?): /metrics goes on $metrics_port (set METRICS_PORT to choose)"
+fi
 
 go build -o bin/runtime ./runtime
 # JPEG through libjpeg-turbo when installed, else Go's decoder (with a note).
@@ -22,7 +32,7 @@ export MODEL_VARIANT="${MODEL_VARIANT:-fp32}"
 model=$(bin/runtime fetch-model -dir .deps/models -variant "$MODEL_VARIANT" \
   -ort-library "${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}")
 sockdir=$(mktemp -d -t batchgate.XXXXXX)
-export RUNTIME_SOCKET="$sockdir/runtime.sock" MODEL_PATH="$model" PORT="$port"
+export RUNTIME_SOCKET="$sockdir/runtime.sock" MODEL_PATH="$model" PORT="$port" METRICS_PORT="$metrics_port"
 export ORT_LIBRARY="${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}"
 export ORT_CACHE_DIR="${ORT_CACHE_DIR:-$PWD/.deps/ort-cache}"
 export DRAIN_DELAY="${DRAIN_DELAY:-0s}"
@@ -38,9 +48,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
-
-# ready and alive (GET /readyz with bash alone; every process still running).
-source scripts/lib-run.sh
 
 say "socket folder $sockdir"
 bin/runtime serve &
@@ -64,6 +71,7 @@ done
 say "ready in $((SECONDS - start)) s: http://localhost:$port"
 say "  try: curl -F file=@proxy/testdata/grace_hopper.jpg localhost:$port/predict"
 say "  API docs: http://localhost:$port/docs    Ctrl-C stops both processes"
+say "  metrics:  curl -s localhost:$metrics_port/metrics    (METRICS_PORT; not on the API port $port)"
 case "$model" in
 *generated*)
   say "NOTE: the model has GENERATED weights (the model host was unreachable): answers are well-formed but meaningless." ;;

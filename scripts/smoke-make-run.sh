@@ -2,12 +2,15 @@
 # smoke-make-run.sh (`make smoke`, part of `make test`): the README's first
 # command, run as a user runs it, from the working tree.
 #
-#   1. `make run` on a free port, in its own process group (as in a terminal);
+#   1. `make run` on a free port and a free metrics port (METRICS_PORT), in
+#      its own process group (as in a terminal);
 #   2. once it prints the URL, /readyz must already answer 200;
 #   3. curl -F file=@proxy/testdata/grace_hopper.jpg /predict, and check the JSON;
-#   4. the examples in examples/ run against the same server;
-#   5. SIGINT to the process group (Ctrl-C): runtime and proxy must be gone
-#      and the socket folder removed.
+#   4. /metrics answers on the metrics port and counts that request, and is
+#      a 404 on the API port;
+#   5. the examples in examples/ run against the same server;
+#   6. SIGINT to the process group (Ctrl-C): runtime and proxy must be gone,
+#      the socket folder removed and both ports released.
 #
 # Every wait is bounded. A regression of `make run` fails this script.
 set -euo pipefail
@@ -20,18 +23,25 @@ check() { # check NAME CONDITION...
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-port=
-for _ in $(seq 50); do
-  p=$((20000 + RANDOM % 20000))
-  listening "$p" || { port=$p; break; }
-done
-[ -n "$port" ] || { echo "smoke: no free port found" >&2; exit 1; }
+freeport() { # freeport [NOT]: a free port in 20000-39999, other than NOT
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 20000))
+    [ "$p" != "${1:-}" ] && ! listening "$p" && { echo "$p"; return; }
+  done
+  echo "smoke: no free port found" >&2
+  return 1
+}
+port=$(freeport)
+# The proxy's /metrics port: never its default 9464, which a developer's
+# own proxy may hold.
+mport=$(freeport "$port")
 
 # make run leads its own process group and session, as a job in a terminal
 # does, so SIGINT to the group is what Ctrl-C sends. A background job of a
 # script starts with SIGINT ignored, and bash cannot trap a signal ignored on
 # entry: the wrapper restores the default disposition a terminal would give.
-PORT=$port python3 -c 'import os, signal, sys
+PORT=$port METRICS_PORT=$mport python3 -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.setsid()
 os.execvp(sys.argv[1], sys.argv[1:])' make --no-print-directory run >"$log" 2>&1 &
@@ -57,8 +67,9 @@ until grep -q "batchgate: ready in" "$log"; do
   fi
   sleep 0.2
 done
-echo "smoke: make run ready after $((SECONDS - start)) s on port $port"
+echo "smoke: make run ready after $((SECONDS - start)) s on port $port (metrics on $mport)"
 url="http://127.0.0.1:$port"
+murl="http://127.0.0.1:$mport"
 sockdir=$(sed -n 's/^batchgate: socket folder //p' "$log" | head -1)
 
 check "warming-up message before the URL" grep -q "batchgate: warming up" "$log"
@@ -84,6 +95,16 @@ assert r["generated_weights"] is True and "meaningless" in r["warning"], r
 ' "$body"
 fi
 
+check "make run prints where /metrics is" grep -q "batchgate:   metrics:  curl -s localhost:$mport/metrics" "$log"
+metrics=$(curl -s -m 10 "$murl/metrics")
+check "/metrics answers on the metrics port" grep -q '^inference_runtime_connected 1$' <<<"$metrics"
+check "/metrics counts the /predict" grep -q '^inference_requests_total{route="/predict",code="200"} 1$' <<<"$metrics"
+check "/metrics is 404 on the API port" \
+  test "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$url/metrics")" = 404
+check "the API port's 404 names METRICS_PORT" bash -c 'curl -s -m 10 "$1/metrics" | grep -q METRICS_PORT' _ "$url"
+check "the metrics port serves nothing else" \
+  test "$(curl -s -m 10 -o /dev/null -w '%{http_code}' "$murl/predict")" = 404
+
 if [ -x examples/test.sh ]; then
   if examples/test.sh "$url"; then check "examples/test.sh" true; else check "examples/test.sh" false; fi
 fi
@@ -102,6 +123,7 @@ check "SIGINT stops make, runtime and proxy" $gone
 check "make run says it stopped and cleaned up" grep -q "batchgate: stopped; removed $sockdir" "$log"
 check "socket folder removed" test ! -e "$sockdir"
 check "port released" bash -c '! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null' _ "$port"
+check "metrics port released" bash -c '! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null' _ "$mport"
 
 echo "smoke: $pass passed, $fail failed"
 [ "$fail" = 0 ]

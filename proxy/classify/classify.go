@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/flight"
@@ -255,10 +256,16 @@ func (s *Service) InferTensorOn(ctx context.Context, t Target, tensor []float32)
 
 // preprocess decodes and transforms data on the bounded decode pool within
 // the decode budget; done is called once data has been decoded.
-func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, done func()) ([]float32, error) {
+func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, done func()) (_ []float32, err error) {
+	span := startSpan(ctx, "preprocess")
+	defer func() { endSpan(span, err) }()
 	h, err := imageprep.Inspect(data, s.cfg.Limits)
 	if err != nil {
 		return nil, err
+	}
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("image.format", h.Format), attribute.Int("image.width", h.Width),
+			attribute.Int("image.height", h.Height), attribute.Int("image.bytes", len(data)))
 	}
 	p := imageprep.Params{ResizeShorter: info.ResizeShorter, Height: info.Height, Width: info.Width, Mean: info.Mean, Std: info.Std}
 	need := h.MemoryBytes(p)
@@ -283,6 +290,7 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 		return nil, ctx.Err()
 	}
 	defer func() { <-s.decode }()
+	span.AddEvent("decode slot taken")
 	tensor := make([]float32, info.ImageSize())
 	err = imageprep.Tensor(data, h, p, tensor)
 	done()

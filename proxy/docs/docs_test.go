@@ -397,6 +397,45 @@ func TestOpenAPIExamples(t *testing.T) {
 	}
 }
 
+// TestMetricsOnItsOwnPort: /metrics is served on METRICS_PORT only (the
+// API port answers 404), so the description sends "Try it out" and readers
+// there with a path-level server, and no other path leaves the API's
+// server. The guide, served on the API port, must not link /metrics there.
+func TestMetricsOnItsOwnPort(t *testing.T) {
+	doc := loadSpec(t)
+	paths := doc["paths"].(map[string]any)
+	for p, item := range paths {
+		servers, has := item.(map[string]any)["servers"]
+		if p != "/metrics" {
+			if has {
+				t.Errorf("%s: a servers override; only /metrics is served apart from the API", p)
+			}
+			continue
+		}
+		list, _ := servers.([]any)
+		if len(list) == 0 {
+			t.Fatal("/metrics: no servers override naming the metrics port")
+		}
+		srv, _ := list[0].(map[string]any)
+		if url, _ := srv["url"].(string); url != "http://localhost:9464" {
+			t.Errorf("/metrics: server %q, want http://localhost:9464 (METRICS_PORT's default)", url)
+		}
+		if d, _ := srv["description"].(string); !strings.Contains(d, "METRICS_PORT") {
+			t.Errorf("/metrics: the server's description %q does not name METRICS_PORT", d)
+		}
+		if d, _ := item.(map[string]any)["description"].(string); !strings.Contains(d, "METRICS_PORT") || !strings.Contains(d, "404") {
+			t.Errorf("/metrics: the description %q does not say it is on METRICS_PORT and a 404 on the API port", d)
+		}
+	}
+	guide, _, _ := Lookup("/docs/guide")
+	if bytes.Contains(guide, []byte(`href="/metrics"`)) {
+		t.Error(`the guide links /metrics on the API port, where it is a 404`)
+	}
+	if !bytes.Contains(guide, []byte("localhost:9464/metrics")) || !bytes.Contains(guide, []byte("METRICS_PORT")) {
+		t.Error("the guide does not say where /metrics is (localhost:9464, METRICS_PORT)")
+	}
+}
+
 func TestLookup(t *testing.T) {
 	for _, tc := range []struct{ path, ctype, contains string }{
 		{"/docs/guide", "text/html; charset=utf-8", "curl -F file=@photo.jpg"},

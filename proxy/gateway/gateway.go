@@ -25,6 +25,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/auth"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/httpapi"
@@ -89,6 +90,18 @@ type Config struct {
 	// DrainDelay is how long the proxy keeps serving, with readiness
 	// failing, before it stops accepting. Default 0.
 	DrainDelay time.Duration
+	// Tracing makes spans of requests and batches (docs/tracing.md); the
+	// global tracer provider, installed by tracing.Start, exports them.
+	// Default false.
+	Tracing bool
+	// Auth, if set, requires API keys (docs/auth.md): AuthFile is its
+	// path, polled every AuthPoll (default 2s) and applied when its
+	// content changes; AuthSHA256 is the sha256 of the content Auth came
+	// from. Nil: no keys needed, as the replaced server.
+	Auth       *auth.Keys
+	AuthFile   string
+	AuthPoll   time.Duration
+	AuthSHA256 [32]byte
 	// Routing, if set, serves the model versions of a routing file
 	// (docs/versions.md), each from its own runtime, instead of the one
 	// runtime at Socket. RoutingFile is its path, polled every
@@ -142,6 +155,7 @@ type Proxy struct {
 	log     *slog.Logger
 	api     *httpapi.Server
 	server  *fasthttp.Server
+	metrics *fasthttp.Server                                // /metrics on its own port (ServeMetrics)
 	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result] // nil with a routing file
 	router  *router                                         // nil without one
 	stopRT  context.CancelFunc
@@ -191,6 +205,10 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		DecodeMemory: cfg.DecodeMemory,
 		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, FullSizeJPEG: cfg.FullSizeJPEG},
 	}, be, m)
+	var authn *auth.Authenticator
+	if cfg.Auth != nil {
+		authn = auth.New(cfg.Auth, cfg.AuthSHA256, auth.Config{File: cfg.AuthFile, Poll: cfg.AuthPoll, Log: log, Metrics: set})
+	}
 	var router httpapi.Router // nil interface without a routing file
 	if p.router != nil {
 		p.router.svc = svc
@@ -208,6 +226,7 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		},
 		RequestTimeout: cfg.RequestTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
 		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
+		Tracing: cfg.Tracing, Auth: authn,
 	})
 	p.server = &fasthttp.Server{
 		Handler:       p.api.Handler,
@@ -228,6 +247,11 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		NoDefaultDate:                true,
 		CloseOnShutdown:              true,
 	}
+	p.metrics = &fasthttp.Server{
+		Handler: p.api.MetricsHandler, Name: "batchgate", Logger: fasthttpLogger{log},
+		Concurrency: 64, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxRequestBodySize: 4 << 10, NoDefaultDate: true, CloseOnShutdown: true,
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stopRT = cancel
 	idle := func() bool {
@@ -236,6 +260,9 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 	go func() {
 		defer close(p.rtDone)
 		go trimMemory(ctx, idle)
+		if authn != nil {
+			go authn.Run(ctx) // reloads the keys file; exits with ctx
+		}
 		if p.router != nil {
 			p.router.run(ctx)
 			return
@@ -277,6 +304,10 @@ func trimMemory(ctx context.Context, idle func() bool) {
 // Serve serves ln until Shutdown.
 func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
 
+// ServeMetrics serves GET /metrics on ln, the metrics port, until Shutdown.
+// Scrapes go on while the API drains.
+func (p *Proxy) ServeMetrics(ln net.Listener) error { return p.metrics.Serve(ln) }
+
 // Ready reports whether the proxy would answer /readyz with 200.
 func (p *Proxy) Ready() bool { return p.api.Ready() }
 
@@ -301,6 +332,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	}
 	p.stopRT()
 	<-p.rtDone
+	if merr := p.metrics.ShutdownWithContext(ctx); merr != nil {
+		err = errors.Join(err, merr)
+	}
 	return err
 }
 
@@ -332,8 +366,9 @@ func (b backend) Model() (wire.Info, bool, bool) {
 }
 
 func (b backend) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
-	dl, _ := ctx.Deadline()
-	r, err := b.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: time.Now(), Deadline: dl})
+	item := rtconn.NewItem(ctx, tensor, modelSHA)
+	r, err := b.batcher.Submit(ctx, item)
+	rtconn.TraceQueue(ctx, item, r, err)
 	if err != nil {
 		return nil, err
 	}

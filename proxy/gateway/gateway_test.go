@@ -54,7 +54,7 @@ func testRuntimeInfo(mi engine.Info, maxBatch int) wire.Info {
 	}
 }
 
-func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtServer {
+func startRuntime(t testing.TB, model string, maxBatch int, socket string) *rtServer {
 	t.Helper()
 	eng, err := engine.Open(engine.Config{LibraryPath: testenv.ORTLibrary(t), ModelPath: model})
 	if err != nil {
@@ -80,14 +80,15 @@ func startRuntime(t *testing.T, model string, maxBatch int, socket string) *rtSe
 // testProxy is a real proxy on a loopback port.
 type testProxy struct {
 	*Proxy
-	url string
-	log *syncWriter
+	url        string
+	metricsURL string // the metrics port's
+	log        *syncWriter
 }
 
 // testConfig is the defaults, with the runtime at socket and no drain delay.
 func testConfig(socket string) Config { return Config{Socket: socket} }
 
-func startProxy(t *testing.T, cfg Config) *testProxy {
+func startProxy(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
 	logBuf := &syncWriter{w: &bytes.Buffer{}}
 	log := slog.New(slog.NewJSONHandler(logBuf, nil))
@@ -98,8 +99,13 @@ func startProxy(t *testing.T, cfg Config) *testProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	go p.Serve(ln)
-	tp := &testProxy{Proxy: p, url: "http://" + ln.Addr().String(), log: logBuf}
+	go p.ServeMetrics(mln)
+	tp := &testProxy{Proxy: p, url: "http://" + ln.Addr().String(), metricsURL: "http://" + mln.Addr().String(), log: logBuf}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -128,7 +134,7 @@ func (s *syncWriter) String() string {
 }
 
 // waitReady polls /readyz until it answers as wanted (bounded: 60 s).
-func (tp *testProxy) waitReady(t *testing.T, want bool) {
+func (tp *testProxy) waitReady(t testing.TB, want bool) {
 	t.Helper()
 	for range 1200 {
 		resp, err := http.Get(tp.url + "/readyz")
@@ -266,13 +272,27 @@ func TestOtherEndpoints(t *testing.T) {
 		{"/nope", 404, func(r response) bool { return r.body["error"] != nil }},
 		{"/docs", 200, func(r response) bool { return bytes.Contains(r.raw, []byte("/openapi.json")) }},
 		{"/openapi.json", 200, func(r response) bool { return r.body["openapi"] == "3.0.3" }},
-		{"/metrics", 200, func(r response) bool {
-			return bytes.Contains(r.raw, []byte("inference_queue_depth 0")) && bytes.Contains(r.raw, []byte("go_goroutines"))
-		}},
+		{"/metrics", 404, func(r response) bool { return bytes.Contains(r.raw, []byte("METRICS_PORT")) }},
 	} {
 		r := get(t, tp.url+tc.path)
 		if r.status != tc.status || (tc.check != nil && !tc.check(r)) {
 			t.Errorf("GET %s = %d %s", tc.path, r.status, r.raw)
+		}
+	}
+	// The metrics port serves /metrics and nothing else.
+	for _, tc := range []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/metrics", 200, "inference_queue_depth 0"},
+		{"/metrics", 200, "go_goroutines"},
+		{"/predict", 404, "only /metrics"},
+		{"/healthz", 404, "only /metrics"},
+	} {
+		r := get(t, tp.metricsURL+tc.path)
+		if r.status != tc.status || !bytes.Contains(r.raw, []byte(tc.want)) {
+			t.Errorf("GET metrics port %s = %d %.200s, want %d with %q", tc.path, r.status, r.raw, tc.status, tc.want)
 		}
 	}
 }
@@ -383,7 +403,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("after %s, a good request got %d", tc.name, ok.status)
 		}
 	}
-	if got := metricValue(t, tp.url, "inference_rejections_total"); got < 15 {
+	if got := metricValue(t, tp.metricsURL, "inference_rejections_total"); got < 15 {
 		t.Errorf("inference_rejections_total = %v, want the rejections counted", got)
 	}
 }
@@ -418,7 +438,7 @@ func TestCacheAndCoalescing(t *testing.T) {
 	if shared != n-1 {
 		t.Errorf("%d responses say cached or coalesced, want %d", shared, n-1)
 	}
-	hits, coalesced := metricValue(t, tp.url, "inference_cache_hits_total"), metricValue(t, tp.url, "inference_cache_coalesced_total")
+	hits, coalesced := metricValue(t, tp.metricsURL, "inference_cache_hits_total"), metricValue(t, tp.metricsURL, "inference_cache_coalesced_total")
 	if hits+coalesced != n-1 {
 		t.Errorf("metrics: %v hits + %v coalesced, want %d", hits, coalesced, n-1)
 	}
@@ -457,8 +477,8 @@ func TestBatchesUnderLoad(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	count := metricValue(t, tp.url, "inference_batch_size_count")
-	sum := metricValue(t, tp.url, "inference_batch_size_sum")
+	count := metricValue(t, tp.metricsURL, "inference_batch_size_count")
+	sum := metricValue(t, tp.metricsURL, "inference_batch_size_sum")
 	st := rt.Stats()
 	if sum != 24 || count >= 24 || st.Items != 24 || st.Batches >= 24 {
 		t.Errorf("24 requests: %v items in %v batches (metrics), %d in %d (runtime); want batches > 1", sum, count, st.Items, st.Batches)
@@ -499,8 +519,8 @@ func TestDecodeOverload(t *testing.T) {
 	if count[429] == 0 || count[200] == 0 || count[200]+count[429] != n {
 		t.Errorf("statuses %v: want some 200 and some 429, nothing else", count)
 	}
-	decode := metricValue(t, tp.url, `inference_rejections_total{reason="decode_queue_full"}`)
-	batch := metricValue(t, tp.url, `inference_rejections_total{reason="queue_full"}`)
+	decode := metricValue(t, tp.metricsURL, `inference_rejections_total{reason="decode_queue_full"}`)
+	batch := metricValue(t, tp.metricsURL, `inference_rejections_total{reason="queue_full"}`)
 	if decode != float64(count[429]) || batch != 0 {
 		t.Errorf("rejections: %v decode_queue_full, %v queue_full; want all %d from the decode queue", decode, batch, count[429])
 	}
@@ -585,7 +605,7 @@ func TestRuntimeRestart(t *testing.T) {
 	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(4))); r.status != 200 {
 		t.Errorf("after restart: %d %s", r.status, r.raw)
 	}
-	if got := metricValue(t, tp.url, "inference_runtime_connected"); got != 1 {
+	if got := metricValue(t, tp.metricsURL, "inference_runtime_connected"); got != 1 {
 		t.Errorf("inference_runtime_connected = %v", got)
 	}
 }
@@ -651,7 +671,7 @@ func TestHostileRequests(t *testing.T) {
 		t.Errorf("binary_data_size 1e300: %d %s, want 400 with a JSON error", r.status, r.raw)
 	}
 	good("binary_data_size 1e300")
-	if p := metricValue(t, tp.url, "inference_panics_total"); p != 0 {
+	if p := metricValue(t, tp.metricsURL, "inference_panics_total"); p != 0 {
 		t.Errorf("inference_panics_total = %v: a handler panicked", p)
 	}
 
@@ -741,7 +761,7 @@ func TestRuntimeStall(t *testing.T) {
 	if r := do(t, req); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("while stalled: %d %s, want 503 with Retry-After at once, not a wait for the deadline", r.status, r.raw)
 	}
-	if got := metricValue(t, tp.url, "inference_runtime_stalls_total"); got < 1 {
+	if got := metricValue(t, tp.metricsURL, "inference_runtime_stalls_total"); got < 1 {
 		t.Errorf("inference_runtime_stalls_total = %v", got)
 	}
 

@@ -477,10 +477,10 @@ func (v *version) Model() (wire.Info, bool, bool) {
 }
 
 func (v *version) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
-	dl, _ := ctx.Deadline()
-	start := time.Now()
-	res, err := v.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: modelSHA, Submitted: start, Deadline: dl})
-	v.observe(ctx, time.Since(start), err)
+	item := rtconn.NewItem(ctx, tensor, modelSHA)
+	res, err := v.batcher.Submit(ctx, item)
+	rtconn.TraceQueue(ctx, item, res, err)
+	v.observe(ctx, time.Since(item.Submitted), err)
 	if err != nil {
 		return nil, err
 	}
@@ -566,9 +566,9 @@ func (r *router) mirror(s *version, tensor []float32, pinfo wire.Info, primary [
 		defer s.shadows.Add(-1)
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.RequestTimeout)
 		defer cancel()
-		start := time.Now()
-		dl, _ := ctx.Deadline()
-		res, err := s.batcher.Submit(ctx, &rtconn.Item{Tensor: tensor, ModelSHA: sinfo.ModelSHA256, Submitted: start, Deadline: dl})
+		item := rtconn.NewItem(ctx, tensor, sinfo.ModelSHA256)
+		start := item.Submitted
+		res, err := s.batcher.Submit(ctx, item)
 		if err != nil {
 			s.metrics.ShadowErrors.Inc()
 			return

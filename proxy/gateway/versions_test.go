@@ -224,11 +224,11 @@ func TestVersionSplit(t *testing.T) {
 		`inference_version_weight{model="resnet50",version="v2"}`,
 		`inference_version_runtime_connected{model="resnet50",version="v2"}`,
 	} {
-		if !bytes.Contains(get(t, tp.url+"/metrics").raw, []byte(series+" ")) {
+		if !bytes.Contains(get(t, tp.metricsURL+"/metrics").raw, []byte(series+" ")) {
 			t.Errorf("/metrics lacks %s", series)
 		}
 	}
-	if v := metricValue(t, tp.url, `inference_version_requests_total{model="resnet50",version="v2",code="200"}`); v < float64(counts["v2"]) {
+	if v := metricValue(t, tp.metricsURL, `inference_version_requests_total{model="resnet50",version="v2",code="200"}`); v < float64(counts["v2"]) {
 		t.Errorf("v2's requests_total %v < %d answered", v, counts["v2"])
 	}
 }
@@ -294,7 +294,7 @@ models:
 		}
 	}
 	// Same model on both: every comparison agrees.
-	waitFor(t, "20 shadow comparisons", 500, func() bool { return metricValue(t, tp.url, agree) == 20 })
+	waitFor(t, "20 shadow comparisons", 500, func() bool { return metricValue(t, tp.metricsURL, agree) == 20 })
 
 	// Overload: the shadow's runtime holds every batch. Primary requests
 	// still answer at once; shadow work beyond max_queue is shed.
@@ -304,13 +304,13 @@ models:
 			t.Fatalf("overload request %d: %d from %q", i, status, v)
 		}
 	}
-	if s := metricValue(t, tp.url, shed); s < 28 {
+	if s := metricValue(t, tp.metricsURL, shed); s < 28 {
 		t.Errorf("shed %v shadow items with max_queue 2; want at least 28 of 30", s)
 	}
-	if d := metricValue(t, tp.url, "inference_queue_depth"); d != 0 {
+	if d := metricValue(t, tp.metricsURL, "inference_queue_depth"); d != 0 {
 		t.Errorf("inference_queue_depth %v with only shadow work queued; want 0", d)
 	}
-	if d := metricValue(t, tp.url, `inference_version_shadow_queue_depth{model="resnet50",version="v3"}`); d != 2 {
+	if d := metricValue(t, tp.metricsURL, `inference_version_shadow_queue_depth{model="resnet50",version="v3"}`); d != 2 {
 		t.Errorf("shadow queue depth %v, want 2", d)
 	}
 	shadow.setHold(false)
@@ -341,11 +341,11 @@ models:
 		if status != 200 {
 			failures++
 		}
-		if metricValue(t, tp.url, `inference_version_rolled_back{model="resnet50",version="v2"}`) == 1 {
+		if metricValue(t, tp.metricsURL, `inference_version_rolled_back{model="resnet50",version="v2"}`) == 1 {
 			break
 		}
 	}
-	if metricValue(t, tp.url, `inference_rollbacks_total{model="resnet50",version="v2"}`) != 1 {
+	if metricValue(t, tp.metricsURL, `inference_rollbacks_total{model="resnet50",version="v2"}`) != 1 {
 		t.Fatalf("no rollback after %d failures", failures)
 	}
 	t.Logf("rolled back after %d failed requests", failures)
@@ -368,7 +368,7 @@ models:
 	canary.fail.Store(false)
 	writeRouting(t, filepath.Join(dir, "routing.yaml"), dir, strings.Replace(file, "weight: 50\n        rollback", "weight: 40\n        rollback", 1))
 	waitFor(t, "v2 back after the reload", 500, func() bool {
-		return metricValue(t, tp.url, `inference_version_weight{model="resnet50",version="v2"}`) == 40
+		return metricValue(t, tp.metricsURL, `inference_version_weight{model="resnet50",version="v2"}`) == 40
 	})
 }
 
@@ -408,7 +408,7 @@ models:
 			}
 		})
 	}
-	gen := func() float64 { return metricValue(t, tp.url, "inference_routing_generation") }
+	gen := func() float64 { return metricValue(t, tp.metricsURL, "inference_routing_generation") }
 	step := func(what, file string, wantGen float64) {
 		before := sent.Load()
 		writeRouting(t, path, dir, file)
@@ -432,7 +432,7 @@ models:
 	mu.Unlock()
 	writeRouting(t, path, dir, "models: [{name: resnet50, versions: [{name: v3, weight: 1}]}]\n")
 	waitFor(t, "the bad file rejected", 1000, func() bool {
-		return metricValue(t, tp.url, `inference_routing_reloads_total{result="rejected"}`) == 1
+		return metricValue(t, tp.metricsURL, `inference_routing_reloads_total{result="rejected"}`) == 1
 	})
 	before := sent.Load()
 	waitFor(t, "requests after the bad file", 1000, func() bool { return sent.Load() > before+30 })
@@ -451,7 +451,7 @@ models:
 	}
 	t.Logf("%d requests during three reloads, all answered: %v", sent.Load(), served)
 	// v1 was retired: its series are gone.
-	if bytes.Contains(get(t, tp.url+"/metrics").raw, []byte(`version="v1"`)) {
+	if bytes.Contains(get(t, tp.metricsURL+"/metrics").raw, []byte(`version="v1"`)) {
 		t.Error("the retired version's series are still exported")
 	}
 }

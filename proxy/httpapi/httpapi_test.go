@@ -1002,7 +1002,7 @@ func TestRoutes(t *testing.T) {
 		{"GET", "/v2/health/live", 200, nil},
 		{"GET", "/healthz", 200, func(r response) bool { return r.body["live"] == true }},
 		{"GET", "/openapi.json", 200, nil},
-		{"GET", "/metrics", 200, nil},
+		{"GET", "/metrics", 404, func(r response) bool { return strings.Contains(r.jsonError(), "METRICS_PORT") }},
 	} {
 		req, _ := http.NewRequest(tc.method, ts.url+tc.path, nil)
 		r := ts.do(t, req)

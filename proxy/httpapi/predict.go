@@ -87,7 +87,7 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 		resp["model_version"] = rep.version
 	}
 	timings := map[string]float64{}
-	rep.cached = out.Cached
+	rep.cached, rep.coalesced, rep.model = out.Cached, out.Coalesced, out.Model.Model
 	if inf := out.Inference; inf != nil {
 		timings["preprocess_ms"] = ms(out.Prep)
 		timings["queue_ms"] = ms(inf.QueueWait)

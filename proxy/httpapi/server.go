@@ -25,8 +25,11 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 
 	"github.com/batchgate/batchgate/batching"
+	"github.com/batchgate/batchgate/proxy/auth"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/docs"
@@ -74,6 +77,13 @@ type Config struct {
 	UploadWait time.Duration
 	// MaxElements is the most images in one OIP request.
 	MaxElements int
+	// Tracing makes a span of each request (docs/tracing.md), continuing
+	// an incoming W3C traceparent; the global tracer provider exports
+	// them. False: no spans, no trace ids in the log.
+	Tracing bool
+	// Auth, if set, checks API keys (docs/auth.md) before a request's body
+	// is read; nil serves everyone, as the replaced server did.
+	Auth *auth.Authenticator
 }
 
 // Server is the HTTP API.
@@ -102,7 +112,10 @@ type reply struct {
 	cached    bool
 	batchSize int
 	queueWait time.Duration
+	coalesced bool
+	model     string                               // the model that answered
 	version   string                               // routed: the version that served it
+	keyID     string                               // the API key's id, with Auth
 	done      func(status int, took time.Duration) // routed: Routed.Done
 }
 
@@ -120,6 +133,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
 	route := routeOf(path) // for a panic; route() names it once served
 	var rep reply
+	span := s.startSpan(ctx, route)
 	defer func() {
 		if p := recover(); p != nil {
 			s.cfg.Metrics.Panics.Inc()
@@ -138,14 +152,25 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if rep.done != nil {
 			rep.done(status, took)
 		}
+		endSpan(span, ctx.Method(), route, status, &rep, rid)
 		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
 			return // probes and scrapes would drown the log
 		}
-		s.cfg.Log.Info("request", "request_id", rid, "method", string(ctx.Method()), "route", route, "status", status,
-			"latency_ms", float64(took.Microseconds())/1000, "cached", rep.cached, "batch_size", rep.batchSize,
-			"queue_wait_ms", float64(rep.queueWait.Microseconds())/1000, "model_version", rep.version, "remote", ctx.RemoteIP().String())
+		args := []any{"request_id", rid, "method", string(ctx.Method()), "route", route, "status", status,
+			"latency_ms", ms(took), "cached", rep.cached, "batch_size", rep.batchSize,
+			"queue_wait_ms", ms(rep.queueWait), "model_version", rep.version, "key_id", rep.keyID,
+			"remote", ctx.RemoteIP().String()}
+		if sc := span.SpanContext(); sc.IsValid() {
+			args = append(args, "trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String(), "trace_sampled", sc.IsSampled())
+		}
+		s.cfg.Log.Info("request", args...)
 	}()
+	keyID, ok := s.authorize(ctx, route, false)
+	if rep.keyID = keyID; !ok {
+		return // answered 401, 403 or 429
+	}
 	route, rep = s.route(ctx, path)
+	rep.keyID = keyID
 }
 
 // routeOf names path's route (the metrics' route label) before it is
@@ -185,8 +210,9 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 	case path == "/readyz":
 		s.readiness(ctx, map[string]any{})
 	case path == "/metrics":
-		ctx.SetContentType("text/plain; version=0.0.4")
-		metrics.WritePrometheus(ctx, true)
+		// Served on METRICS_PORT only, so an Ingress to the API never
+		// exposes it.
+		s.fail(ctx, &apiError{404, "metrics are served on their own port (METRICS_PORT, default 9464), not on the API's", "not_found"})
 	case path == "/docs" || strings.HasPrefix(path, "/docs/") || path == "/openapi.json":
 		// Swagger UI, its files, the guide and the OpenAPI description.
 		body, contentType, ok := docs.Lookup(path)
@@ -206,6 +232,20 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		return "other", reply{}
 	}
 	return path, reply{}
+}
+
+// MetricsHandler serves GET /metrics in Prometheus' text format, on the
+// metrics port (METRICS_PORT), apart from the API.
+func (s *Server) MetricsHandler(ctx *fasthttp.RequestCtx) {
+	switch {
+	case string(ctx.Path()) != "/metrics":
+		jsonReply(ctx, 404, map[string]string{"error": "this port serves only /metrics"})
+	case !ctx.IsGet() && !ctx.IsHead():
+		jsonReply(ctx, 405, map[string]string{"error": "use GET"})
+	default:
+		ctx.SetContentType("text/plain; version=0.0.4")
+		metrics.WritePrometheus(ctx, true)
+	}
 }
 
 // Ready is true while the model can serve and the proxy is not draining.
@@ -228,7 +268,7 @@ func (s *Server) deadline(ctx *fasthttp.RequestCtx) (context.Context, context.Ca
 	if ae != nil {
 		return nil, nil, ae
 	}
-	c, cancel := context.WithTimeout(context.Background(), timeout)
+	c, cancel := context.WithTimeout(baseContext(ctx), timeout)
 	return c, cancel, nil
 }
 
@@ -257,7 +297,15 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		}
 		return nil, nil, &apiError{429, "server busy receiving other uploads, retry later", "upload_budget"}
 	}
+	span := childSpan(rctx, "read body")
 	b, ae := read(ctx.RequestBodyStream(), n, make([]byte, 0, n))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.request.body.size", n), attribute.Int("image.bytes", len(b)))
+		if ae != nil {
+			span.SetStatus(codes.Error, ae.msg)
+		}
+	}
+	span.End()
 	if ae != nil {
 		lease.Release()
 		// The body may be half read: never reuse the connection, but
@@ -309,6 +357,9 @@ func skipBody(ctx *fasthttp.RequestCtx, n int) {
 // body without a length (411) or over the route's limit (413) is refused
 // then, and never sent.
 func (s *Server) ExpectHandler(ctx *fasthttp.RequestCtx) int {
+	if _, ok := s.authorize(ctx, routeOf(string(ctx.Path())), true); !ok {
+		return ctx.Response.StatusCode()
+	}
 	limit := s.cfg.MaxBodyBytes
 	if bytes.HasPrefix(ctx.Request.Header.ContentType(), []byte("multipart/")) {
 		limit += multipartSlack

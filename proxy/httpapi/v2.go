@@ -178,6 +178,7 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version s
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+	rep.model = info.Model
 	return rep
 }
 

@@ -12,9 +12,14 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/batchgate/batchgate/batching"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // ErrUnavailable means the runtime cannot take work now: disconnected,
@@ -216,6 +221,9 @@ type Item struct {
 	ModelSHA  string    // the model it was preprocessed for
 	Submitted time.Time // when it entered the batcher
 	Deadline  time.Time // its request's; zero: none
+	// Trace is its request's span, which the batch span links to;
+	// invalid when the request is not traced (NewItem sets it).
+	Trace trace.SpanContext
 }
 
 // Result is one item's outcome.
@@ -224,6 +232,9 @@ type Result struct {
 	BatchSize int
 	QueueWait time.Duration
 	Exec      time.Duration // the batch's execution time in the runtime
+	// BatchSpan is the span of the batch that ran the item, for the
+	// request's queue span to link to; invalid when no member was sampled.
+	BatchSpan trace.SpanContext
 }
 
 // Runner sends batches to the runtime; it implements batching.Runner.
@@ -267,12 +278,22 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		return ErrUnavailable
 	}
 	start := time.Now()
+	span := startBatchSpan(ctx, items, info.ModelSHA256)
+	defer span.End()
+	bsc := span.SpanContext()
+	failed := 0
+	defer func() {
+		if span.IsRecording() && failed > 0 {
+			span.SetStatus(codes.Error, fmt.Sprintf("%d of %d items failed", failed, len(items)))
+		}
+	}()
 	// Items prepared for another model fail alone; the rest go in chunks
 	// of the runtime's max batch size.
 	live := make([]int, 0, len(items))
 	for i, it := range items {
 		if it.ModelSHA != info.ModelSHA256 {
 			results[i].Err = ErrModelChanged
+			failed++
 			continue
 		}
 		live = append(live, i)
@@ -289,7 +310,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		for _, i := range chunk {
 			in = append(in, items[i].Tensor...)
 		}
-		res, err := c.Run(bctx, len(chunk), in)
+		res, err := c.RunTraced(bctx, len(chunk), in, tracing.ToWire(bsc))
 		capped := errors.Is(context.Cause(bctx), errBatchTimeout)
 		expired := bctx.Err() != nil // before cancel, which ends bctx anyway
 		cancel()
@@ -316,13 +337,16 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 			for _, i := range chunk {
 				results[i].Err = err
 			}
+			failed += len(chunk)
 			continue
 		}
 		exec := time.Duration(res.ExecNanos)
+		span.SetAttributes(attribute.Float64("runtime.exec_ms", float64(exec.Microseconds())/1000))
 		r.metrics.RuntimeSeconds.Update(exec.Seconds())
 		for k, i := range chunk {
 			if res.Errors[k] != "" {
 				results[i].Err = &ItemError{Msg: res.Errors[k]}
+				failed++
 				continue
 			}
 			results[i].Value = &Result{
@@ -331,6 +355,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 				BatchSize: len(chunk),
 				QueueWait: start.Sub(items[i].Submitted),
 				Exec:      exec,
+				BatchSpan: bsc,
 			}
 		}
 	}

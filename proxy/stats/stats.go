@@ -27,6 +27,7 @@ var Reasons = []string{
 	"queue_full", "decode_queue_full", "upload_budget", "decode_memory", "deadline", "unavailable",
 	"unsupported_format", "too_many_pixels", "body_too_large", "length_required", "corrupt_image",
 	"bad_request", "bad_tensor", "not_found", "method_not_allowed", "cancelled", "internal",
+	"auth_missing", "auth_invalid", "auth_scope", "auth_rate",
 }
 
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}

@@ -26,7 +26,13 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // Model runs one batch: n images in, n*classes scores out.
@@ -107,6 +113,7 @@ func New(model Model, cfg Config) *Server {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Info.ProtocolVersion = wire.Version
+	cfg.Info.TraceContext = wire.TraceContextVersion
 	s := &Server{
 		cfg: cfg, model: model, log: cfg.Logger,
 		jobs:  make(chan job, cfg.QueueCapacity),
@@ -367,6 +374,7 @@ func (s *Server) run(j job) {
 		s.runningSince.Store(0)
 		s.lastFinish.Store(end.UnixNano())
 		res.ExecNanos = uint64(end.Sub(start))
+		s.traceRun(b, len(valid), start, end, err)
 		if err != nil {
 			s.log.Error("batch failed", "batch_size", len(valid), "error", err)
 			s.replyError(j.c, b.ID, wire.CodeInternal, "model failed on the batch")
@@ -380,6 +388,35 @@ func (s *Server) run(j job) {
 	}
 	j.c.write(func(buf []byte) []byte { return wire.AppendResult(buf, res) })
 }
+
+// traceRun records the model's run of a batch as a span under the proxy's
+// batch span, when the batch carried a sampled trace context. The process's
+// tracer provider (tracing.Start) exports it; with tracing off it is a
+// no-op.
+func (s *Server) traceRun(b wire.Batch, n int, start, end time.Time, err error) {
+	sc := tracing.FromWire(b.Trace)
+	if !sc.IsSampled() {
+		return
+	}
+	info := &s.cfg.Info
+	ctx := trace.ContextWithRemoteSpanContext(context.Background(), sc)
+	_, span := tracer.Start(ctx, "onnxruntime.run", trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.Int("batch.size", n),
+			attribute.Int("batch.items_rejected", b.N-n),
+			attribute.String("model.name", info.Model),
+			attribute.String("model.sha256", info.ModelSHA256),
+			attribute.String("model.variant", info.Variant),
+			attribute.Int("onnxruntime.threads", info.Threads),
+		))
+	if err != nil {
+		span.SetStatus(codes.Error, "model failed on the batch")
+	}
+	span.End(trace.WithTimestamp(end))
+}
+
+// tracer names the runtime's spans' instrumentation scope.
+var tracer = otel.Tracer("github.com/batchgate/batchgate/runtime/server")
 
 func finite(xs []float32) bool {
 	for _, x := range xs {

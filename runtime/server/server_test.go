@@ -276,7 +276,7 @@ func TestProtocolErrors(t *testing.T) {
 				}
 			} else {
 				// The connection still works after the error.
-				c.Write(wire.AppendBatch(nil, 8, 1, make([]float32, info.ImageSize())))
+				c.Write(wire.AppendBatch(nil, 8, 1, make([]float32, info.ImageSize()), wire.TraceContext{}))
 				if typ, body := c.read(); typ != wire.TypeResult || binary.BigEndian.Uint64(body) != 8 {
 					t.Errorf("after the error, reply type %d, want a result for batch 8", typ)
 				}

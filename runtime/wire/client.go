@@ -100,6 +100,15 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // waits for the result. If ctx ends first, Run returns ctx's error at once;
 // the runtime still runs the batch and its result is dropped.
 func (c *Client) Run(ctx context.Context, n int, images []float32) (*Result, error) {
+	return c.RunTraced(ctx, n, images, TraceContext{})
+}
+
+// RunTraced is Run with the batch span's trace context, sent to runtimes
+// that read it (Info().TraceContext >= 1) and dropped for older ones.
+func (c *Client) RunTraced(ctx context.Context, n int, images []float32, tc TraceContext) (*Result, error) {
+	if c.info.TraceContext < TraceContextVersion {
+		tc = TraceContext{}
+	}
 	if want := n * c.info.ImageSize(); n <= 0 || len(images) != want {
 		return nil, fmt.Errorf("BUG: Run got %d values for %d images of %d", len(images), n, c.info.ImageSize())
 	}
@@ -107,7 +116,7 @@ func (c *Client) Run(ctx context.Context, n int, images []float32) (*Result, err
 	if err != nil {
 		return nil, err
 	}
-	if err := c.send(ctx, func(b []byte) []byte { return AppendBatch(b, id, n, images) }); err != nil {
+	if err := c.send(ctx, func(b []byte) []byte { return AppendBatch(b, id, n, images, tc) }); err != nil {
 		c.unregister(id)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

@@ -12,7 +12,11 @@
 // id. A client may have several batches outstanding; the server runs them one
 // at a time in arrival order. StatsRequest asks for the server's counters.
 //
-// Batch body:  id u64 | n u32 | n*C*H*W float32 (little-endian, NCHW)
+// Batch body:  id u64 | n u32 | n*C*H*W float32 (little-endian, NCHW) |
+// optional trailer
+// Trailer:     tag u8 = 1 (trace context, version 1) | trace_id [16] |
+// span_id [8] | trace_flags u8. A client sends it only to a server whose
+// Info says trace_context >= 1, so older runtimes never see it.
 // Result body: id u64 | exec_ns u64 | n u32 | classes u32 | n items, each
 // status u8 (0 ok: classes float32 follow; 1 error: u16 length + message)
 // Error body:  id u64 | code u16 | message
@@ -89,13 +93,36 @@ type Info struct {
 	Ready         bool       `json:"ready"`
 	ORTVersion    string     `json:"ort_version"`
 	Threads       int        `json:"threads"`
+	// TraceContext is the newest Batch trace trailer the server reads
+	// (TraceContextVersion); 0 from runtimes older than the field, which
+	// must not be sent one.
+	TraceContext int `json:"trace_context,omitempty"`
 }
+
+// TraceContextVersion is the Batch trailer this package writes and reads.
+const TraceContextVersion = 1
+
+// traceTrailer is the size of the version 1 trailer: tag, trace id, span
+// id, flags.
+const traceTrailer = 1 + 16 + 8 + 1
+
+// TraceContext is a W3C trace context (the batch span's) carried by a
+// Batch frame, so the runtime's span joins the proxy's trace. The zero
+// value is none.
+type TraceContext struct {
+	TraceID [16]byte
+	SpanID  [8]byte
+	Flags   byte // W3C trace flags; bit 0: sampled
+}
+
+// IsValid reports whether tc holds a trace: both ids non-zero.
+func (tc TraceContext) IsValid() bool { return tc.TraceID != [16]byte{} && tc.SpanID != [8]byte{} }
 
 // ImageSize is the number of float32 values of one preprocessed image.
 func (i *Info) ImageSize() int { return i.Channels * i.Height * i.Width }
 
 // MaxBatchFrame is the largest Batch frame a server with this Info accepts.
-func (i *Info) MaxBatchFrame() int { return 1 + 12 + i.MaxBatchSize*i.ImageSize()*4 }
+func (i *Info) MaxBatchFrame() int { return 1 + 12 + i.MaxBatchSize*i.ImageSize()*4 + traceTrailer }
 
 // MaxResultFrame bounds the Result frames a client may receive.
 func (i *Info) MaxResultFrame() int {
@@ -209,12 +236,21 @@ func AppendJSON(dst []byte, typ byte, v any) ([]byte, error) {
 	return AppendFrame(dst, typ, func(b []byte) []byte { return append(b, j...) }), nil
 }
 
-// AppendBatch appends a Batch frame for n images held in images.
-func AppendBatch(dst []byte, id uint64, n int, images []float32) []byte {
+// AppendBatch appends a Batch frame for n images held in images, with
+// tc's trailer when tc is valid (send one only to a server whose Info has
+// TraceContext >= 1).
+func AppendBatch(dst []byte, id uint64, n int, images []float32, tc TraceContext) []byte {
 	return AppendFrame(dst, TypeBatch, func(b []byte) []byte {
 		b = binary.BigEndian.AppendUint64(b, id)
 		b = binary.BigEndian.AppendUint32(b, uint32(n))
-		return appendFloats(b, images)
+		b = appendFloats(b, images)
+		if tc.IsValid() {
+			b = append(b, TraceContextVersion)
+			b = append(b, tc.TraceID[:]...)
+			b = append(b, tc.SpanID[:]...)
+			b = append(b, tc.Flags)
+		}
+		return b
 	})
 }
 
@@ -223,6 +259,8 @@ type Batch struct {
 	ID     uint64
 	N      int
 	Images []float32
+	// Trace is the sender's batch span, when the frame carried one.
+	Trace TraceContext
 }
 
 // ParseBatch decodes a Batch body for images of imageSize values and at most
@@ -239,8 +277,17 @@ func ParseBatch(body []byte, imageSize, maxN int) (Batch, uint16, error) {
 		return b, CodeBadRequest, errors.New("batch: holds no images")
 	case b.N > maxN:
 		return b, CodeTooLarge, fmt.Errorf("batch: %d images, max batch size is %d", b.N, maxN)
-	case len(data) != b.N*imageSize*4:
+	case len(data) != b.N*imageSize*4 && len(data) != b.N*imageSize*4+traceTrailer:
 		return b, CodeBadRequest, fmt.Errorf("batch: %d images need %d bytes of tensor data, got %d", b.N, b.N*imageSize*4, len(data))
+	}
+	if t := data[b.N*imageSize*4:]; len(t) > 0 {
+		if t[0] != TraceContextVersion {
+			return b, CodeBadRequest, fmt.Errorf("batch: unknown trailer tag %d (this runtime reads trace context version %d)", t[0], TraceContextVersion)
+		}
+		copy(b.Trace.TraceID[:], t[1:17])
+		copy(b.Trace.SpanID[:], t[17:25])
+		b.Trace.Flags = t[25]
+		data = data[:b.N*imageSize*4]
 	}
 	b.Images = make([]float32, b.N*imageSize)
 	for i := range b.Images {

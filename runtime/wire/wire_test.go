@@ -28,17 +28,42 @@ func TestResultRoundTrip(t *testing.T) {
 
 func TestBatchRoundTrip(t *testing.T) {
 	imgs := []float32{1, 2, 3, 4, 5, 6}
-	frame := AppendBatch(nil, 9, 2, imgs)
-	typ, body, err := ReadFrame(bufio.NewReader(bytes.NewReader(frame)), len(frame), nil)
-	if err != nil || typ != TypeBatch {
-		t.Fatalf("ReadFrame = %d, %v", typ, err)
+	tc := TraceContext{TraceID: [16]byte{1, 2, 3, 15: 16}, SpanID: [8]byte{9, 7: 8}, Flags: 1}
+	for _, want := range []TraceContext{{}, tc} {
+		frame := AppendBatch(nil, 9, 2, imgs, want)
+		typ, body, err := ReadFrame(bufio.NewReader(bytes.NewReader(frame)), len(frame), nil)
+		if err != nil || typ != TypeBatch {
+			t.Fatalf("ReadFrame = %d, %v", typ, err)
+		}
+		if info := (Info{Channels: 1, Height: 1, Width: 3, MaxBatchSize: 2}); len(frame)-4 > info.MaxBatchFrame() {
+			t.Errorf("frame of %d bytes over MaxBatchFrame %d", len(frame)-4, info.MaxBatchFrame())
+		}
+		b, code, err := ParseBatch(body, 3, 2)
+		if err != nil || code != 0 || b.ID != 9 || b.N != 2 || !reflect.DeepEqual(b.Images, imgs) || b.Trace != want {
+			t.Errorf("ParseBatch = %+v, %d, %v; want trace %+v", b, code, err, want)
+		}
+		if _, code, _ := ParseBatch(body, 3, 1); code != CodeTooLarge {
+			t.Errorf("batch of 2 with max 1: code %d, want %d", code, CodeTooLarge)
+		}
 	}
-	b, code, err := ParseBatch(body, 3, 2)
-	if err != nil || code != 0 || b.ID != 9 || b.N != 2 || !reflect.DeepEqual(b.Images, imgs) {
-		t.Errorf("ParseBatch = %+v, %d, %v", b, code, err)
-	}
-	if _, code, _ := ParseBatch(body, 3, 1); code != CodeTooLarge {
-		t.Errorf("batch of 2 with max 1: code %d, want %d", code, CodeTooLarge)
+}
+
+// TestBatchTrailer: a trailer of an unknown version, or of the wrong size,
+// is refused with CodeBadRequest, never read as tensor data.
+func TestBatchTrailer(t *testing.T) {
+	tc := TraceContext{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Flags: 1}
+	body := AppendBatch(nil, 9, 1, []float32{1, 2, 3}, tc)[5:]
+	for _, tt := range []struct {
+		name string
+		body []byte
+	}{
+		{"unknown tag", func() []byte { b := bytes.Clone(body); b[12+12] = 2; return b }()},
+		{"short trailer", body[:len(body)-1]},
+		{"long trailer", append(bytes.Clone(body), 0)},
+	} {
+		if _, code, err := ParseBatch(tt.body, 3, 1); err == nil || code != CodeBadRequest {
+			t.Errorf("%s: ParseBatch = %d, %v; want CodeBadRequest", tt.name, code, err)
+		}
 	}
 }
 
@@ -54,7 +79,8 @@ func TestReadFrameLimit(t *testing.T) {
 // frame that decodes must re-encode to the same bytes.
 func FuzzDecode(f *testing.F) {
 	f.Add(AppendResult(nil, &Result{ID: 1, Classes: 2, Scores: []float32{1, 2}, Errors: []string{""}}))
-	f.Add(AppendBatch(nil, 3, 1, []float32{1, 2, 3}))
+	f.Add(AppendBatch(nil, 3, 1, []float32{1, 2, 3}, TraceContext{}))
+	f.Add(AppendBatch(nil, 3, 1, []float32{1, 2, 3}, TraceContext{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Flags: 1}))
 	f.Add(AppendError(nil, &Error{ID: 4, Code: CodeInternal, Message: "x"}))
 	f.Add(AppendHello(nil, Version))
 	f.Add([]byte{0, 0, 0, 1, TypeResult})

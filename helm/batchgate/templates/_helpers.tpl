@@ -109,6 +109,9 @@ true
 {{- if lt (int .Values.runtime.maxBatchSize) (int .Values.proxy.maxBatchSize) -}}
 {{- fail (printf "batchgate: runtime.maxBatchSize %v < proxy.maxBatchSize %v: the runtime would refuse the proxy's batches" .Values.runtime.maxBatchSize .Values.proxy.maxBatchSize) -}}
 {{- end -}}
+{{- if eq (int .Values.monitoring.metricsPort) (int .Values.service.port) -}}
+{{- fail (printf "batchgate: monitoring.metricsPort %v equals service.port: the proxy serves /metrics on a port of its own (METRICS_PORT must differ from PORT)" .Values.monitoring.metricsPort) -}}
+{{- end -}}
 {{- $pm := .Values.monitoring.podMonitor.enabled -}}
 {{- if and (kindIs "bool" $pm) $pm .Values.monitoring.serviceMonitor.enabled -}}
 {{- fail "batchgate: monitoring.podMonitor.enabled and monitoring.serviceMonitor.enabled are both true: every pod would be scraped twice; choose one" -}}
@@ -235,11 +238,44 @@ become the file's snake_case ones.
 {{- end -}}
 
 {{/*
+The OpenTelemetry environment (docs/tracing.md) of one container, as env
+entries; nothing while tracing.endpoint is empty. Takes a dict: root,
+service (OTEL_SERVICE_NAME), container (its name), attrs (further resource
+attributes of this container, a dict). OTEL_RESOURCE_ATTRIBUTES names the
+namespace and pod through the downward API ($(VAR) expands env entries
+defined above it), then the container, attrs and
+tracing.resourceAttributes (which win on a clash), sorted by key.
+OTEL_TRACES_SAMPLER_ARG goes with the ratio samplers only.
+*/}}
+{{- define "batchgate.tracingEnv" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if $t.endpoint -}}
+{{- $attrs := dict "k8s.namespace.name" "$(K8S_NAMESPACE_NAME)" "k8s.pod.name" "$(K8S_POD_NAME)" "k8s.container.name" .container -}}
+{{- range $k, $v := .attrs }}{{ $_ := set $attrs $k (toString $v) }}{{ end -}}
+{{- range $k, $v := $t.resourceAttributes }}{{ $_ := set $attrs $k (toString $v) }}{{ end -}}
+{{- $pairs := list -}}
+{{- range $k := keys $attrs | sortAlpha }}{{ $pairs = append $pairs (printf "%s=%s" $k (get $attrs $k)) }}{{ end -}}
+- name: K8S_NAMESPACE_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: K8S_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ $t.endpoint | quote }}}
+- {name: OTEL_SERVICE_NAME, value: {{ .service | quote }}}
+- {name: OTEL_TRACES_SAMPLER, value: {{ $t.sampler | quote }}}
+{{- if hasSuffix "traceidratio" $t.sampler }}
+- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ $t.ratio | toString | quote }}}
+{{- end }}
+- {name: OTEL_RESOURCE_ATTRIBUTES, value: {{ join "," $pairs | quote }}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 A runtime container, as a native sidecar (an init container that keeps
 running). The single runtime and every version of `models` are rendered
-from it, so they share image settings, env, probes and security. Takes a
-dict: root, name, socket, image, resources, variant, modelPath ("": the
-model baked into the image), cacheDir, modelName ("": the runtime's own).
+from it, so they share image settings, env (tracing included), probes and
+security. Takes a dict: root, name, socket, image, resources, variant,
+modelPath ("": the model baked into the image), cacheDir, modelName ("":
+the runtime's own), version (with `models`: the version it serves).
 */}}
 {{- define "batchgate.runtimeContainer" -}}
 {{- $root := .root -}}
@@ -262,6 +298,10 @@ model baked into the image), cacheDir, modelName ("": the runtime's own).
     {{- with .modelName }}
     - {name: MODEL_NAME, value: {{ . | quote }}}
     {{- end }}
+    {{- $attrs := dict "batchgate.model.variant" .variant -}}
+    {{- with .version }}{{ $_ := set $attrs "batchgate.model.version" . }}{{ end -}}
+    {{- with .modelName }}{{ $_ := set $attrs "batchgate.model.name" . }}{{ end -}}
+    {{- with include "batchgate.tracingEnv" (dict "root" $root "service" "batchgate-runtime" "container" .name "attrs" $attrs) }}{{ . | nindent 4 }}{{ end }}
     {{- with $root.Values.runtime.extraEnv }}{{ toYaml . | nindent 4 }}{{ end }}
   # Ready means model loaded and every batch size warmed up; the
   # proxy starts only then. Budget: modelLoadSeconds + n(n+1)/2

@@ -1,0 +1,392 @@
+// Package auth checks API keys: their scopes and per-key rate limits,
+// against a keys file that is polled and reloaded when it changes. It knows
+// nothing of HTTP routes: package httpapi maps routes to scopes and answers
+// the decisions (docs/auth.md).
+//
+// A key, as a client presents it, is "<id>.<secret>": the id names the key
+// in logs and metrics, and the secret is 32 random bytes in base64url. The
+// keys file holds only the sha256 of each secret; this package never keeps
+// a presented secret, and compares digests in constant time.
+//
+// An Authenticator owns the current keys (swapped atomically on reload),
+// one rate limiter per limited key (created on first use, dropped when idle
+// or when its key goes), and its metrics. It starts no goroutine: Run polls
+// the file on its caller's goroutine.
+package auth
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/time/rate"
+)
+
+// Decision is Check's answer.
+type Decision struct {
+	// KeyID is the key's id once its secret is verified (allowed, 403 or
+	// 429); "" otherwise, so a guessed id is never logged as a key.
+	KeyID string
+	// Status is 0 when allowed, or the HTTP status: 401 (no key or a bad
+	// one), 403 (the key lacks the scope) or 429 (over its rate).
+	Status int
+	// Reason is why it was refused: one of the Reason constants.
+	Reason string
+	// RetryAfter is, with 429, when the key may send again.
+	RetryAfter time.Duration
+}
+
+// Allowed reports whether the request may go on.
+func (d Decision) Allowed() bool { return d.Status == 0 }
+
+// Why a request was refused: Decision.Reason, and the reason label of
+// auth_rejected_total.
+const (
+	ReasonMissing   = "missing"     // no Authorization or X-API-Key (401)
+	ReasonMalformed = "malformed"   // not "Bearer <id>.<secret>" or "<id>.<secret>" (401)
+	ReasonUnknown   = "unknown_key" // no key with that id (401)
+	ReasonSecret    = "bad_secret"  // the id's secret is not that (401)
+	ReasonScope     = "scope"       // the key lacks the route's scope (403)
+	ReasonRate      = "rate"        // the key is over its rate (429)
+)
+
+// Config configures an Authenticator. Its zero value is usable: no file to
+// watch, nothing logged, metrics in a private set.
+type Config struct {
+	// File is the keys file Run polls; "": Run returns at once.
+	File string
+	// Poll is how often Run reads the file. Default 2s.
+	Poll time.Duration
+	// Log receives reloads and rejected files; never a secret. Default:
+	// discarded.
+	Log *slog.Logger
+	// Metrics receives the auth_* metrics. One Authenticator per Set.
+	// Default: a private Set.
+	Metrics *metrics.Set
+}
+
+// Idle limiters are dropped lazily: a limiter unused for limiterIdle (and
+// full again) is dropped by the sweep that Check runs at most once per
+// sweepEvery.
+const (
+	limiterIdle = 10 * time.Minute
+	sweepEvery  = time.Minute
+)
+
+// Authenticator checks API keys against the current keys file. It is safe
+// for concurrent use.
+type Authenticator struct {
+	cfg     Config
+	state   atomic.Pointer[state]
+	last    [32]byte   // sha256 of the file content seen last; only Run touches it
+	applyMu sync.Mutex // serializes apply
+
+	mu        sync.Mutex // guards buckets and lastSweep
+	buckets   map[string]*bucket
+	lastSweep time.Time
+
+	rejected map[string]*metrics.Counter // by reason, for the reasons without a key
+	reloads  struct{ applied, rejected *metrics.Counter }
+}
+
+// state is one keys file, ready to check against.
+type state struct {
+	keys *Keys
+	byID map[string]*live
+}
+
+// live is a key and its metrics.
+type live struct {
+	id                         string
+	digest                     [32]byte
+	scopes                     scopeSet
+	limited                    bool
+	limit                      rate.Limit
+	burst                      int
+	allowed, rejScope, rejRate *metrics.Counter
+}
+
+// bucket is a limited key's limiter and the limit it was set to.
+type bucket struct {
+	lim   *rate.Limiter
+	limit rate.Limit
+	burst int
+	last  time.Time // last used
+}
+
+// dummyDigest is compared with when the id is unknown, so an unknown id
+// costs the same work as a wrong secret. No key is ever accepted against it.
+var dummyDigest = sha256.Sum256([]byte("batchgate: no key has this digest"))
+
+// New returns an Authenticator checking keys (nil: no key is accepted), the
+// file content whose sha256 is sum; Run reloads the file when its content
+// differs from sum.
+func New(keys *Keys, sum [32]byte, cfg Config) *Authenticator {
+	if cfg.Poll <= 0 {
+		cfg.Poll = 2 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
+	if keys == nil {
+		keys = &Keys{}
+	}
+	a := &Authenticator{cfg: cfg, last: sum, buckets: map[string]*bucket{}, rejected: map[string]*metrics.Counter{}}
+	for _, r := range []string{ReasonMissing, ReasonMalformed, ReasonUnknown, ReasonSecret} {
+		a.rejected[r] = cfg.Metrics.GetOrCreateCounter(fmt.Sprintf(`auth_rejected_total{reason=%q}`, r))
+	}
+	a.reloads.applied = cfg.Metrics.GetOrCreateCounter(`auth_reloads_total{result="applied"}`)
+	a.reloads.rejected = cfg.Metrics.GetOrCreateCounter(`auth_reloads_total{result="rejected"}`)
+	cfg.Metrics.NewGauge("auth_keys", func() float64 { return float64(a.state.Load().keys.Len()) })
+	a.state.Store(a.build(keys))
+	return a
+}
+
+// Keys returns the keys in use now.
+func (a *Authenticator) Keys() *Keys { return a.state.Load().keys }
+
+// build indexes keys and creates their metrics.
+func (a *Authenticator) build(keys *Keys) *state {
+	st := &state{keys: keys, byID: make(map[string]*live, keys.Len())}
+	set := a.cfg.Metrics
+	for _, k := range keys.list {
+		l := &live{id: k.ID, digest: k.digest, scopes: k.scopes, limited: k.Rate > 0, limit: rate.Limit(k.Rate), burst: k.Burst}
+		l.allowed, l.rejScope, l.rejRate = set.GetOrCreateCounter(keyMetric(requestsMetric, k.ID, "")),
+			set.GetOrCreateCounter(keyMetric(rejectedMetric, k.ID, ReasonScope)),
+			set.GetOrCreateCounter(keyMetric(rejectedMetric, k.ID, ReasonRate))
+		st.byID[k.ID] = l
+	}
+	return st
+}
+
+const (
+	requestsMetric = "auth_requests_total"
+	rejectedMetric = "auth_rejected_total"
+)
+
+func keyMetric(name, id, reason string) string {
+	if reason == "" {
+		return fmt.Sprintf(`%s{key=%q}`, name, id)
+	}
+	return fmt.Sprintf(`%s{reason=%q,key=%q}`, name, reason, id)
+}
+
+// Check checks a request's key for scope. authorization is the raw
+// Authorization header ("Bearer <key>", the scheme in any case, one space),
+// apiKey the raw X-API-Key header (the key itself); Authorization wins when
+// both are sent, and an empty header counts as absent. With take, an
+// allowed request also takes a token from its key's limiter and is counted
+// as allowed; without (before a request's body is sent) only the key and
+// the scope are checked. Refusals are counted either way.
+//
+// An unknown scope is held by no key: 403.
+func (a *Authenticator) Check(authorization, apiKey []byte, scope Scope, take bool) Decision {
+	raw := apiKey
+	if len(authorization) > 0 {
+		var ok bool
+		if raw, ok = bearer(authorization); !ok {
+			return a.refuse(ReasonMalformed)
+		}
+	}
+	if len(raw) == 0 {
+		return a.refuse(ReasonMissing)
+	}
+	id, secret, ok := splitKey(raw)
+	if !ok {
+		return a.refuse(ReasonMalformed)
+	}
+	st := a.state.Load()
+	k := st.byID[string(id)] // no allocation
+	want := &dummyDigest
+	if k != nil {
+		want = &k.digest
+	}
+	got := sha256.Sum256(secret)
+	match := digestsEqual(&got, want)
+	switch {
+	case k == nil:
+		return a.refuse(ReasonUnknown)
+	case !match:
+		return a.refuse(ReasonSecret)
+	case k.scopes&scope.bit() == 0:
+		k.rejScope.Inc()
+		return Decision{KeyID: k.id, Status: 403, Reason: ReasonScope}
+	}
+	if !take {
+		return Decision{KeyID: k.id}
+	}
+	if k.limited {
+		if d := a.take(k, time.Now()); d > 0 {
+			k.rejRate.Inc()
+			return Decision{KeyID: k.id, Status: 429, Reason: ReasonRate, RetryAfter: d}
+		}
+	}
+	k.allowed.Inc()
+	return Decision{KeyID: k.id}
+}
+
+func (a *Authenticator) refuse(reason string) Decision {
+	a.rejected[reason].Inc()
+	return Decision{Status: 401, Reason: reason}
+}
+
+// digestsEqual compares two sha256 digests in constant time: both are 32
+// bytes, whatever the length of the secret presented.
+func digestsEqual(a, b *[32]byte) bool { return subtle.ConstantTimeCompare(a[:], b[:]) == 1 }
+
+// bearer returns the key of an Authorization value "Bearer <key>".
+func bearer(v []byte) ([]byte, bool) {
+	const scheme = "bearer "
+	if len(v) <= len(scheme) || !bytes.EqualFold(v[:len(scheme)], []byte(scheme)) {
+		return nil, false
+	}
+	return v[len(scheme):], true
+}
+
+// Secrets are base64url without padding; GenerateKey's are 43 characters.
+const (
+	minSecret = 16
+	maxSecret = 128
+)
+
+// splitKey splits "<id>.<secret>" at the first '.' and checks both parts'
+// alphabets and lengths.
+func splitKey(key []byte) (id, secret []byte, ok bool) {
+	i := bytes.IndexByte(key, '.')
+	if i < 1 || i > 64 {
+		return nil, nil, false
+	}
+	id, secret = key[:i], key[i+1:]
+	if len(secret) < minSecret || len(secret) > maxSecret {
+		return nil, nil, false
+	}
+	for _, c := range id {
+		if !base64URL(c) {
+			return nil, nil, false
+		}
+	}
+	for _, c := range secret {
+		if !base64URL(c) {
+			return nil, nil, false
+		}
+	}
+	return id, secret, true
+}
+
+// base64URL reports whether c is in the base64url alphabet, which is also
+// the ids' alphabet.
+func base64URL(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
+}
+
+// take takes a token of k's limiter at now, and returns 0, or how long
+// until one is free.
+func (a *Authenticator) take(k *live, now time.Time) time.Duration {
+	a.mu.Lock()
+	if now.Sub(a.lastSweep) >= sweepEvery {
+		a.sweepLocked(now)
+	}
+	b := a.buckets[k.id]
+	switch {
+	case b == nil:
+		b = &bucket{lim: rate.NewLimiter(k.limit, k.burst), limit: k.limit, burst: k.burst}
+		a.buckets[k.id] = b
+	case b.limit != k.limit || b.burst != k.burst:
+		// A reload changed the key's limit (apply usually got here first).
+		b.setLocked(now, k.limit, k.burst)
+	}
+	b.last = now
+	lim := b.lim
+	a.mu.Unlock()
+
+	if lim.AllowN(now, 1) {
+		return 0
+	}
+	// How long until a token is free: a reservation says, and is given
+	// back. It may find the token refilled since AllowN: then it is taken.
+	r := lim.ReserveN(now, 1)
+	if !r.OK() { // burst is at least 1: never
+		return time.Second
+	}
+	d := r.DelayFrom(now)
+	if d > 0 {
+		r.CancelAt(now)
+	}
+	return d
+}
+
+func (b *bucket) setLocked(now time.Time, limit rate.Limit, burst int) {
+	b.lim.SetLimitAt(now, limit)
+	b.lim.SetBurstAt(now, burst)
+	b.limit, b.burst = limit, burst
+}
+
+// sweepLocked drops the limiters unused for limiterIdle and full again: a
+// new one would start full too, so dropping them changes nothing.
+func (a *Authenticator) sweepLocked(now time.Time) {
+	a.lastSweep = now
+	for id, b := range a.buckets {
+		if now.Sub(b.last) >= limiterIdle && b.lim.TokensAt(now) >= float64(b.burst) {
+			delete(a.buckets, id)
+		}
+	}
+}
+
+// limiters is the number of limiters held (for tests).
+func (a *Authenticator) limiters() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.buckets)
+}
+
+// apply makes keys the current keys: requests checked from now on use
+// them, requests already checked finish. A changed rate or burst applies
+// to the key's limiter at once; a removed key's limiter and metrics go.
+func (a *Authenticator) apply(keys *Keys) {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	old := a.state.Load()
+	st := a.build(keys)
+	a.state.Store(st)
+
+	var added, removed, changed int
+	for id, k := range st.byID {
+		o := old.byID[id]
+		switch {
+		case o == nil:
+			added++
+		case o.digest != k.digest || o.scopes != k.scopes || o.limit != k.limit || o.burst != k.burst:
+			changed++
+		}
+	}
+	for id := range old.byID {
+		if st.byID[id] == nil {
+			removed++
+			for _, name := range []string{keyMetric(requestsMetric, id, ""),
+				keyMetric(rejectedMetric, id, ReasonScope), keyMetric(rejectedMetric, id, ReasonRate)} {
+				a.cfg.Metrics.UnregisterMetric(name)
+			}
+		}
+	}
+	now := time.Now()
+	a.mu.Lock()
+	for id, b := range a.buckets {
+		switch k := st.byID[id]; {
+		case k == nil || !k.limited:
+			delete(a.buckets, id)
+		case b.limit != k.limit || b.burst != k.burst:
+			b.setLocked(now, k.limit, k.burst)
+		}
+	}
+	a.mu.Unlock()
+	a.cfg.Log.Info("API keys applied", "keys", keys.Len(), "added", added, "removed", removed, "changed", changed)
+}

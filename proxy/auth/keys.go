@@ -1,0 +1,262 @@
+package auth
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Limits on the keys file: they bound its memory, the limiters and the
+// metrics' key label.
+const (
+	MaxKeys     = 10000
+	MaxFileSize = 4 << 20
+	// MaxRate is the highest rate a key may set; leave rate out for no
+	// limit.
+	MaxRate = 1e6
+)
+
+// Scope is what a key may do: Predict or Metadata.
+type Scope string
+
+// The scopes. Routes are mapped to scopes by package httpapi (docs/auth.md).
+const (
+	// Predict: POST /predict and the OIP infer routes.
+	Predict Scope = "predict"
+	// Metadata: the OIP server and model metadata and model readiness.
+	Metadata Scope = "metadata"
+)
+
+// scopeSet is a set of scopes as bits.
+type scopeSet uint8
+
+// bit is s's bit, 0 for an unknown scope (which no key holds).
+func (s Scope) bit() scopeSet {
+	switch s {
+	case Predict:
+		return 1
+	case Metadata:
+		return 2
+	}
+	return 0
+}
+
+// ParseScopes reads a comma-separated list of scopes, such as
+// "predict,metadata".
+func ParseScopes(s string) ([]Scope, error) {
+	var out []Scope
+	var seen scopeSet
+	for f := range strings.SplitSeq(s, ",") {
+		sc := Scope(strings.TrimSpace(f))
+		b := sc.bit()
+		switch {
+		case b == 0:
+			return nil, fmt.Errorf("unknown scope %.20q: want %s or %s", sc, Predict, Metadata)
+		case seen&b != 0:
+			return nil, fmt.Errorf("scope %q listed twice", sc)
+		}
+		seen |= b
+		out = append(out, sc)
+	}
+	return out, nil
+}
+
+// Key is one entry of the keys file. It holds the sha256 of the key's
+// secret, never the secret.
+type Key struct {
+	// ID names the key in requests' logs and metrics: 1-64 letters,
+	// digits, '_' or '-'.
+	ID string `yaml:"id" json:"id"`
+	// SHA256 is the hex sha256 of the key's secret (the part after the
+	// '.'), 64 hex digits.
+	SHA256 string `yaml:"sha256" json:"sha256"`
+	// Scopes are what the key may do; at least one.
+	Scopes []Scope `yaml:"scopes" json:"scopes"`
+	// Rate is the key's requests per second; 0: unlimited.
+	Rate float64 `yaml:"rate" json:"rate,omitempty"`
+	// Burst is how many requests may come at once; with a rate, default
+	// max(1, ceil(rate)). Ignored without a rate.
+	Burst int `yaml:"burst" json:"burst,omitempty"`
+
+	digest [32]byte
+	scopes scopeSet
+}
+
+// Entry is k as an item of the keys file's `keys:` list, ready to paste:
+// Parse of "keys:\n" and entries reads them back.
+func (k Key) Entry() string {
+	var b strings.Builder
+	scopes := make([]string, len(k.Scopes))
+	for i, s := range k.Scopes {
+		scopes[i] = string(s)
+	}
+	fmt.Fprintf(&b, "  - id: %s\n    sha256: %s\n    scopes: [%s]\n", k.ID, k.SHA256, strings.Join(scopes, ", "))
+	if k.Rate != 0 {
+		fmt.Fprintf(&b, "    rate: %s\n", strconv.FormatFloat(k.Rate, 'g', -1, 64))
+	}
+	if k.Burst != 0 {
+		fmt.Fprintf(&b, "    burst: %d\n", k.Burst)
+	}
+	return b.String()
+}
+
+// Keys is a parsed, validated keys file. It is immutable.
+type Keys struct {
+	list []Key
+}
+
+// Len is the number of keys.
+func (k *Keys) Len() int {
+	if k == nil {
+		return 0
+	}
+	return len(k.list)
+}
+
+// Key returns the key called id, with its defaults filled in.
+func (k *Keys) Key(id string) (Key, bool) {
+	if k != nil {
+		for _, key := range k.list {
+			if key.ID == id {
+				return key, true
+			}
+		}
+	}
+	return Key{}, false
+}
+
+// idPattern is an id: no '.', which separates it from the secret.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Parse reads and validates a keys file, YAML or JSON:
+//
+//	keys:
+//	  - id: team-a
+//	    sha256: 3f1c...        # hex sha256 of the secret part
+//	    scopes: [predict, metadata]
+//	    rate: 20               # requests/second; 0 or absent: unlimited
+//	    burst: 40              # default max(1, ceil(rate))
+//
+// Its errors list every problem with its entry, one line each, and never
+// show a value that might be a secret pasted in the wrong place.
+func Parse(data []byte) (*Keys, error) {
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("keys file is %d bytes; the limit is %d", len(data), MaxFileSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a misspelt key is an error, not a silent default
+	var f struct {
+		Keys []Key `yaml:"keys"`
+	}
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("keys file is empty: list the keys under `keys:` (see docs/auth.md)")
+		}
+		return nil, fmt.Errorf("keys file is not valid YAML or JSON for the keys schema (see docs/auth.md): %w", err)
+	}
+	if f.Keys == nil {
+		return nil, errors.New("keys file has no `keys:` list: add one (`keys: []` refuses every key)")
+	}
+	if len(f.Keys) > MaxKeys {
+		return nil, fmt.Errorf("keys file lists %d keys; the limit is %d", len(f.Keys), MaxKeys)
+	}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	ids := make(map[string]int, len(f.Keys))
+	digests := make(map[[32]byte]int, len(f.Keys))
+	for i := range f.Keys {
+		k := &f.Keys[i]
+		where := fmt.Sprintf("keys[%d]", i)
+		validID := idPattern.MatchString(k.ID)
+		if validID {
+			where += fmt.Sprintf(" (%q)", k.ID)
+		}
+		switch {
+		case k.ID == "":
+			bad("%s: id is required", where)
+		case strings.Contains(k.ID, "."):
+			bad("%s: id has a '.' (%d characters, not shown): is it a whole key? Put only the part before the '.' here, and the sha256 of the part after it under sha256", where, len(k.ID))
+		case !validID:
+			bad("%s: id must be 1-64 letters, digits, '_' or '-' (it has %d characters, not shown)", where, len(k.ID))
+		default:
+			if j, dup := ids[k.ID]; dup {
+				bad("%s: id already used by keys[%d]", where, j)
+			}
+			ids[k.ID] = i
+		}
+		if !decodeDigest(&k.digest, k.SHA256) {
+			hint := ""
+			if strings.Contains(k.SHA256, ".") || len(k.SHA256) == 43 {
+				hint = "; it looks like a key or a secret: never put those in the file"
+			}
+			bad("%s: sha256 must be the 64 hex digits of the sha256 of the key's secret (the part after the '.'); it has %d characters, not shown%s", where, len(k.SHA256), hint)
+		} else {
+			k.SHA256 = strings.ToLower(k.SHA256)
+			if j, dup := digests[k.digest]; dup {
+				bad("%s: same sha256 as keys[%d]: every key needs its own secret", where, j)
+			} else {
+				digests[k.digest] = i
+			}
+		}
+		if len(k.Scopes) == 0 {
+			bad("%s: scopes is empty: list %s, %s or both", where, Predict, Metadata)
+		}
+		for _, s := range k.Scopes {
+			b := s.bit()
+			switch {
+			case b == 0:
+				bad("%s: unknown scope %.20q: want %s or %s", where, s, Predict, Metadata)
+			case k.scopes&b != 0:
+				bad("%s: scope %q listed twice", where, s)
+			}
+			k.scopes |= b
+		}
+		switch {
+		case math.IsNaN(k.Rate) || k.Rate < 0 || k.Rate > MaxRate:
+			bad("%s: rate %v: want requests per second in [0, %d]; leave it out (or 0) for no limit", where, k.Rate, int(MaxRate))
+		case k.Burst < 0:
+			bad("%s: burst %d: want at least 1 (default max(1, ceil(rate)))", where, k.Burst)
+		case k.Rate > 0 && k.Burst == 0:
+			k.Burst = max(1, int(math.Ceil(k.Rate)))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid keys file:\n%w", errors.Join(errs...))
+	}
+	return &Keys{list: f.Keys}, nil
+}
+
+// decodeDigest decodes 64 hex digits into d.
+func decodeDigest(d *[32]byte, s string) bool {
+	if len(s) != 2*len(d) {
+		return false
+	}
+	n, err := hex.Decode(d[:], []byte(s))
+	return err == nil && n == len(d)
+}
+
+// Load reads and parses the keys file at path, and returns its sha256 too.
+// Symbolic links are followed: a Kubernetes Secret volume swaps its ..data
+// link on update, and the file read is always the whole new one.
+func Load(path string) (*Keys, [32]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, [32]byte{}, fmt.Errorf("cannot read the keys file (AUTH_KEYS_FILE): %w", err)
+	}
+	sum := sha256.Sum256(data)
+	k, err := Parse(data)
+	if err != nil {
+		return nil, sum, fmt.Errorf("%s: %w", path, err)
+	}
+	return k, sum, nil
+}

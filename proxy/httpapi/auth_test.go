@@ -1,0 +1,473 @@
+package httpapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/batchgate/batchgate/proxy/auth"
+)
+
+// authKeys are the test's API keys: full (every scope), meta (metadata
+// only) and slow (predict, one request per 1000 s).
+type authKeys struct {
+	full, meta, slow string
+	entries          []auth.Key
+}
+
+func newAuthKeys(t *testing.T) authKeys {
+	t.Helper()
+	var k authKeys
+	for _, e := range []struct {
+		dst    *string
+		id     string
+		scopes []auth.Scope
+		rate   float64
+	}{
+		{&k.full, "full", []auth.Scope{auth.Predict, auth.Metadata}, 0},
+		{&k.meta, "meta", []auth.Scope{auth.Metadata}, 0},
+		{&k.slow, "slow", []auth.Scope{auth.Predict}, 0.001},
+	} {
+		key, sum, err := auth.GenerateKey(e.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*e.dst = key
+		k.entries = append(k.entries, auth.Key{ID: e.id, SHA256: sum, Scopes: e.scopes, Rate: e.rate})
+	}
+	return k
+}
+
+func keysFileData(entries ...auth.Key) []byte {
+	b := []byte("keys:\n")
+	for _, e := range entries {
+		b = append(b, e.Entry()...)
+	}
+	return b
+}
+
+// writeKeysFile replaces path's content atomically, as a Secret volume's
+// swap does.
+func writeKeysFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// authServer is a test server checking keys from a keys file in a
+// temporary directory.
+type authServer struct {
+	*testServer
+	keys    authKeys
+	path    string
+	auth    *auth.Authenticator
+	authSet *metrics.Set
+}
+
+func startAuthServer(t *testing.T, poll time.Duration) *authServer {
+	t.Helper()
+	keys := newAuthKeys(t)
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	writeKeysFile(t, path, keysFileData(keys.entries...))
+	parsed, sum, err := auth.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := metrics.NewSet()
+	a := auth.New(parsed, sum, auth.Config{File: path, Poll: poll, Metrics: set})
+	ts := startServer(t, func(c *Config) { c.Auth = a })
+	return &authServer{testServer: ts, keys: keys, path: path, auth: a, authSet: set}
+}
+
+func (as *authServer) authCounter(name string) float64 {
+	var buf bytes.Buffer
+	as.authSet.WritePrometheus(&buf)
+	for l := range strings.SplitSeq(buf.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+func withHeader(req *http.Request, kv ...string) *http.Request {
+	for i := 0; i+1 < len(kv); i += 2 {
+		req.Header.Set(kv[i], kv[i+1])
+	}
+	return req
+}
+
+func TestAuth(t *testing.T) {
+	ts := startAuthServer(t, time.Hour)
+	k := ts.keys
+	_, fullSecret, _ := strings.Cut(k.full, ".")
+	infer := []byte(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}]}`)
+	png := []byte("png")
+	for i, tc := range []struct {
+		name   string
+		req    *http.Request
+		status int
+		keyID  string // in the request log
+	}{
+		{"no key", ts.post("/predict", "image/png", png), 401, ""},
+		{"wrong secret", withHeader(ts.post("/predict", "image/png", png), "Authorization", "Bearer full."+strings.Repeat("A", 43)), 401, ""},
+		{"unknown id", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", "nobody."+fullSecret), 401, ""},
+		{"another key's secret", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", "meta."+fullSecret), 401, ""},
+		{"malformed", withHeader(ts.post("/predict", "image/png", png), "Authorization", "Basic dXNlcjpwYXNz"), 401, ""},
+		{"Bearer", withHeader(ts.post("/predict", "image/png", png), "Authorization", "Bearer "+k.full), 200, "full"},
+		{"bearer in lower case", withHeader(ts.post("/predict", "image/png", png), "Authorization", "bearer "+k.full), 200, "full"},
+		{"X-API-Key", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", k.full), 200, "full"},
+		{"Authorization wins", withHeader(ts.post("/predict", "image/png", png), "Authorization", "Bearer "+k.full, "X-API-Key", "junk"), 200, "full"},
+		{"without the scope", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", k.meta), 403, "meta"},
+		{"infer without the scope", withHeader(ts.post("/v2/models/resnet50/infer", "application/json", infer), "X-API-Key", k.meta), 403, "meta"},
+		{"infer", withHeader(ts.post("/v2/models/resnet50/infer", "application/json", infer), "X-API-Key", k.full), 200, "full"},
+		{"infer without a key", ts.post("/v2/models/resnet50/infer", "application/json", infer), 401, ""},
+		{"server metadata", withHeader(ts.get("/v2"), "X-API-Key", k.meta), 200, "meta"},
+		{"server metadata without a key", ts.get("/v2"), 401, ""},
+		{"model metadata", withHeader(ts.get("/v2/models/resnet50"), "Authorization", "Bearer "+k.meta), 200, "meta"},
+		{"model metadata without the scope", withHeader(ts.get("/v2/models/resnet50"), "X-API-Key", k.slow), 403, "slow"},
+		{"model ready", withHeader(ts.get("/v2/models/resnet50/ready"), "X-API-Key", k.meta), 200, "meta"},
+		{"model ready without a key", ts.get("/v2/models/resnet50/ready"), 401, ""},
+		{"unknown model", withHeader(ts.get("/v2/models/other"), "X-API-Key", k.meta), 404, "meta"},
+		// Exempt: no key needed.
+		{"healthz", ts.get("/healthz"), 200, ""},
+		{"readyz", ts.get("/readyz"), 200, ""},
+		{"OIP live", ts.get("/v2/health/live"), 200, ""},
+		{"OIP ready", ts.get("/v2/health/ready"), 200, ""},
+		{"docs", ts.get("/docs"), 200, ""},
+		{"OpenAPI", ts.get("/openapi.json"), 200, ""},
+		{"unknown route", ts.get("/nope"), 404, ""},
+		{"unknown v2 route", ts.get("/v2/nope"), 404, ""},
+		{"exempt with a bad key", withHeader(ts.get("/healthz"), "X-API-Key", "junk"), 200, ""},
+	} {
+		id := fmt.Sprintf("auth-%d", i)
+		tc.req.Header.Set("X-Request-Id", id)
+		r := ts.do(t, tc.req)
+		if r.status != tc.status {
+			t.Errorf("%s: %d %s; want %d", tc.name, r.status, r.raw, tc.status)
+			continue
+		}
+		switch tc.status {
+		case 401:
+			if r.jsonError() != unauthorized || r.header.Get("WWW-Authenticate") != `Bearer realm="batchgate"` {
+				t.Errorf("%s: %s, WWW-Authenticate %q", tc.name, r.raw, r.header.Get("WWW-Authenticate"))
+			}
+		case 403:
+			if e := r.jsonError(); !strings.Contains(e, `"`+tc.keyID+`"`) || !strings.Contains(e, "scope") {
+				t.Errorf("%s: %s; want the key id and the scope named", tc.name, r.raw)
+			}
+		}
+		if tc.status != 401 && r.header.Get("WWW-Authenticate") != "" {
+			t.Errorf("%s: WWW-Authenticate on %d", tc.name, r.status)
+		}
+		for _, key := range []string{k.full, k.meta, k.slow, fullSecret} {
+			if bytes.Contains(r.raw, []byte(key)) {
+				t.Errorf("%s: the answer echoes a key: %s", tc.name, r.raw)
+			}
+		}
+		if p := tc.req.URL.Path; p == "/healthz" || p == "/readyz" {
+			continue // not logged
+		}
+		found := false
+		for _, l := range ts.log.lines() {
+			if l["request_id"] == id {
+				found = true
+				if l["key_id"] != tc.keyID {
+					t.Errorf("%s: logged with key_id %v, want %q", tc.name, l["key_id"], tc.keyID)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: no request log line", tc.name)
+		}
+	}
+	if strings.Contains(ts.log.String(), fullSecret) {
+		t.Error("a secret is logged")
+	}
+	if got := ts.fc.callCount(); got != 5 {
+		t.Errorf("the classifier ran %d times, want 5 (the allowed predictions only)", got)
+	}
+	for name, want := range map[string]float64{
+		`inference_requests_total{route="/predict",code="401"}`:            5,
+		`inference_requests_total{route="/predict",code="403"}`:            1,
+		`inference_requests_total{route="/v2/models/metadata",code="403"}`: 1,
+	} {
+		if got := ts.counter(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	for name, want := range map[string]float64{
+		`auth_requests_total{key="full"}`:                5,
+		`auth_requests_total{key="meta"}`:                4,
+		`auth_rejected_total{reason="missing"}`:          4,
+		`auth_rejected_total{reason="bad_secret"}`:       2,
+		`auth_rejected_total{reason="scope",key="meta"}`: 2,
+		`auth_rejected_total{reason="scope",key="slow"}`: 1,
+		`auth_rejected_total{reason="unknown_key"}`:      1,
+		`auth_rejected_total{reason="malformed"}`:        1,
+	} {
+		if got := ts.authCounter(name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// A key over its rate gets 429 with Retry-After in whole seconds, at least
+// 1.
+func TestAuthRateLimit(t *testing.T) {
+	ts := startAuthServer(t, time.Hour)
+	req := func() *http.Request {
+		return withHeader(ts.post("/predict", "image/png", []byte("png")), "X-API-Key", ts.keys.slow)
+	}
+	if r := ts.do(t, req()); r.status != 200 {
+		t.Fatalf("first request: %d %s", r.status, r.raw)
+	}
+	r := ts.do(t, req())
+	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if r.status != 429 || err != nil || retry < 1 || retry > 1000 || !strings.Contains(r.jsonError(), `"slow" is over its rate limit`) {
+		t.Errorf("second request: %d %s, Retry-After %q; want 429 with Retry-After in [1, 1000]", r.status, r.raw, r.header.Get("Retry-After"))
+	}
+	if ts.fc.callCount() != 1 || ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`) != 1 {
+		t.Errorf("classifier calls %d, rate rejections %v", ts.fc.callCount(), ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`))
+	}
+	found := false
+	for _, l := range ts.log.lines() {
+		if l["status"] == 429.0 && l["key_id"] == "slow" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no request log line with the key id of the 429: %s", ts.log.String())
+	}
+}
+
+// readAnswer reads one answer on conn, within 5 s.
+func readAnswer(conn net.Conn, br *bufio.Reader) (*http.Response, []byte, error) {
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err := io.ReadAll(resp.Body)
+	return resp, raw, err
+}
+
+// With "Expect: 100-continue" a request without a right key is refused
+// before its body is sent; a right key gets 100 Continue, and no token is
+// taken until the body comes.
+func TestAuthExpect(t *testing.T) {
+	ts := startAuthServer(t, time.Hour)
+	body := make([]byte, 50_000)
+	for _, tc := range []struct {
+		name   string
+		extra  []string
+		status int
+		after  int // with 100: the status once the body is sent
+	}{
+		{"no key", nil, 401, 0},
+		{"wrong key", []string{"X-API-Key: full." + strings.Repeat("x", 43)}, 401, 0},
+		{"without the scope", []string{"X-API-Key: " + ts.keys.meta}, 403, 0},
+		{"right key", []string{"Authorization: Bearer " + ts.keys.full}, 100, 200},
+		{"limited key", []string{"X-API-Key: " + ts.keys.slow}, 100, 200},
+		// The token is taken once the body comes, not before: 429 then.
+		{"limited key again", []string{"X-API-Key: " + ts.keys.slow}, 100, 429},
+	} {
+		conn, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		// Only the head: the answer must come without the body.
+		if _, err := io.WriteString(conn, head("/predict", "image/png", len(body), append(tc.extra, "Expect: 100-continue")...)); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(conn)
+		resp, raw, err := readAnswer(conn, br)
+		if err != nil {
+			t.Errorf("%s: %v (the server waited for the body?)", tc.name, err)
+			conn.Close()
+			continue
+		}
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: %d %s; want %d", tc.name, resp.StatusCode, raw, tc.status)
+		}
+		switch tc.status {
+		case 100:
+			if _, err := conn.Write(body); err != nil {
+				t.Errorf("%s: sending the body: %v", tc.name, err)
+			} else if resp, raw, err := readAnswer(conn, br); err != nil || resp.StatusCode != tc.after {
+				t.Errorf("%s: after the body: %v %s %v; want %d", tc.name, resp, raw, err, tc.after)
+			}
+		case 401:
+			checkJSON(t, tc.name, resp, raw, 401, "API key")
+			if resp.Header.Get("WWW-Authenticate") == "" || !resp.Close {
+				t.Errorf("%s: WWW-Authenticate %q, close %v", tc.name, resp.Header.Get("WWW-Authenticate"), resp.Close)
+			}
+		case 403:
+			checkJSON(t, tc.name, resp, raw, 403, "scope")
+		}
+		conn.Close()
+	}
+	if got := ts.fc.callCount(); got != 2 {
+		t.Errorf("the classifier ran %d times, want 2", got)
+	}
+	// The refusals, where the handler never ran, are counted and logged.
+	if got := ts.counter(`inference_requests_total{route="/predict",code="401"}`); got != 2 {
+		t.Errorf("%v 401s counted, want 2", got)
+	}
+	refused := 0
+	for _, l := range ts.log.lines() {
+		if l["msg"] == "request refused before its body" {
+			refused++
+			if l["status"] == 403.0 && l["key_id"] != "meta" {
+				t.Errorf("refusal logged without the key id: %v", l)
+			}
+		}
+	}
+	if refused != 3 {
+		t.Errorf("%d refusals logged, want 3", refused)
+	}
+	// The slow key's one token went to its first body; the second waits.
+	if got := ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`); got != 1 {
+		t.Errorf("%v rate rejections, want 1 (the second limited request, after its body)", got)
+	}
+}
+
+// Without Expect the client sends its whole body before it reads: a
+// refused request's body is read and dropped, so it gets its 401, not a
+// reset, and the connection closes.
+func TestAuthLargeBody(t *testing.T) {
+	ts := startAuthServer(t, time.Hour)
+	// 32 MiB is more than loopback's socket buffers hold (unread, they
+	// would be reset on close) and less than maxSkip.
+	for _, n := range []int{testMaxBody, 3 * ts.api.MaxRequestBody(), 32 << 20} {
+		resp, raw, conn, err := rawRequest(ts.addr, head("/predict", "image/png", n), make([]byte, n))
+		if err != nil {
+			t.Errorf("%d bytes: %v", n, err)
+			continue
+		}
+		conn.Close()
+		checkJSON(t, fmt.Sprintf("%d bytes", n), resp, raw, 401, "API key")
+		if !resp.Close {
+			t.Errorf("%d bytes: the connection stays open", n)
+		}
+	}
+	// A body-less request keeps its connection.
+	r := ts.do(t, ts.get("/v2"))
+	if r.status != 401 || r.close {
+		t.Errorf("GET /v2 without a key: %d, close %v; want 401 on a kept connection", r.status, r.close)
+	}
+	if ts.fc.callCount() != 0 {
+		t.Errorf("the classifier ran %d times", ts.fc.callCount())
+	}
+	ts.checkUploadsFree(t, "after the refusals")
+}
+
+// The keys file is rewritten three times (once invalid) while requests
+// with a key that every version lists keep coming: all get 200.
+func TestAuthReloadUnderLoad(t *testing.T) {
+	ts := startAuthServer(t, 5*time.Millisecond)
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan struct{})
+	go func() { defer close(ran); ts.auth.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; i < 200; i++ { // at most 200 each; until the rewrites end
+				if i >= 10 {
+					select {
+					case <-done:
+						return
+					default:
+					}
+				}
+				r := ts.do(t, withHeader(ts.post("/predict", "image/png", []byte("png")), "Authorization", "Bearer "+ts.keys.full))
+				mu.Lock()
+				statuses[r.status]++
+				mu.Unlock()
+			}
+		})
+	}
+	// waitFor waits (at most 10 s) for the watcher to see the rewrite.
+	waitFor := func(name string, want float64) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ts.authCounter(name) < want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not reach %v", name, want)
+			}
+		}
+	}
+	extra, sum, _ := auth.GenerateKey("extra")
+	entries := append(slices.Clone(ts.keys.entries), auth.Key{ID: "extra", SHA256: sum, Scopes: []auth.Scope{auth.Predict}})
+	writeKeysFile(t, ts.path, keysFileData(entries...))
+	waitFor(`auth_reloads_total{result="applied"}`, 1)
+	writeKeysFile(t, ts.path, []byte("keys:\n  - {id: full, sha256: not-hex, scopes: [predict]}\n"))
+	waitFor(`auth_reloads_total{result="rejected"}`, 1)
+	entries[0].Scopes = []auth.Scope{auth.Predict} // full loses metadata
+	writeKeysFile(t, ts.path, keysFileData(entries...))
+	waitFor(`auth_reloads_total{result="applied"}`, 2)
+	close(done)
+	wg.Wait()
+
+	total := 0
+	for _, n := range statuses {
+		total += n
+	}
+	if statuses[200] != total || total < 40 {
+		t.Errorf("statuses %v; want every one of at least 40 requests 200", statuses)
+	}
+	if r := ts.do(t, withHeader(ts.get("/v2"), "X-API-Key", ts.keys.full)); r.status != 403 {
+		t.Errorf("after the last file, full on /v2: %d; want 403", r.status)
+	}
+	if r := ts.do(t, withHeader(ts.post("/predict", "image/png", []byte("png")), "X-API-Key", extra)); r.status != 200 {
+		t.Errorf("the added key: %d %s", r.status, r.raw)
+	}
+	t.Logf("statuses %v", statuses)
+}
+
+// Without Auth nothing changes: no key needed, none checked.
+func TestAuthNil(t *testing.T) {
+	ts := startServer(t, nil)
+	for _, req := range []*http.Request{
+		ts.post("/predict", "image/png", []byte("png")),
+		withHeader(ts.post("/predict", "image/png", []byte("png")), "Authorization", "Basic junk"),
+		ts.get("/v2"),
+	} {
+		if r := ts.do(t, req); r.status != 200 || r.header.Get("WWW-Authenticate") != "" {
+			t.Errorf("%s %s: %d %s", req.Method, req.URL.Path, r.status, r.raw)
+		}
+	}
+	resp, _, conn, err := rawRequest(ts.addr, head("/predict", "image/png", 3, "Expect: 100-continue"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if resp.StatusCode != 100 {
+		t.Errorf("Expect without a key: %d, want 100", resp.StatusCode)
+	}
+}
