@@ -437,6 +437,18 @@ func (r *chaosRun) faultSequence(ctx context.Context, client *chaosClient, loadC
 	if cfg.DrainDelay >= 0 {
 		drain = "DRAIN_DELAY " + cfg.DrainDelay.String()
 	}
+	// The old proxy closes its listener DRAIN_DELAY after SIGTERM, and the
+	// kernel resets any connection still queued for accept at that instant,
+	// in any server. The steady load arrives on a fixed schedule and the
+	// faults start on it, so the close could land on a request's connect:
+	// send SIGTERM half an interval after a scheduled request instead. (In
+	// Kubernetes no request arrives then: the failing /readyz has taken the
+	// pod out of the endpoints during DRAIN_DELAY.)
+	if iv := time.Duration(float64(time.Second) / r.rate); iv > 0 {
+		if err := sleepCtx(ctx, (iv/2-r.now()%iv+iv)%iv); err != nil {
+			return err
+		}
+	}
 	f = r.begin("proxy SIGTERM ("+drain+"), new proxy on the same port", faultProxyTerm, "PXY")
 	px := s.proxy()
 	px.signal(syscall.SIGTERM)
