@@ -20,6 +20,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,8 +186,9 @@ func keyMetric(name, id, reason string) string {
 // apiKey the raw X-API-Key header (the key itself); Authorization wins when
 // both are sent, and an empty header counts as absent. With take, an
 // allowed request also takes a token from its key's limiter and is counted
-// as allowed; without (before a request's body is sent) only the key and
-// the scope are checked. Refusals are counted either way.
+// as allowed; without (before a request's body is sent) the key and the
+// scope are checked, and a key whose limiter has no token now gets 429, but
+// no token is taken. Refusals are counted either way.
 //
 // An unknown scope is held by no key: 403.
 func (a *Authenticator) Check(authorization, apiKey []byte, scope Scope, take bool) Decision {
@@ -222,6 +224,14 @@ func (a *Authenticator) Check(authorization, apiKey []byte, scope Scope, take bo
 		return Decision{KeyID: k.id, Status: 403, Reason: ReasonScope}
 	}
 	if !take {
+		// Before the body: refuse a key with no token now, so it never
+		// sends the body; the token itself is taken when the body comes.
+		if k.limited {
+			if d := a.wait(k, time.Now()); d > 0 {
+				k.rejRate.Inc()
+				return Decision{KeyID: k.id, Status: 429, Reason: ReasonRate, RetryAfter: d}
+			}
+		}
 		return Decision{KeyID: k.id}
 	}
 	if k.limited {
@@ -322,6 +332,22 @@ func (a *Authenticator) take(k *live, now time.Time) time.Duration {
 		r.CancelAt(now)
 	}
 	return d
+}
+
+// wait returns how long until k's limiter has a token at now, without
+// taking it: 0 if it has one (a key not used yet has a full bucket).
+func (a *Authenticator) wait(k *live, now time.Time) time.Duration {
+	a.mu.Lock()
+	b := a.buckets[k.id]
+	a.mu.Unlock()
+	if b == nil {
+		return 0
+	}
+	tokens := b.lim.TokensAt(now)
+	if tokens >= 1 || b.lim.Limit() <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil((1 - tokens) / float64(b.lim.Limit()) * float64(time.Second)))
 }
 
 func (b *bucket) setLocked(now time.Time, limit rate.Limit, burst int) {

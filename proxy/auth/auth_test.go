@@ -339,8 +339,20 @@ func TestCheckWithoutTake(t *testing.T) {
 		if d := a.Check(nil, key, Predict, true); d.Status != 429 || d.RetryAfter != time.Second {
 			t.Errorf("the second: %+v; want 429 retry after 1s", d)
 		}
-		if got := metricValue(set, `auth_requests_total{key="k"}`); got != 1 {
-			t.Errorf("auth_requests_total = %v, want 1 (only the request that took a token)", got)
+		// Out of tokens: refused before its body too, and still nothing
+		// taken: the token that refills after 1 s is there for the body.
+		if d := a.Check(nil, key, Predict, false); d.Status != 429 || d.RetryAfter != time.Second {
+			t.Errorf("without take, out of tokens: %+v; want 429 retry after 1s", d)
+		}
+		time.Sleep(time.Second)
+		if d := a.Check(nil, key, Predict, false); !d.Allowed() {
+			t.Errorf("without take, a token refilled: %+v", d)
+		}
+		if d := a.Check(nil, key, Predict, true); !d.Allowed() {
+			t.Errorf("taking the refilled token: %+v", d)
+		}
+		if got := metricValue(set, `auth_requests_total{key="k"}`); got != 2 {
+			t.Errorf("auth_requests_total = %v, want 2 (only the requests that took a token)", got)
 		}
 	})
 }

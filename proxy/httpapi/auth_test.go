@@ -272,9 +272,9 @@ func readAnswer(conn net.Conn, br *bufio.Reader) (*http.Response, []byte, error)
 	return resp, raw, err
 }
 
-// With "Expect: 100-continue" a request without a right key is refused
-// before its body is sent; a right key gets 100 Continue, and no token is
-// taken until the body comes.
+// With "Expect: 100-continue" a request without a right key, or with a key
+// out of tokens, is refused before its body is sent; a right key gets 100
+// Continue, and its token is taken when the body comes.
 func TestAuthExpect(t *testing.T) {
 	ts := startAuthServer(t, time.Hour)
 	body := make([]byte, 50_000)
@@ -289,8 +289,8 @@ func TestAuthExpect(t *testing.T) {
 		{"without the scope", []string{"X-API-Key: " + ts.keys.meta}, 403, 0},
 		{"right key", []string{"Authorization: Bearer " + ts.keys.full}, 100, 200},
 		{"limited key", []string{"X-API-Key: " + ts.keys.slow}, 100, 200},
-		// The token is taken once the body comes, not before: 429 then.
-		{"limited key again", []string{"X-API-Key: " + ts.keys.slow}, 100, 429},
+		// Its one token went to that body: 429 before this one is sent.
+		{"limited key again", []string{"X-API-Key: " + ts.keys.slow}, 429, 0},
 	} {
 		conn, err := net.Dial("tcp", ts.addr)
 		if err != nil {
@@ -325,6 +325,11 @@ func TestAuthExpect(t *testing.T) {
 			}
 		case 403:
 			checkJSON(t, tc.name, resp, raw, 403, "scope")
+		case 429:
+			checkJSON(t, tc.name, resp, raw, 429, "rate limit")
+			if resp.Header.Get("Retry-After") == "" {
+				t.Errorf("%s: 429 without Retry-After", tc.name)
+			}
 		}
 		conn.Close()
 	}
@@ -344,12 +349,13 @@ func TestAuthExpect(t *testing.T) {
 			}
 		}
 	}
-	if refused != 3 {
-		t.Errorf("%d refusals logged, want 3", refused)
+	if refused != 4 {
+		t.Errorf("%d refusals logged, want 4", refused)
 	}
-	// The slow key's one token went to its first body; the second waits.
+	// The slow key's one token went to its first body; the second was
+	// refused before its body.
 	if got := ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`); got != 1 {
-		t.Errorf("%v rate rejections, want 1 (the second limited request, after its body)", got)
+		t.Errorf("%v rate rejections, want 1 (the second limited request, before its body)", got)
 	}
 }
 
