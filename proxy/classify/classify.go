@@ -170,7 +170,9 @@ type Target struct {
 	// handshake and the scores. It runs on the computing goroutine and
 	// must not block; it owns tensor from then on (nothing else uses
 	// it) and must not change scores.
-	Mirror func(tensor []float32, info wire.Info, scores []float32)
+	// ctx is the computing request's: it carries its values (its span,
+	// for the mirror's batch to link to) and must not be waited on.
+	Mirror func(ctx context.Context, tensor []float32, info wire.Info, scores []float32)
 }
 
 // ClassifyOn is Classify on t's backend, with t's cache tag and mirror.
@@ -216,7 +218,7 @@ func (s *Service) ClassifyOn(ctx context.Context, t Target, data []byte, lease *
 		}
 		s.cache.add(key, inf.Scores)
 		if t.Mirror != nil {
-			t.Mirror(tensor, info, inf.Scores)
+			t.Mirror(fctx, tensor, info, inf.Scores)
 		}
 		return &Outcome{Scores: inf.Scores, Model: info, Prep: prep, Inference: inf}, nil
 	}, joined)
@@ -246,7 +248,7 @@ func (s *Service) InferTensorOn(ctx context.Context, t Target, tensor []float32)
 	}
 	inf, err := t.Backend.Infer(ctx, tensor, info.ModelSHA256)
 	if err == nil && t.Mirror != nil {
-		t.Mirror(slices.Clone(tensor), info, inf.Scores)
+		t.Mirror(ctx, slices.Clone(tensor), info, inf.Scores)
 	}
 	if err != nil {
 		return nil, err

@@ -20,7 +20,7 @@ func TestTargetsStayApart(t *testing.T) {
 		data := testenv.Image(t, "small.png")
 		ctx := context.Background()
 		var mirrored int
-		mirror := func(tensor []float32, info wire.Info, scores []float32) {
+		mirror := func(_ context.Context, tensor []float32, info wire.Info, scores []float32) {
 			if len(tensor) != info.ImageSize() || len(scores) != info.Classes {
 				t.Errorf("mirror got %d values and %d scores", len(tensor), len(scores))
 			}

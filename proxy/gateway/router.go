@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/batchgate/batchgate/batching"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
@@ -406,7 +408,9 @@ func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 			target.Tag = m.spec.Name
 		}
 		if s := m.shadow; s != nil && s != v && routing.Mirror(m.spec.Shadow.Percent, rand.Float64()) {
-			target.Mirror = func(tensor []float32, info wire.Info, scores []float32) { r.mirror(s, tensor, info, scores) }
+			target.Mirror = func(ctx context.Context, tensor []float32, info wire.Info, scores []float32) {
+				r.mirror(s, trace.SpanContextFromContext(ctx), tensor, info, scores)
+			}
 		}
 		var once sync.Once
 		return &httpapi.Routed{
@@ -539,7 +543,7 @@ func (r *router) rollback(v *version, w *routing.Window, b *routing.Breach) {
 // mirror sends a copy of a primary's computed image to the shadow version
 // s, unless s is busy: shadow work never waits for queue space and is
 // dropped first (counted as shed).
-func (r *router) mirror(s *version, tensor []float32, pinfo wire.Info, primary []float32) {
+func (r *router) mirror(s *version, sc trace.SpanContext, tensor []float32, pinfo wire.Info, primary []float32) {
 	sinfo, ready := s.current()
 	if !ready || sinfo.ImageSize() != pinfo.ImageSize() || sinfo.Classes != len(primary) ||
 		sinfo.Mean != pinfo.Mean || sinfo.Std != pinfo.Std || sinfo.ResizeShorter != pinfo.ResizeShorter {
@@ -566,7 +570,9 @@ func (r *router) mirror(s *version, tensor []float32, pinfo wire.Info, primary [
 		defer s.shadows.Add(-1)
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.RequestTimeout)
 		defer cancel()
-		item := rtconn.NewItem(ctx, tensor, sinfo.ModelSHA256)
+		// The request's span, without its deadline: the shadow's batch
+		// links to it, and shows in its trace.
+		item := rtconn.NewItem(trace.ContextWithSpanContext(ctx, sc), tensor, sinfo.ModelSHA256)
 		start := item.Submitted
 		res, err := s.batcher.Submit(ctx, item)
 		if err != nil {

@@ -208,6 +208,32 @@ func TestTraceTree(t *testing.T) {
 	}
 }
 
+// TestShadowTraced: a shadow copy's batch joins the request's trace, so a
+// request mirrored to v3 has two batches there, each with its runtime span.
+func TestShadowTraced(t *testing.T) {
+	rec := recordSpans(t)
+	dir := t.TempDir()
+	startVersion(t, dir, "v1")
+	startVersion(t, dir, "v3")
+	tp := routingProxy(t, dir, shadowRouting, func(c *Config) { c.Tracing = true })
+	req := rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(9500))
+	req.Header.Set("traceparent", "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	if r := do(t, req); r.status != 200 {
+		t.Fatalf("predict: %d %s", r.status, r.raw)
+	}
+	id, _ := trace.TraceIDFromHex("5bf92f3577b34da6a3ce929d0e0e4736")
+	waitFor(t, "the shadow's batch and runtime spans", 500, func() bool {
+		s := spansOf(rec, id)
+		return len(s["batch"]) == 2 && len(s["onnxruntime.run"]) == 2
+	})
+	server := spansOf(rec, id)["POST /predict"][0].SpanContext().SpanID()
+	for _, b := range spansOf(rec, id)["batch"] {
+		if b.Parent().SpanID() != server {
+			t.Errorf("batch span's parent %s, want the request's server span %s", b.Parent().SpanID(), server)
+		}
+	}
+}
+
 // TestTracingOff: with Tracing false, no span is made and the log has no
 // trace ids, even for a request with a traceparent.
 func TestTracingOff(t *testing.T) {
