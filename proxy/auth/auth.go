@@ -85,7 +85,7 @@ const (
 type Authenticator struct {
 	cfg     Config
 	state   atomic.Pointer[state]
-	last    [32]byte   // sha256 of the file content seen last; only Run touches it
+	last    [32]byte   // sha256 of the content keys came from: where Run starts
 	applyMu sync.Mutex // serializes apply
 
 	mu        sync.Mutex // guards buckets and lastSweep

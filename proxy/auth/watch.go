@@ -1,21 +1,16 @@
 package auth
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"os"
-	"time"
+
+	"github.com/batchgate/batchgate/proxy/filewatch"
 )
 
 // Run polls Config.File every Config.Poll and applies each new valid
-// content (one whose sha256 differs from the last one seen, valid or not);
-// a new invalid or unreadable content is logged and counted, and the
-// current keys stay. Polling the content's hash, rather than watching
-// inotify events, sees Secret and ConfigMap updates (an atomic swap of a
-// symbolic link two levels up), editors that replace files, and bind mounts
-// alike.
+// content (one whose sha256 differs from the last one seen, valid or not:
+// filewatch.Poll); a new invalid or unreadable content is logged and
+// counted, and the current keys stay.
 //
 // Run runs on its caller's goroutine and returns when ctx ends, or at once
 // when Config.File is "". Call it once.
@@ -23,44 +18,17 @@ func (a *Authenticator) Run(ctx context.Context) {
 	if a.cfg.File == "" {
 		return
 	}
-	t := time.NewTicker(a.cfg.Poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	filewatch.Poll(ctx, a.cfg.File, a.cfg.Poll, a.last, func(data []byte) {
+		keys, err := Parse(data)
+		if err != nil {
+			a.rejectFile(fmt.Errorf("%s: %w", a.cfg.File, err))
 			return
-		case <-t.C:
 		}
-		a.poll()
-	}
-}
-
-// poll reads the file once and applies or rejects a new content.
-func (a *Authenticator) poll() {
-	path := a.cfg.File
-	data, err := os.ReadFile(path)
-	if err != nil {
-		// A missing file during a swap is transient: report it once per
-		// distinct state.
-		sum := sha256.Sum256([]byte("unreadable: " + err.Error()))
-		if sum != a.last {
-			a.last = sum
-			a.rejectFile(fmt.Errorf("cannot read the keys file: %w", err))
-		}
-		return
-	}
-	sum := sha256.Sum256(data)
-	if bytes.Equal(sum[:], a.last[:]) {
-		return
-	}
-	a.last = sum
-	keys, err := Parse(data)
-	if err != nil {
-		a.rejectFile(fmt.Errorf("%s: %w", path, err))
-		return
-	}
-	a.apply(keys)
-	a.reloads.applied.Inc()
+		a.apply(keys)
+		a.reloads.applied.Inc()
+	}, func(err error) {
+		a.rejectFile(fmt.Errorf("cannot read the keys file: %w", err))
+	})
 }
 
 func (a *Authenticator) rejectFile(err error) {

@@ -1,12 +1,13 @@
 package routing
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/batchgate/batchgate/proxy/filewatch"
 )
 
 // Load reads and parses the routing file at path, and returns its sha256
@@ -25,48 +26,23 @@ func Load(path string) (*File, [32]byte, error) {
 	return f, sum, nil
 }
 
-// Watch polls path every interval and calls apply with each new valid
-// content (one whose sha256 differs from the last one seen, valid or not),
-// and rejected with the error of each new invalid or unreadable one; the
-// caller keeps its current configuration then. last is the sha256 of the
-// content already applied. Polling the content's hash, rather than
-// watching inotify events, sees ConfigMap updates (an atomic swap of a
-// symbolic link two levels up), editors that replace files, and bind
-// mounts alike.
+// Watch polls path every interval (filewatch.Poll) and calls apply with
+// each new valid content, and rejected with the error of each new invalid
+// or unreadable one; the caller keeps its current configuration then. last
+// is the sha256 of the content already applied.
 //
 // Watch runs on its caller's goroutine and returns when ctx ends; apply and
 // rejected are called on that goroutine, one at a time.
 func Watch(ctx context.Context, path string, interval time.Duration, last [32]byte,
 	apply func(*File), rejected func(error)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			// A missing file during a swap is transient: report it
-			// once per distinct state.
-			sum := sha256.Sum256([]byte("unreadable: " + err.Error()))
-			if sum != last {
-				last = sum
-				rejected(fmt.Errorf("cannot read the routing file %s: %w; keeping the current routing", path, err))
-			}
-			continue
-		}
-		sum := sha256.Sum256(data)
-		if bytes.Equal(sum[:], last[:]) {
-			continue
-		}
-		last = sum
+	filewatch.Poll(ctx, path, interval, last, func(data []byte) {
 		f, err := Parse(data)
 		if err != nil {
 			rejected(fmt.Errorf("%s: %w\nkeeping the current routing; fix the file and it is read again within %v", path, err, interval))
-			continue
+			return
 		}
 		apply(f)
-	}
+	}, func(err error) {
+		rejected(fmt.Errorf("cannot read the routing file %s: %w; keeping the current routing", path, err))
+	})
 }
