@@ -17,10 +17,21 @@ alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; 
 # listening PORT: true when something accepts connections on 127.0.0.1:PORT.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# build: bin/runtime and bin/proxy, the proxy's JPEG through libjpeg-turbo
+# when installed, else Go's decoder with a note (make already put the tag in
+# GOFLAGS when needed).
+build() {
+  local tags=
+  [[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
+  go build -o bin/runtime ./runtime
+  go build $tags -o bin/proxy ./proxy
+}
+
 # metrics_port: the proxy's METRICS_PORT (it serves /metrics there, and only
 # there). $METRICS_PORT when set; else 9464, the proxy's default, or when
 # that is taken (another proxy, a developer's) or is $port, the next free
-# port above it, so that two `make run`s on different PORTs do not collide.
+# port above it, so that two `make run`s on different PORTs do not collide
+# (saying so on stderr).
 metrics_port() {
   if [ -n "${METRICS_PORT:-}" ]; then
     echo "$METRICS_PORT"
@@ -29,6 +40,7 @@ metrics_port() {
   local p
   for p in $(seq 9464 9563); do
     if [ "$p" != "$port" ] && ! listening "$p"; then
+      [ "$p" = 9464 ] || echo "batchgate: port 9464 is taken (another proxy?): /metrics goes on $p (set METRICS_PORT to choose)" >&2
       echo "$p"
       return
     fi

@@ -12,17 +12,10 @@ cd "$(dirname "$0")/.."
 port=${PORT:-9999}
 say() { echo "batchgate: $*" >&2; }
 
-# ready, alive, listening and metrics_port (scripts/lib-run.sh).
+# ready, alive, listening, build and metrics_port (scripts/lib-run.sh).
 source scripts/lib-run.sh
 metrics_port=$(metrics_port)
-if [ -z "${METRICS_PORT:-}" ] && [ "$metrics_port" != 9464 ]; then
-  say "port 9464 is taken (another proxy?): /metrics goes on $metrics_port (set METRICS_PORT to choose)"
-fi
-
-tags=
-[[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
-go build -o bin/runtime ./runtime
-go build $tags -o bin/proxy ./proxy
+build
 export ORT_LIBRARY="${ORT_LIBRARY:-$PWD/.deps/onnxruntime/libonnxruntime.so.1}"
 export ORT_CACHE_DIR="${ORT_CACHE_DIR:-$PWD/.deps/ort-cache}"
 fp32=$(bin/runtime fetch-model -dir .deps/models -variant fp32 -ort-library "$ORT_LIBRARY")

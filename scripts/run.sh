@@ -12,19 +12,10 @@ cd "$(dirname "$0")/.."
 port=${PORT:-9999}
 say() { echo "batchgate: $*" >&2; }
 
-# ready, alive, listening and metrics_port (scripts/lib-run.sh).
+# ready, alive, listening, build and metrics_port (scripts/lib-run.sh).
 source scripts/lib-run.sh
 metrics_port=$(metrics_port)
-if [ -z "${METRICS_PORT:-}" ] && [ "$metrics_port" != 9464 ]; then
-  say "port 9464 is taken (another proxy?): /metrics goes on $metrics_port (set METRICS_PORT to choose)"
-fi
-
-go build -o bin/runtime ./runtime
-# JPEG through libjpeg-turbo when installed, else Go's decoder (with a note).
-# (make already put the tag in GOFLAGS when needed.)
-tags=
-[[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
-go build $tags -o bin/proxy ./proxy
+build
 # MODEL_VARIANT: fp32 (default) or int8 (ResNet50 quantized; offline, the
 # int8 twin of the generated model, calibrated with ONNX Runtime). The
 # runtime checks that the model it loads is that variant.
