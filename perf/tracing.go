@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +36,10 @@ func tracingMain(args []string) int {
 	ratios := fs.String("ratios", "0.01,1", "sampling ratios to compare with tracing off")
 	model := fs.String("model", "", "ONNX model (default: what `runtime fetch-model` gives)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *rounds < 1 || *d <= 0 || *sd <= 0 || *clients < 1 {
+		fmt.Fprintln(os.Stderr, "perf -tracing: -rounds, -clients, -duration and -saturation-duration must be positive")
 		return 2
 	}
 	var settings []float64 // -1: off
@@ -143,17 +146,8 @@ func okPerSecond(res []result, took time.Duration) float64 {
 	return float64(n) / took.Seconds()
 }
 
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
+// median is the interpolated median (quantilesOf, autoscale_dist.go).
+func median(xs []float64) float64 { return quantilesOf(xs, []float64{0.5})[0] }
 
 // tracingTable is the markdown report: medians and ratios to tracing off.
 func tracingTable(settings []float64, hits, sat map[float64][]float64, rounds int, d, sd time.Duration, clients int) string {
