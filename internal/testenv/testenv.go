@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -98,12 +99,23 @@ func Image(t testing.TB, name string) []byte {
 // UniquePNG returns a small (40x30) PNG that no other seed gives: distinct
 // bodies that neither the cache nor coalescing can merge.
 func UniquePNG(seed int) []byte {
+	var buf bytes.Buffer
+	png.Encode(&buf, uniqueImage(seed)) // writes to a bytes.Buffer cannot fail
+	return buf.Bytes()
+}
+
+// UniqueJPEG is UniquePNG's image as a JPEG, for the JPEG decoder's path.
+func UniqueJPEG(seed int) []byte {
+	var buf bytes.Buffer
+	jpeg.Encode(&buf, uniqueImage(seed), &jpeg.Options{Quality: 100}) // cannot fail either
+	return buf.Bytes()
+}
+
+func uniqueImage(seed int) image.Image {
 	img := image.NewRGBA(image.Rect(0, 0, 40, 30))
 	for i := range img.Pix {
 		img.Pix[i] = uint8(i*7 + seed*13)
 	}
 	img.Set(0, 0, color.RGBA{uint8(seed), uint8(seed >> 8), uint8(seed >> 16), 255})
-	var buf bytes.Buffer
-	png.Encode(&buf, img) // writes to a bytes.Buffer cannot fail
-	return buf.Bytes()
+	return img
 }

@@ -364,17 +364,20 @@ func TestBadInput(t *testing.T) {
 	nanHeader := `{"inputs":[{"name":"data","shape":[1,3,224,224],"datatype":"FP32","parameters":{"binary_data_size":602112}}]}`
 	nanReq := rawReq(tp.url+"/v2/models/resnet50/infer", "application/octet-stream", append([]byte(nanHeader), nanTensor...))
 	nanReq.Header.Set("Inference-Header-Content-Length", strconv.Itoa(len(nanHeader)))
+	// Cut inside a Huffman table: libjpeg fails in the header.
+	cutInHeader := jpeg[:bytes.Index(jpeg, []byte{0xff, 0xc4})+10]
 	badTimeout := rawReq(tp.url+"/predict", "image/jpeg", jpeg)
 	badTimeout.Header.Set("X-Request-Timeout-Ms", "soon")
 	infer := tp.url + "/v2/models/resnet50/infer"
 
-	for _, tc := range []struct {
+	for n, tc := range []struct {
 		name   string
 		req    *http.Request
 		status int
 	}{
 		{"not an image", rawReq(tp.url+"/predict", "image/jpeg", []byte("hello")), 415},
 		{"truncated jpeg", rawReq(tp.url+"/predict", "image/jpeg", jpeg[:len(jpeg)/3]), 400},
+		{"jpeg cut in its header", rawReq(tp.url+"/predict", "image/jpeg", cutInHeader), 400},
 		{"wrong content type", rawReq(tp.url+"/predict", "text/plain", jpeg), 415},
 		{"missing file field", multipartReq(t, tp.url+"/predict", "image", jpeg), 400},
 		{"body too large", rawReq(tp.url+"/predict", "image/jpeg", make([]byte, 750_000)), 413},
@@ -401,6 +404,12 @@ func TestBadInput(t *testing.T) {
 		}
 		if ok := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(7))); ok.status != 200 {
 			t.Fatalf("after %s, a good request got %d", tc.name, ok.status)
+		}
+		// A JPEG the cache has not seen, so that it is decoded.
+		for i := range 2 {
+			if ok := do(t, rawReq(tp.url+"/predict", "image/jpeg", testenv.UniqueJPEG(2*n+i))); ok.status != 200 {
+				t.Fatalf("after %s, a good JPEG got %d %s", tc.name, ok.status, ok.raw)
+			}
 		}
 	}
 	if got := metricValue(t, tp.metricsURL, "inference_rejections_total"); got < 15 {

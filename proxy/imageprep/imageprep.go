@@ -164,11 +164,14 @@ func ScaleDenom(h Header, p Params) int {
 // gray for gray files, and inverted CMYK for 4-component files (as PIL
 // reads them).
 func decodeTurbo(data []byte, h Header, denom int, s *scratch) (*rowReader, int, int, error) {
-	d, err := turbojpeg.Get()
+	// A new handle for each image: a handle keeps state from the images
+	// it read (see package turbojpeg), and one request must never change
+	// another's answer.
+	d, err := turbojpeg.NewDecoder()
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	defer turbojpeg.Put(d)
+	defer d.Close()
 	f := turbojpeg.RGB
 	switch h.components {
 	case 1:

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 )
 
 var imagenet = Params{ResizeShorter: 256, Height: 224, Width: 224,
@@ -229,4 +231,89 @@ func TestScaleDenom(t *testing.T) {
 			t.Errorf("%dx%d PNG: scaled", tc.w, tc.h)
 		}
 	}
+}
+
+// TestImagesIndependent: an image's tensor does not depend on the images
+// decoded before it. Two ways it once did, with libjpeg-turbo handles
+// shared through a pool:
+//   - an upload cut short inside its header left the handle half-way
+//     through that header, and every later JPEG on it failed as corrupt;
+//   - libjpeg keeps the tables it read, so an image without its own
+//     quantization tables decoded with the previous image's instead of
+//     failing as it does alone (and in PIL).
+func TestImagesIndependent(t *testing.T) {
+	tensor := func(data []byte) ([]float32, error) {
+		h, err := Inspect(data, Limits{})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]float32, 3*224*224)
+		return out, Tensor(data, h, imagenet, out)
+	}
+	// Every cut of a small photo between its frame header and a little past
+	// its first scan's start, the part libjpeg reads as the header.
+	good := read(t, "small_progressive.jpg")
+	want, err := tensor(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sos := bytes.Index(good, []byte{0xff, 0xda})
+	tried := 0
+	for n := bytes.Index(good, []byte{0xff, 0xc2}); n < sos+32; n++ {
+		if _, err := Inspect(good[:n], Limits{}); err != nil {
+			continue
+		}
+		tried++
+		if _, err := tensor(good[:n]); err == nil {
+			t.Fatalf("the first %d bytes: no error", n)
+		}
+		got, err := tensor(good)
+		if err != nil {
+			t.Fatalf("after the first %d bytes, the whole image fails: %v", n, err)
+		}
+		if !slicesEqual(got, want) {
+			t.Fatalf("after the first %d bytes, the whole image gives another tensor", n)
+		}
+	}
+	if tried < 50 {
+		t.Fatalf("only %d cuts passed Inspect", tried)
+	}
+
+	// A photo without its DQT segments.
+	good = read(t, "grace_hopper.jpg")
+	sos = bytes.Index(good, []byte{0xff, 0xda})
+	noDQT := append([]byte(nil), good[:2]...)
+	for i := 2; i < sos; {
+		n := 2 + (int(good[i+2])<<8 | int(good[i+3]))
+		if good[i+1] != 0xdb {
+			noDQT = append(noDQT, good[i:i+n]...)
+		}
+		i += n
+	}
+	noDQT = append(noDQT, good[sos:]...)
+	alone, aloneErr := tensor(noDQT)
+	if turbojpeg.Available && !errors.Is(aloneErr, ErrCorrupt) {
+		t.Fatalf("no DQT, alone: %v, want ErrCorrupt as in PIL", aloneErr)
+	}
+	for range 3 {
+		if _, err := tensor(good); err != nil {
+			t.Fatal(err)
+		}
+		got, err := tensor(noDQT)
+		if (err == nil) != (aloneErr == nil) || !slicesEqual(got, alone) {
+			t.Fatalf("no DQT, after the whole photo: %v; alone: %v", err, aloneErr)
+		}
+	}
+}
+
+func slicesEqual(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }

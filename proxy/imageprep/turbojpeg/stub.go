@@ -14,5 +14,3 @@ func (d *Decoder) Header(data []byte) (Info, error) { return Info{}, ErrUnavaila
 func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int, err error) {
 	return 0, 0, ErrUnavailable
 }
-func Get() (*Decoder, error) { return nil, ErrUnavailable }
-func Put(d *Decoder)         {}

@@ -4,6 +4,7 @@ package turbojpeg
 
 /*
 #cgo LDFLAGS: -l:libturbojpeg.a
+#include <stdio.h>
 #include <stdlib.h>
 #include <turbojpeg.h>
 
@@ -11,6 +12,41 @@ package turbojpeg
 // decode accurately, as PIL does: libjpeg's default islow IDCT and smooth
 // chroma upsampling.
 enum { bg_flags = TJFLAG_LIMITSCANS | TJFLAG_ACCURATEDCT };
+
+// TurboJPEG 2.1 formats libjpeg's messages into a thread-local buffer that
+// tjGetErrorStr2 reads on the calling thread. Between two cgo calls a
+// goroutine may move to another thread and read that thread's last message,
+// so each call below copies its failure in the same C call.
+typedef struct {
+	int code;      // TJERR_WARNING or TJERR_FATAL
+	char msg[200]; // JMSG_LENGTH_MAX
+} bg_status;
+
+static void bg_fail(tjhandle h, bg_status *st) {
+	st->code = tjGetErrorCode(h);
+	snprintf(st->msg, sizeof st->msg, "%s", tjGetErrorStr2(h));
+}
+
+static tjhandle bg_init(bg_status *st) {
+	tjhandle h = tjInitDecompress();
+	if (h == NULL) bg_fail(NULL, st);
+	return h;
+}
+
+static int bg_header(tjhandle h, const unsigned char *buf, unsigned long size,
+		int *w, int *ht, int *cs, bg_status *st) {
+	int sub;
+	int rc = tjDecompressHeader3(h, buf, size, w, ht, &sub, cs);
+	if (rc != 0) bg_fail(h, st);
+	return rc;
+}
+
+static int bg_decompress(tjhandle h, const unsigned char *buf, unsigned long size,
+		unsigned char *dst, int w, int pitch, int ht, int pf, bg_status *st) {
+	int rc = tjDecompress2(h, buf, size, dst, w, pitch, ht, pf, bg_flags);
+	if (rc != 0) bg_fail(h, st);
+	return rc;
+}
 */
 import "C"
 
@@ -19,23 +55,24 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-	"sync"
 	"unsafe"
 )
 
 // Available is true: this build decodes with libjpeg-turbo.
 const Available = true
 
-// Decoder owns one TurboJPEG decompression handle.
+// Decoder owns one TurboJPEG decompression handle; use one per image (see
+// the package comment).
 type Decoder struct {
 	h C.tjhandle
 }
 
-// NewDecoder returns a Decoder; Close frees it.
+// NewDecoder returns a Decoder for one image; Close frees it.
 func NewDecoder() (*Decoder, error) {
-	h := C.tjInitDecompress()
+	var st C.bg_status
+	h := C.bg_init(&st)
 	if h == nil {
-		return nil, fmt.Errorf("turbojpeg: cannot create a decompressor: %s", C.GoString(C.tjGetErrorStr2(nil)))
+		return nil, fmt.Errorf("turbojpeg: cannot create a decompressor: %s", C.GoString(&st.msg[0]))
 	}
 	return &Decoder{h: h}, nil
 }
@@ -48,10 +85,10 @@ func (d *Decoder) Close() {
 	}
 }
 
-// err turns the handle's last error into a Go error.
-func (d *Decoder) err(op string) error {
-	msg := C.GoString(C.tjGetErrorStr2(d.h))
-	if C.tjGetErrorCode(d.h) == C.TJERR_WARNING {
+// failure turns a failed call's status into a Go error.
+func failure(op string, st *C.bg_status) error {
+	msg := C.GoString(&st.msg[0])
+	if st.code == C.TJERR_WARNING {
 		return fmt.Errorf("%w: %s: %s", ErrWarning, op, msg)
 	}
 	return fmt.Errorf("turbojpeg: %s: %s", op, msg)
@@ -62,11 +99,17 @@ func (d *Decoder) Header(data []byte) (Info, error) {
 	if len(data) == 0 {
 		return Info{}, errors.New("turbojpeg: empty input")
 	}
-	var w, h, sub, cs C.int
-	rc := C.tjDecompressHeader3(d.h, (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data))), C.ulong(len(data)), &w, &h, &sub, &cs)
+	var w, h, cs C.int
+	var st C.bg_status
+	rc := C.bg_header(d.h, (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data))), C.ulong(len(data)), &w, &h, &cs, &st)
 	runtime.KeepAlive(data)
 	if rc != 0 {
-		return Info{}, d.err("header")
+		return Info{}, failure("header", &st)
+	}
+	if w <= 0 || h <= 0 {
+		// A tables-only datastream: libjpeg reads its tables and
+		// reports success with no frame.
+		return Info{}, errors.New("turbojpeg: header: no image in the data (tables only?)")
 	}
 	var c Colorspace
 	switch cs {
@@ -105,12 +148,13 @@ func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int
 		return 0, 0, fmt.Errorf("turbojpeg: buffer of %d bytes for %dx%d pixels of %d bytes", len(dst), w, h, f.Bytes())
 	}
 	pf := [...]C.int{C.TJPF_RGB, C.TJPF_GRAY, C.TJPF_CMYK}[f]
-	rc := C.tjDecompress2(d.h, (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data))), C.ulong(len(data)),
-		(*C.uchar)(unsafe.Pointer(unsafe.SliceData(dst))), C.int(w), C.int(w*f.Bytes()), C.int(h), pf, C.bg_flags)
+	var st C.bg_status
+	rc := C.bg_decompress(d.h, (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data))), C.ulong(len(data)),
+		(*C.uchar)(unsafe.Pointer(unsafe.SliceData(dst))), C.int(w), C.int(w*f.Bytes()), C.int(h), pf, &st)
 	runtime.KeepAlive(data)
 	runtime.KeepAlive(dst)
 	if rc != 0 {
-		err := d.err("decode")
+		err := failure("decode", &st)
 		// libjpeg's warnings: a file cut short (its missing rows come
 		// out gray) is an error, as it is for PIL ("image file is
 		// truncated"); the others (extra bytes before a marker, a scan
@@ -123,27 +167,3 @@ func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int
 	}
 	return w, h, nil
 }
-
-// pool keeps idle Decoders; a cleanup frees the handle of one the pool
-// drops.
-var pool = sync.Pool{New: func() any {
-	d, err := NewDecoder()
-	if err != nil {
-		return err
-	}
-	runtime.AddCleanup(d, func(h C.tjhandle) { C.tjDestroy(h) }, d.h)
-	return d
-}}
-
-// Get returns a pooled Decoder; give it back with Put.
-func Get() (*Decoder, error) {
-	switch v := pool.Get().(type) {
-	case *Decoder:
-		return v, nil
-	default:
-		return nil, v.(error)
-	}
-}
-
-// Put returns d to the pool.
-func Put(d *Decoder) { pool.Put(d) }

@@ -3,10 +3,13 @@ package turbojpeg_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
@@ -45,11 +48,7 @@ func TestDecodeMatchesGo(t *testing.T) {
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			data := readFile(t, tc.file)
-			d, err := turbojpeg.Get()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer turbojpeg.Put(d)
+			d := newDecoder(t)
 			info, err := d.Header(data)
 			if err != nil {
 				t.Fatal(err)
@@ -99,8 +98,7 @@ func abs(v float64) float64 { return max(v, -v) }
 func TestDecodeScaled(t *testing.T) {
 	skipUnavailable(t)
 	data := readFile(t, "grace_hopper.jpg")
-	d, _ := turbojpeg.Get()
-	defer turbojpeg.Put(d)
+	d := newDecoder(t)
 	full := make([]byte, 512*600*3)
 	if _, _, err := d.Decode(data, 1, turbojpeg.RGB, full); err != nil {
 		t.Fatal(err)
@@ -136,8 +134,6 @@ func TestDecodeScaled(t *testing.T) {
 func TestDecodeErrors(t *testing.T) {
 	skipUnavailable(t)
 	data := readFile(t, "grace_hopper.jpg")
-	d, _ := turbojpeg.Get()
-	defer turbojpeg.Put(d)
 	big := make([]byte, 512*600*3)
 	for _, tc := range []struct {
 		name  string
@@ -153,7 +149,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"small buffer", data, 1, big[:100], false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := d.Decode(tc.data, tc.denom, turbojpeg.RGB, tc.dst)
+			_, _, err := newDecoder(t).Decode(tc.data, tc.denom, turbojpeg.RGB, tc.dst)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -165,17 +161,55 @@ func TestDecodeErrors(t *testing.T) {
 	// Extra bytes before the end-of-image marker: libjpeg warns
 	// (JWRN_EXTRANEOUS_DATA) and decodes the whole image, as PIL does.
 	extra := append(append(append([]byte(nil), data[:len(data)-2]...), 0, 1, 2, 3), 0xff, 0xd9)
-	if w, h, err := d.Decode(extra, 1, turbojpeg.RGB, big); err != nil || w != 512 || h != 600 {
+	if w, h, err := newDecoder(t).Decode(extra, 1, turbojpeg.RGB, big); err != nil || w != 512 || h != 600 {
 		t.Errorf("extra bytes before EOI: %dx%d, %v; want the image", w, h, err)
-	}
-	// The handle still works after errors.
-	if _, _, err := d.Decode(data, 1, turbojpeg.RGB, big); err != nil {
-		t.Fatalf("after errors: %v", err)
 	}
 }
 
+// TestHeaderTablesOnly: a tables-only datastream (SOI, tables, EOI), which
+// libjpeg reads without error, has no image: Header says so rather than
+// reporting 0x0 pixels.
+func TestHeaderTablesOnly(t *testing.T) {
+	skipUnavailable(t)
+	data := readFile(t, "grace_hopper.jpg")
+	tables := []byte{0xff, 0xd8}
+	for _, seg := range segments(t, data) {
+		if m := seg[1]; m == 0xdb || m == 0xc4 { // DQT, DHT
+			tables = append(tables, seg...)
+		}
+	}
+	tables = append(tables, 0xff, 0xd9)
+	if info, err := newDecoder(t).Header(tables); err == nil {
+		t.Fatalf("tables only: %+v, no error", info)
+	}
+}
+
+// segments splits a JPEG's marker segments up to its first scan.
+func segments(t *testing.T, data []byte) [][]byte {
+	var segs [][]byte
+	for i := 2; i+4 <= len(data) && data[i] == 0xff && data[i+1] != 0xda; {
+		n := 2 + (int(data[i+2])<<8 | int(data[i+3]))
+		segs = append(segs, data[i:i+n])
+		i += n
+	}
+	if len(segs) == 0 {
+		t.Fatal("no marker segments")
+	}
+	return segs
+}
+
+// newDecoder is a Decoder closed when t ends.
+func newDecoder(t testing.TB) *turbojpeg.Decoder {
+	d, err := turbojpeg.NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
 // FuzzDecode: any bytes give an image or an error, never a crash, at every
-// scale.
+// scale, on a new Decoder for each input as package imageprep uses them.
 func FuzzDecode(f *testing.F) {
 	for _, name := range []string{"grace_hopper.jpg", "small_progressive.jpg", "small_gray.jpg", "small_cmyk.jpg"} {
 		f.Add(readFile(f, name))
@@ -185,11 +219,11 @@ func FuzzDecode(f *testing.F) {
 	}
 	buf := make([]byte, 1<<22)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d, err := turbojpeg.Get()
+		d, err := turbojpeg.NewDecoder()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer turbojpeg.Put(d)
+		defer d.Close()
 		info, err := d.Header(data)
 		if err != nil || info.Width*info.Height > 1<<20 {
 			return
@@ -201,4 +235,56 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestErrorsConcurrent: each decode's error is its own. TurboJPEG 2.1 keeps
+// the last message in thread-local storage, and reading it in a second cgo
+// call, after the goroutine may have moved to another thread, once turned a
+// cut file into an image (another thread's harmless warning) and a whole
+// one into an error.
+func TestErrorsConcurrent(t *testing.T) {
+	skipUnavailable(t)
+	data := readFile(t, "grace_hopper.jpg")
+	extra := append(append(append([]byte(nil), data[:len(data)-2]...), 0, 1, 2, 3), 0xff, 0xd9)
+	cases := []struct {
+		name string
+		data []byte
+		want string // in the error; "" for none
+	}{
+		{"whole", data, ""},
+		{"cut", data[:len(data)/2], "Premature end of JPEG file"},
+		{"extra bytes", extra, ""},
+		{"not a jpeg", []byte("GIF89a......"), "Not a JPEG file"},
+	}
+	const rounds = 300
+	var wg sync.WaitGroup
+	errs := make(chan error, len(cases)*rounds)
+	for _, tc := range cases {
+		wg.Go(func() {
+			buf := make([]byte, 512*600*3)
+			for range rounds {
+				d, err := turbojpeg.NewDecoder()
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _, err = d.Decode(tc.data, 1, turbojpeg.RGB, buf)
+				d.Close()
+				if got := fmt.Sprint(err); (tc.want == "") != (err == nil) || !strings.Contains(got, tc.want) {
+					errs <- fmt.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n++; n <= 5 {
+			t.Error(err)
+		}
+	}
+	if n > 0 {
+		t.Errorf("%d of %d decodes got another's error", n, len(cases)*rounds)
+	}
 }
