@@ -13,6 +13,8 @@ torch is not installable here; numpy does ToTensor and Normalize in float32, as 
   pil_reference.py make-images DIR SEED       writes the varied test set (sizes, progressive, gray, CMYK,
                                               EXIF orientation, 12 MP with noise) from proxy/testdata/grace_hopper.jpg
   pil_reference.py variants IMAGE DIR         writes the small PNG/GIF/WebP test images
+  pil_reference.py accepts IMAGE...           whether PIL decodes each IMAGE, without and with draft(): one
+                                              line "accepts NAME EXACT DRAFT", each "ok" or "error"
 Needs Debian's python3-pil and python3-numpy.
 """
 import io
@@ -144,6 +146,17 @@ if __name__ == "__main__":
             exact = median_ms(lambda: pipeline(data), n)
             draft = median_ms(lambda: pipeline(data, True), n)
             print("time %s %.3f %.3f" % (os.path.basename(path), exact, draft), flush=True)
+    elif cmd == "accepts":
+        for path in sys.argv[2:]:
+            data = open(path, "rb").read()
+            verdicts = []
+            for draft in (False, True):
+                try:
+                    open_rgb(data, draft)
+                    verdicts.append("ok")
+                except Exception:
+                    verdicts.append("error")
+            print("accepts %s %s %s" % (os.path.basename(path), *verdicts), flush=True)
     elif cmd == "make-images":
         make_images(sys.argv[2], int(sys.argv[3]))
     elif cmd == "variants":

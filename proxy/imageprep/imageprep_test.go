@@ -281,16 +281,7 @@ func TestImagesIndependent(t *testing.T) {
 
 	// A photo without its DQT segments.
 	good = read(t, "grace_hopper.jpg")
-	sos = bytes.Index(good, []byte{0xff, 0xda})
-	noDQT := append([]byte(nil), good[:2]...)
-	for i := 2; i < sos; {
-		n := 2 + (int(good[i+2])<<8 | int(good[i+3]))
-		if good[i+1] != 0xdb {
-			noDQT = append(noDQT, good[i:i+n]...)
-		}
-		i += n
-	}
-	noDQT = append(noDQT, good[sos:]...)
+	noDQT := withoutDQT(good)
 	alone, aloneErr := tensor(noDQT)
 	if turbojpeg.Available && !errors.Is(aloneErr, ErrCorrupt) {
 		t.Fatalf("no DQT, alone: %v, want ErrCorrupt as in PIL", aloneErr)

@@ -85,16 +85,51 @@ func (d *Decoder) Close() {
 	}
 }
 
-// failure turns a failed call's status into a Go error.
-func failure(op string, st *C.bg_status) error {
+// failed judges a failed call on data: nil when libjpeg only warned and
+// data is whole, which leaves a whole image (PIL accepts those too: extra
+// bytes before a marker, a scan ended early by a marker), ErrWarning when
+// data is cut short (its missing rows would come out gray; PIL says "image
+// file is truncated"), and an error otherwise.
+//
+// TurboJPEG reports a call's first warning, or its error when one followed,
+// and flags both as TJERR_WARNING once anything warned: the text tells an
+// error from a warning, and a warning about the cut can hide behind an
+// earlier one, so reachesEOI decides that.
+func failed(op string, st *C.bg_status, data []byte) error {
 	msg := C.GoString(&st.msg[0])
-	if st.code == C.TJERR_WARNING {
-		return fmt.Errorf("%w: %s: %s", ErrWarning, op, msg)
+	switch {
+	case st.code != C.TJERR_WARNING || !isWarning(msg):
+		return fmt.Errorf("turbojpeg: %s: %s", op, msg)
+	case strings.HasPrefix(msg, jpegEOF) || !reachesEOI(data):
+		return fmt.Errorf("%w: %s: %s", ErrWarning, op, jpegEOF)
 	}
-	return fmt.Errorf("turbojpeg: %s: %s", op, msg)
+	return nil
 }
 
-// Header reads data's frame header.
+// jpegEOF is libjpeg's warning for data that ends before its EOI marker.
+const jpegEOF = "Premature end of JPEG file"
+
+// isWarning tells libjpeg's warnings (the JWRN_ messages of libjpeg-turbo
+// 2.1's jerror.h) from its errors. No error message starts like these.
+func isWarning(msg string) bool {
+	for _, w := range [...]string{
+		"Corrupt JPEG data: ", // extraneous bytes, end of data segment, bad Huffman or arithmetic code, RST expected, bad ICC marker
+		jpegEOF,
+		"Unknown Adobe color transform code ",
+		"Inconsistent progression sequence for component ",
+		"Warning: unknown JFIF revision number ",
+		"Invalid SOS parameters for sequential JPEG",
+		"Application transferred too many scanlines",
+	} {
+		if strings.HasPrefix(msg, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// Header reads data's frame header. libjpeg's warnings are not errors
+// unless data is cut short (see Decode).
 func (d *Decoder) Header(data []byte) (Info, error) {
 	if len(data) == 0 {
 		return Info{}, errors.New("turbojpeg: empty input")
@@ -104,7 +139,9 @@ func (d *Decoder) Header(data []byte) (Info, error) {
 	rc := C.bg_header(d.h, (*C.uchar)(unsafe.Pointer(unsafe.SliceData(data))), C.ulong(len(data)), &w, &h, &cs, &st)
 	runtime.KeepAlive(data)
 	if rc != 0 {
-		return Info{}, failure("header", &st)
+		if err := failed("header", &st, data); err != nil {
+			return Info{}, err
+		}
 	}
 	if w <= 0 || h <= 0 {
 		// A tables-only datastream: libjpeg reads its tables and
@@ -131,7 +168,8 @@ func (d *Decoder) Header(data []byte) (Info, error) {
 
 // Decode decodes data at 1/denom (1, 2, 4 or 8) as f into dst, which must
 // hold at least w*h*f.Bytes() bytes for the ScaledSize w x h; it returns
-// that size. Warnings are errors (ErrWarning).
+// that size. libjpeg's warnings are not errors, as in PIL, except a file
+// cut short (ErrWarning); an error after a warning is an error.
 func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int, err error) {
 	if denom != 1 && denom != 2 && denom != 4 && denom != 8 {
 		return 0, 0, fmt.Errorf("turbojpeg: scale 1/%d, want 1/1, 1/2, 1/4 or 1/8", denom)
@@ -154,16 +192,9 @@ func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int
 	runtime.KeepAlive(data)
 	runtime.KeepAlive(dst)
 	if rc != 0 {
-		err := failure("decode", &st)
-		// libjpeg's warnings: a file cut short (its missing rows come
-		// out gray) is an error, as it is for PIL ("image file is
-		// truncated"); the others (extra bytes before a marker, a scan
-		// ended early by a marker) leave a whole image, which PIL
-		// accepts too.
-		if errors.Is(err, ErrWarning) && !strings.Contains(err.Error(), "Premature end of JPEG file") {
-			return w, h, nil
+		if err := failed("decode", &st, data); err != nil {
+			return 0, 0, err
 		}
-		return 0, 0, err
 	}
 	return w, h, nil
 }

@@ -209,7 +209,8 @@ func newDecoder(t testing.TB) *turbojpeg.Decoder {
 }
 
 // FuzzDecode: any bytes give an image or an error, never a crash, at every
-// scale, on a new Decoder for each input as package imageprep uses them.
+// scale, on a new Decoder for each input as package imageprep uses them; an
+// image is decoded only from data that ReachesEOI walks to its end marker.
 func FuzzDecode(f *testing.F) {
 	for _, name := range []string{"grace_hopper.jpg", "small_progressive.jpg", "small_gray.jpg", "small_cmyk.jpg"} {
 		f.Add(readFile(f, name))
@@ -232,6 +233,10 @@ func FuzzDecode(f *testing.F) {
 			w, h, err := d.Decode(data, denom, turbojpeg.RGB, buf)
 			if err == nil && (w > info.Width || h > info.Height || w < 1 || h < 1) {
 				t.Fatalf("1/%d of %dx%d decoded as %dx%d", denom, info.Width, info.Height, w, h)
+			}
+			// libjpeg reads every image it decodes to its EOI.
+			if err == nil && !turbojpeg.ReachesEOI(data) {
+				t.Fatalf("1/%d decoded, but ReachesEOI finds no end-of-image marker", denom)
 			}
 		}
 	})

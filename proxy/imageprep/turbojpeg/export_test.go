@@ -1,0 +1,4 @@
+package turbojpeg
+
+// ReachesEOI exports reachesEOI to the tests.
+var ReachesEOI = reachesEOI
