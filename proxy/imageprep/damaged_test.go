@@ -3,6 +3,7 @@ package imageprep
 import (
 	"bytes"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,13 @@ import (
 // ignores libjpeg's warnings but not its errors, and refuses a file that
 // ends before its end-of-image marker. Before this test, an error that
 // followed a warning, or a cut that followed one, gave a partly gray image.
+//
+// On top of the named kinds of damage, 300 random ones (flipped, replaced,
+// inserted and deleted bytes, cuts). There one difference is allowed, in
+// the safe direction: PIL stops reading once it has every row, so it takes
+// a file whose end-of-image marker is missing or damaged if the scan data
+// before it is whole, and we refuse it as cut short (8 of 4000 verdicts in
+// a 2000-file trial).
 func TestDamagedLikePIL(t *testing.T) {
 	if JPEGDecoder() != "libjpeg-turbo" {
 		t.Skip("PIL's verdicts are libjpeg-turbo's; this build has Go's decoder")
@@ -31,7 +39,15 @@ func TestDamagedLikePIL(t *testing.T) {
 			names = append(names, name)
 		}
 	}
-	t.Logf("%d files", len(names))
+	r := rand.New(rand.NewSource(1))
+	for i := range 300 {
+		file := []string{"small_progressive.jpg", "small_gray.jpg", "small_cmyk.jpg"}[i%3]
+		name := fmt.Sprintf("random-%03d.jpg", i)
+		if err := os.WriteFile(filepath.Join(dir, name), randomDamage(r, read(t, file)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
 	if !strings.Contains(strings.Join(names, " "), "warning-then-error") {
 		t.Fatal("no progressive file to put an error after a warning in")
 	}
@@ -51,7 +67,7 @@ func TestDamagedLikePIL(t *testing.T) {
 		}
 		pil[name] = [2]bool{exact == "ok", draft == "ok"}
 	}
-	refused := 0
+	refused, allowed := 0, 0
 	out32 := make([]float32, 3*224*224)
 	for _, name := range names {
 		data, _ := os.ReadFile(filepath.Join(dir, name))
@@ -65,7 +81,11 @@ func TestDamagedLikePIL(t *testing.T) {
 			if err == nil {
 				terr = TensorAt(data, h, imagenet, denom, out32)
 			}
-			if got := terr == nil; got != want[i] {
+			switch got := terr == nil; {
+			case got == want[i]:
+			case strings.HasPrefix(name, "random-") && want[i] && strings.Contains(terr.Error(), "Premature end of JPEG file"):
+				allowed++
+			default:
 				t.Errorf("%s at 1/%d: accepted %v (%v), PIL %v", name, denom, got, terr, want[i])
 			}
 			if terr != nil {
@@ -73,9 +93,31 @@ func TestDamagedLikePIL(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("%d files, %d decodes refused; %d refusals of a file PIL takes without its end marker", len(names), refused, allowed)
 	if refused == 0 || refused == 2*len(names) {
 		t.Errorf("%d of %d decodes refused: the set should have both", refused, 2*len(names))
 	}
+}
+
+// randomDamage changes data in one to three places.
+func randomDamage(r *rand.Rand, data []byte) []byte {
+	data = append([]byte(nil), data...)
+	for j := r.Intn(3) + 1; j > 0 && len(data) > 0; j-- {
+		p := r.Intn(len(data))
+		switch r.Intn(5) {
+		case 0:
+			data[p] ^= byte(1 << r.Intn(8))
+		case 1:
+			data[p] = byte(r.Intn(256))
+		case 2:
+			data = append(data[:p], append([]byte{byte(r.Intn(256)), byte(r.Intn(256))}, data[p:]...)...)
+		case 3:
+			data = data[:p+1]
+		case 4:
+			data = append(data[:p], data[min(p+3, len(data)):]...)
+		}
+	}
+	return data
 }
 
 // damaged returns ways to damage a JPEG: cut short, extra bytes (which

@@ -84,7 +84,7 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 	var h Header
 	var err error
 	switch {
-	case bytes.HasPrefix(data, []byte("\xff\xd8")):
+	case bytes.HasPrefix(data, []byte("\xff\xd8\xff")): // SOI and a marker, as PIL identifies JPEG
 		h, err = inspectJPEG(data)
 	case bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")):
 		h, err = inspectPNG(data)
@@ -112,15 +112,20 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 func inspectJPEG(data []byte) (Header, error) {
 	p := 2
 	for {
-		// Markers may be preceded by any number of 0xff fill bytes.
-		for p < len(data) && data[p] == 0xff && p+1 < len(data) && data[p+1] == 0xff {
+		// The next marker as libjpeg (and Go's decoder) finds it: stray
+		// bytes are skipped (libjpeg warns), and so are any number of
+		// 0xff fill bytes; 0xff 0x00 is stray too.
+		for p < len(data) && data[p] != 0xff {
 			p++
 		}
-		if p+4 > len(data) || data[p] != 0xff {
+		for p+1 < len(data) && data[p+1] == 0xff {
+			p++
+		}
+		if p+4 > len(data) {
 			return Header{}, errors.New("jpeg: no frame header")
 		}
 		marker := data[p+1]
-		if marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7) {
+		if marker == 0x00 || marker == 0xd8 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7) {
 			p += 2 // no length
 			continue
 		}
