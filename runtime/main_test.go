@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -98,14 +97,14 @@ func TestServeAndSIGTERM(t *testing.T) {
 
 // startServe starts `runtime serve` with extra flags on a fresh socket and
 // returns the command, its socket and its stdout (the JSON logs).
-func startServe(t *testing.T, bin, model string, extra ...string) (*exec.Cmd, string, *syncBuffer) {
+func startServe(t *testing.T, bin, model string, extra ...string) (*exec.Cmd, string, *testenv.SyncBuffer) {
 	t.Helper()
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "rt.sock")
 	args := append([]string{"serve", "-socket", socket, "-model", model, "-ort-library", testenv.ORTLibrary(t),
 		"-ort-cache-dir", "off"}, extra...)
 	cmd := exec.Command(bin, args...)
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -114,20 +113,8 @@ func startServe(t *testing.T, bin, model string, extra ...string) (*exec.Cmd, st
 	return cmd, socket, out
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // waitLog waits (at most 60 s) for a log line holding want.
-func waitLog(t *testing.T, out *syncBuffer, want string) {
+func waitLog(t *testing.T, out *testenv.SyncBuffer, want string) {
 	t.Helper()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if strings.Contains(out.String(), want) {

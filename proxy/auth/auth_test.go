@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/batchgate/batchgate/internal/testenv"
 )
 
 // testSecret is a fixed secret, as GenerateKey makes them: 32 bytes in
@@ -528,7 +530,7 @@ func TestReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		set := metrics.NewSet()
-		var logs syncBuffer
+		var logs testenv.SyncBuffer
 		a := New(keys, sum, Config{File: path, Poll: time.Second, Metrics: set, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
@@ -604,24 +606,6 @@ func TestReload(t *testing.T) {
 			}
 		}
 	})
-}
-
-// syncBuffer is a log sink safe for several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A key rotated (its digest replaced) while requests check it: each

@@ -2,18 +2,18 @@ package auth
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/batchgate/batchgate/proxy/filewatch"
 )
 
 // Limits on the keys file: they bound its memory, the limiters and the
@@ -245,18 +245,8 @@ func decodeDigest(d *[32]byte, s string) bool {
 	return err == nil && n == len(d)
 }
 
-// Load reads and parses the keys file at path, and returns its sha256 too.
-// Symbolic links are followed: a Kubernetes Secret volume swaps its ..data
-// link on update, and the file read is always the whole new one.
+// Load reads and parses the keys file at path, and returns its sha256 too
+// (filewatch.Load).
 func Load(path string) (*Keys, [32]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, [32]byte{}, fmt.Errorf("cannot read the keys file (AUTH_KEYS_FILE): %w", err)
-	}
-	sum := sha256.Sum256(data)
-	k, err := Parse(data)
-	if err != nil {
-		return nil, sum, fmt.Errorf("%s: %w", path, err)
-	}
-	return k, sum, nil
+	return filewatch.Load(path, "the keys file (AUTH_KEYS_FILE)", Parse)
 }

@@ -8,9 +8,29 @@ package filewatch
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"os"
 	"time"
 )
+
+// Load reads the file at path and parses it, and returns the sha256 of what
+// it read too, even when parse fails: Poll's starting point. name says
+// which file it is in errors ("the routing file (ROUTING_FILE)").
+// Symbolic links are followed: a Kubernetes ConfigMap or Secret volume swaps
+// its ..data link on update, and the file read is always the whole new one.
+func Load[T any](path, name string, parse func([]byte) (T, error)) (T, [32]byte, error) {
+	var zero T
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return zero, [32]byte{}, fmt.Errorf("cannot read %s: %w", name, err)
+	}
+	sum := sha256.Sum256(data)
+	v, err := parse(data)
+	if err != nil {
+		return zero, sum, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, sum, nil
+}
 
 // Poll reads path every interval and calls changed with each new content:
 // one whose sha256 differs from the last one seen (last is the sha256 of

@@ -189,7 +189,7 @@ func TestAuth(t *testing.T) {
 			continue // not logged
 		}
 		found := false
-		for _, l := range ts.log.lines() {
+		for _, l := range logLines(ts.log) {
 			if l["request_id"] == id {
 				found = true
 				if l["key_id"] != tc.keyID {
@@ -251,7 +251,7 @@ func TestAuthRateLimit(t *testing.T) {
 		t.Errorf("classifier calls %d, rate rejections %v", ts.fc.callCount(), ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`))
 	}
 	found := false
-	for _, l := range ts.log.lines() {
+	for _, l := range logLines(ts.log) {
 		if l["status"] == 429.0 && l["key_id"] == "slow" {
 			found = true
 		}
@@ -341,7 +341,7 @@ func TestAuthExpect(t *testing.T) {
 		t.Errorf("%v 401s counted, want 2", got)
 	}
 	refused := 0
-	for _, l := range ts.log.lines() {
+	for _, l := range logLines(ts.log) {
 		if l["msg"] == "request refused before its body" {
 			refused++
 			if l["status"] == 403.0 && l["key_id"] != "meta" {

@@ -135,26 +135,8 @@ func (f *fakeClassifier) set(fn func(f *fakeClassifier)) {
 	fn(f)
 }
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// lines returns the JSON log records.
-func (s *syncBuffer) lines() []map[string]any {
+// logLines returns the JSON log records written to s.
+func logLines(s *testenv.SyncBuffer) []map[string]any {
 	var out []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(s.String()), "\n") {
 		var m map[string]any
@@ -174,7 +156,7 @@ type testServer struct {
 	addr    string
 	url     string
 	set     *metrics.Set
-	log     *syncBuffer
+	log     *testenv.SyncBuffer
 	client  *http.Client
 	uploads *budget.Budget
 }
@@ -184,7 +166,7 @@ const testMaxBody = 100_000
 func startServer(t *testing.T, change func(*Config)) *testServer {
 	t.Helper()
 	fc := newFake()
-	logBuf := &syncBuffer{}
+	logBuf := &testenv.SyncBuffer{}
 	set := metrics.NewSet()
 	cfg := Config{
 		Classifier: fc, Metrics: stats.New(set, stats.Gauges{}),
@@ -524,7 +506,7 @@ func TestRequestID(t *testing.T) {
 		}
 		seen[got] = true
 		logged := false
-		for _, l := range ts.log.lines() {
+		for _, l := range logLines(ts.log) {
 			if l["msg"] == "request" && l["request_id"] == got && l["route"] == "/predict" && l["status"] == 200.0 {
 				logged = true
 			}
@@ -533,7 +515,7 @@ func TestRequestID(t *testing.T) {
 			t.Errorf("%q: no request log line with the id %q", tc.id, got)
 		}
 		if !tc.keep && tc.id != "" {
-			for _, l := range ts.log.lines() {
+			for _, l := range logLines(ts.log) {
 				if l["request_id"] == tc.id || strings.Contains(ts.log.String(), tc.id) {
 					t.Errorf("%q: the rejected id is in the log", tc.id)
 				}
@@ -914,7 +896,7 @@ func TestPanic(t *testing.T) {
 		t.Errorf("the 500 counted %v times", got)
 	}
 	found := false
-	for _, l := range ts.log.lines() {
+	for _, l := range logLines(ts.log) {
 		if l["msg"] == "handler panicked" {
 			found = true
 			stack, _ := l["stack"].(string)

@@ -6,6 +6,7 @@ import (
 	"image/png"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -271,7 +272,7 @@ func TestImagesIndependent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after the first %d bytes, the whole image fails: %v", n, err)
 		}
-		if !slicesEqual(got, want) {
+		if !slices.Equal(got, want) {
 			t.Fatalf("after the first %d bytes, the whole image gives another tensor", n)
 		}
 	}
@@ -291,20 +292,8 @@ func TestImagesIndependent(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := tensor(noDQT)
-		if (err == nil) != (aloneErr == nil) || !slicesEqual(got, alone) {
+		if (err == nil) != (aloneErr == nil) || !slices.Equal(got, alone) {
 			t.Fatalf("no DQT, after the whole photo: %v; alone: %v", err, aloneErr)
 		}
 	}
-}
-
-func slicesEqual(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

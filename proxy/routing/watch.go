@@ -2,28 +2,16 @@ package routing
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/batchgate/batchgate/proxy/filewatch"
 )
 
 // Load reads and parses the routing file at path, and returns its sha256
-// too. Symbolic links are followed: a Kubernetes ConfigMap volume swaps its
-// ..data link on update, and the file read is always the whole new one.
+// too (filewatch.Load).
 func Load(path string) (*File, [32]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, [32]byte{}, fmt.Errorf("cannot read the routing file (ROUTING_FILE): %w", err)
-	}
-	sum := sha256.Sum256(data)
-	f, err := Parse(data)
-	if err != nil {
-		return nil, sum, fmt.Errorf("%s: %w", path, err)
-	}
-	return f, sum, nil
+	return filewatch.Load(path, "the routing file (ROUTING_FILE)", Parse)
 }
 
 // Watch polls path every interval (filewatch.Poll) and calls apply with

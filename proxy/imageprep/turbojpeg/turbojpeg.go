@@ -174,12 +174,9 @@ func (d *Decoder) Decode(data []byte, denom int, f Format, dst []byte) (w, h int
 	if denom != 1 && denom != 2 && denom != 4 && denom != 8 {
 		return 0, 0, fmt.Errorf("turbojpeg: scale 1/%d, want 1/1, 1/2, 1/4 or 1/8", denom)
 	}
-	info, err := d.Header(data)
+	info, err := d.Header(data) // a size of at least 1x1, or an error
 	if err != nil {
 		return 0, 0, err
-	}
-	if info.Width <= 0 || info.Height <= 0 {
-		return 0, 0, fmt.Errorf("turbojpeg: the header says %dx%d pixels", info.Width, info.Height)
 	}
 	w, h = ScaledSize(info.Width, info.Height, denom)
 	if len(dst) < w*h*f.Bytes() {
