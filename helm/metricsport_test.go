@@ -184,34 +184,35 @@ func TestIngressAPIOnly(t *testing.T) {
 	}
 }
 
-// TestNetworkPolicyMetrics: the API port is open to the release's namespace
-// and allowNamespaces, the metrics port to metricsNamespaces only (the
-// scraper), never to wherever the API is open; with no metricsNamespaces
-// there is no rule for it (a rule with an empty `from` would admit every
-// source).
+// TestNetworkPolicyMetrics: with apiFromAnywhere off, the API port is open
+// to the release's namespace and allowNamespaces; the metrics port to
+// metricsNamespaces only (the scraper), never to wherever the API is open;
+// with no metricsNamespaces there is no rule for it (a rule with an empty
+// `from` would admit every source, which only the API's may do: "anywhere").
+// The defaults are TestNetworkPolicy's (networkpolicy_test.go).
 func TestNetworkPolicyMetrics(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		values string
 		want   map[string][]string // port: its sources
 	}{
-		{"defaults", "networkPolicy: {enabled: true}", map[string][]string{
+		{"API by namespace", "networkPolicy: {enabled: true, apiFromAnywhere: false}", map[string][]string{
 			"9999": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 			"9464": {"namespace monitoring"},
 		}},
-		{"own namespaces", "networkPolicy: {enabled: true, allowNamespaces: [ingress-nginx], metricsNamespaces: [prometheus, observability]}", map[string][]string{
+		{"own namespaces", "networkPolicy: {enabled: true, apiFromAnywhere: false, allowNamespaces: [ingress-nginx], metricsNamespaces: [prometheus, observability]}", map[string][]string{
 			"9999": {"namespace ingress-nginx", "own namespace"},
 			"9464": {"namespace observability", "namespace prometheus"},
 		}},
-		{"own ports", "networkPolicy: {enabled: true}\nservice: {port: 8080}\nmonitoring: {metricsPort: 9100}", map[string][]string{
+		{"own ports", "networkPolicy: {enabled: true, apiFromAnywhere: false}\nservice: {port: 8080}\nmonitoring: {metricsPort: 9100}", map[string][]string{
 			"8080": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 			"9100": {"namespace monitoring"},
 		}},
-		{"no metricsNamespaces: metrics port closed", "networkPolicy: {enabled: true, metricsNamespaces: []}", map[string][]string{
+		{"no metricsNamespaces: metrics port closed", "networkPolicy: {enabled: true, apiFromAnywhere: false, metricsNamespaces: []}", map[string][]string{
 			"9999": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 		}},
 		{"tracing-auth profile", "", map[string][]string{
-			"9999": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
+			"9999": {"anywhere"},
 			"9464": {"namespace monitoring"},
 		}},
 	} {
@@ -225,11 +226,14 @@ func TestNetworkPolicyMetrics(t *testing.T) {
 			for _, r := range get(np, "spec", "ingress").([]any) {
 				ps, _ := get(r, "ports").([]any)
 				from, _ := get(r, "from").([]any)
-				if len(ps) != 1 || len(from) == 0 {
-					t.Errorf("rule %v: want one port and at least one source (none admits every source)", r)
+				if len(ps) != 1 {
+					t.Errorf("rule %v: want one port", r)
 					continue
 				}
 				port := fmt.Sprint(get(ps[0], "port"))
+				if len(from) == 0 {
+					got[port] = []string{"anywhere"} // no source listed admits every source
+				}
 				for _, f := range from {
 					switch {
 					case get(f, "namespaceSelector") != nil:
@@ -254,8 +258,9 @@ func TestNetworkPolicyMetrics(t *testing.T) {
 
 // TestDefaultsUnchanged: with the new values at their defaults (tracing and
 // API keys off) the chart renders the objects, containers, env, mounts and
-// volumes of chart 0.3.0, plus METRICS_PORT and the `metrics` container
-// port; the ServiceMonitor profile adds the metrics Service.
+// volumes of chart 0.3.0, plus METRICS_PORT, the `metrics` container port
+// and the NetworkPolicy (on by default); the ServiceMonitor profile adds the
+// metrics Service.
 func TestDefaultsUnchanged(t *testing.T) {
 	proxyEnv := []string{"PORT", "METRICS_PORT", "RUNTIME_SOCKET", "MAX_BATCH_SIZE", "BATCH_WINDOW", "QUEUE_CAPACITY", "MAX_INFLIGHT_BATCHES",
 		"REQUEST_TIMEOUT", "CACHE_ENTRIES", "CACHE_BYTES", "MAX_BODY_BYTES", "DRAIN_DELAY", "LOG_LEVEL"}
@@ -275,15 +280,15 @@ func TestDefaultsUnchanged(t *testing.T) {
 		want shape
 	}{
 		{"default", nil, shape{
-			[]string{"PodDisruptionBudget/rel-batchgate", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "Pod/rel-batchgate-test"},
+			[]string{"NetworkPolicy/rel-batchgate", "PodDisruptionBudget/rel-batchgate", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "Pod/rel-batchgate-test"},
 			map[string]string{"runtime": c(runtimeEnv, "sock,cache", ""), "proxy": c(proxyEnv, "sock", "http,metrics")},
 			[]string{"sock", "cache"}}},
 		{"servicemonitor", []string{"-f", filepath.Join(chartDir(t), "ci/servicemonitor.yaml")}, shape{
-			[]string{"PodDisruptionBudget/rel-batchgate", "Service/rel-batchgate-metrics", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "ServiceMonitor/rel-batchgate", "Pod/rel-batchgate-test"},
+			[]string{"NetworkPolicy/rel-batchgate", "PodDisruptionBudget/rel-batchgate", "Service/rel-batchgate-metrics", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "ServiceMonitor/rel-batchgate", "Pod/rel-batchgate-test"},
 			map[string]string{"runtime": c(runtimeEnv, "sock,cache", ""), "proxy": c(proxyEnv, "sock", "http,metrics")},
 			[]string{"sock", "cache"}}},
 		{"models", []string{"-f", filepath.Join(chartDir(t), "ci/models.yaml")}, shape{
-			[]string{"PodDisruptionBudget/rel-batchgate", "ConfigMap/rel-batchgate-dashboard", "ConfigMap/rel-batchgate-routing", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "Pod/rel-batchgate-test"},
+			[]string{"NetworkPolicy/rel-batchgate", "PodDisruptionBudget/rel-batchgate", "ConfigMap/rel-batchgate-dashboard", "ConfigMap/rel-batchgate-routing", "Service/rel-batchgate", "Deployment/rel-batchgate", "ScaledObject/rel-batchgate", "Pod/rel-batchgate-test"},
 			map[string]string{
 				"fetch-model-v2": c([]string{"POD_NAME"}, "models", ""),
 				"runtime-v1":     c(append(slices.Clone(runtimeEnv), "MODEL_NAME"), "sock,cache", ""),

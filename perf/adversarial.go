@@ -42,16 +42,21 @@ type soakConfig struct {
 	idleConns     int           // idle keep-alive connections
 	idle          time.Duration // held for this long
 	recoverWithin time.Duration // wait at most this for RSS to fall below recoverMiB
+	attack        time.Duration // each of issue 22's attacks runs this long (attacks.go)
+	scale         float64       // of the attacks' connection counts
+	honest        int           // honest clients' connections, beside every scenario
 }
 
 var fullSoak = soakConfig{
 	heldUploads: 200, uploadBytes: 9 << 20, hold: 10 * time.Second,
 	bombs: 16, floodConns: 500, flood: 60 * time.Second,
 	idleConns: 5000, idle: 10 * time.Second, recoverWithin: 60 * time.Second,
+	attack: 20 * time.Second, scale: 1, honest: 2,
 }
 
 const (
 	limitMiB   = 512 // the chart's proxy memory limit
+	goalMiB    = 400 // issue 22's goal under every attack
 	recoverMiB = 150
 )
 
@@ -64,6 +69,9 @@ type scenarioResult struct {
 	RecoverSec  float64        `json:"recover_s"` // -1: not within the limit
 	AfterRSSMiB float64        `json:"after_rss_mib"`
 	Took        time.Duration  `json:"took"`
+	Honest      honestResult   `json:"honest"` // the honest clients meanwhile
+	// HonestRatio is Honest's goodput over the quiet period's.
+	HonestRatio float64 `json:"honest_ratio"`
 }
 
 // soakStack is the proxy and runtime under test.
@@ -388,11 +396,7 @@ func idleConns(addr string, n int, d time.Duration) *outcomes {
 func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any)) []scenarioResult {
 	pid := s.px.Process.Pid
 	gray, rgba := bombPNG(true), bombPNG(false)
-	scenarios := []struct {
-		name string
-		conn int
-		run  func() *outcomes
-	}{
+	scenarios := []scenario{
 		{fmt.Sprintf("%d concurrent %d MiB uploads held open %v", cfg.heldUploads, cfg.uploadBytes>>20, cfg.hold), cfg.heldUploads,
 			func() *outcomes { return heldUploads(s.addr, cfg.heldUploads, cfg.uploadBytes, cfg.hold, jpeg) }},
 		{fmt.Sprintf("%d concurrent 40 MP PNG bombs (%d KB gray, %d KB RGBA)", cfg.bombs, len(gray)>>10, len(rgba)>>10), cfg.bombs,
@@ -408,14 +412,33 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 		{fmt.Sprintf("%d idle keep-alive connections for %v", cfg.idleConns, cfg.idle), cfg.idleConns,
 			func() *outcomes { return idleConns(s.addr, cfg.idleConns, cfg.idle) }},
 	}
-	var results []scenarioResult
+	scenarios = append(scenarios, attackScenarios(s.addr, cfg.attack, cfg.scale)...)
+	// The honest clients' goodput alone, for the ratios, after a warm-up.
+	warm := make(chan struct{})
+	time.AfterFunc(2*time.Second, func() { close(warm) })
+	honestClient(s.addr, cfg.honest, jpeg, warm)
+	quietStop := make(chan struct{})
+	time.AfterFunc(cfg.attack, func() { close(quietStop) })
+	quiet := honestClient(s.addr, cfg.honest, jpeg, quietStop)
+	logf("soak: honest clients alone: %.1f images/s, p50 %v", quiet.PerSec, quiet.P50)
+	results := []scenarioResult{{Name: "quiet: the honest clients alone", PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed,
+		RecoverSec: -1, Honest: quiet, HonestRatio: 1}}
 	for _, sc := range scenarios {
 		logf("soak: %s ...", sc.name)
 		start := time.Now()
 		stop := peakSampler(pid)
+		honestStop := make(chan struct{})
+		honestDone := make(chan honestResult, 1)
+		go func() { honestDone <- honestClient(s.addr, cfg.honest, jpeg, honestStop) }()
 		out := sc.run()
+		close(honestStop)
+		h := <-honestDone
 		peak := stop()
-		r := scenarioResult{Name: sc.name, PeakRSSMiB: peak, Outcomes: out.m, Connections: sc.conn, Took: time.Since(start), RecoverSec: -1}
+		r := scenarioResult{Name: sc.name, PeakRSSMiB: peak, Outcomes: out.m, Connections: sc.conn, Took: time.Since(start), RecoverSec: -1,
+			Honest: h}
+		if quiet.PerSec > 0 {
+			r.HonestRatio = h.PerSec / quiet.PerSec
+		}
 		// Recovery: RSS back under recoverMiB.
 		t0 := time.Now()
 		for time.Since(t0) < cfg.recoverWithin {
@@ -425,7 +448,8 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
-		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s", sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds())
+		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s; honest %.1f/s (%.2f of quiet), p50 %v, %d failed",
+			sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds(), h.PerSec, r.HonestRatio, h.P50, h.Failed)
 		results = append(results, r)
 		if !s.alive() {
 			logf("soak: the proxy died (OOM kill?) during %q", sc.name)
@@ -439,9 +463,15 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 func soakReport(results []scenarioResult, limited, machine string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Adversarial memory soak\n\n%s. Proxy with its default settings; %s; tiny model.\n", machine, limited)
-	fmt.Fprintf(&b, "Goal: peak RSS <= %d MiB, every connection answered (200/413/429/503) or closed cleanly, and RSS < %d MiB within 60 s after.\n\n", limitMiB, recoverMiB)
-	b.WriteString("| scenario | peak RSS MiB | outcomes | RSS after, MiB | back under 150 MiB after |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "Goal: peak RSS <= %d MiB (issue 22: <= %d), every connection answered (200/408/413/429/503) or closed cleanly, RSS < %d MiB within 60 s after, and the honest clients (from an address of their own) keep >= 90%% of their quiet goodput.\n\n", limitMiB, goalMiB, recoverMiB)
+	b.WriteString("| scenario | peak RSS MiB | outcomes | RSS after, MiB | back under 150 MiB after | honest images/s (of quiet) | honest p50 ms |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
+		h := fmt.Sprintf("%.1f (%.2f)", r.Honest.PerSec, r.HonestRatio)
+		p50 := fmt.Sprintf("%.1f", float64(r.Honest.P50.Microseconds())/1000)
+		if r.PeakRSSMiB < 0 {
+			fmt.Fprintf(&b, "| %s | | | | | %s | %s |\n", r.Name, h, p50)
+			continue
+		}
 		keys := make([]string, 0, len(r.Outcomes))
 		for k := range r.Outcomes {
 			keys = append(keys, k)
@@ -455,7 +485,7 @@ func soakReport(results []scenarioResult, limited, machine string) string {
 		if r.RecoverSec >= 0 {
 			rec = fmt.Sprintf("%.1f s", r.RecoverSec)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s |\n", r.Name, r.PeakRSSMiB, strings.Join(parts, ", "), r.AfterRSSMiB, rec)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %s |\n", r.Name, r.PeakRSSMiB, strings.Join(parts, ", "), r.AfterRSSMiB, rec, h, p50)
 	}
 	return b.String()
 }
@@ -489,7 +519,8 @@ func (c soakConfig) scaled(f float64) soakConfig {
 	n := func(v int) int { return max(1, int(float64(v)*f)) }
 	d := func(v time.Duration) time.Duration { return max(time.Second, time.Duration(float64(v)*f)) }
 	c.heldUploads, c.bombs, c.floodConns, c.idleConns = n(c.heldUploads), max(2, n(c.bombs)), n(c.floodConns), n(c.idleConns)
-	c.hold, c.flood, c.idle = d(c.hold), d(c.flood), d(c.idle)
+	c.hold, c.flood, c.idle, c.attack = d(c.hold), d(c.flood), d(c.idle), d(c.attack)
+	c.scale *= f
 	return c
 }
 

@@ -100,9 +100,29 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	}
 	g.CacheBytes = num("CACHE_BYTES", 64<<20, 1, 1<<40)
 	g.MaxBodyBytes = int(num("MAX_BODY_BYTES", 10<<20, 1024, 1<<30))
+	// 0 turns a bound off: the gateway reads negative as off, zero as its
+	// default.
+	off := func(n int64) int64 {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
 	g.MaxPixels = int(num("MAX_IMAGE_PIXELS", 40_000_000, 1, 1<<31))
+	g.MaxPixelsPerByte = int(off(num("MAX_PIXELS_PER_BYTE", imageprep.DefaultMaxPixelsPerByte, 0, 1<<30)))
 	g.UploadMemory = num("UPLOAD_MEMORY_BYTES", 96<<20, 1<<20, 1<<40)
 	g.UploadWait = dur("UPLOAD_WAIT", 2*time.Second, time.Millisecond, time.Minute)
+	g.UploadMinRate = off(num("UPLOAD_MIN_BYTES_PER_SECOND", 16<<10, 0, 1<<40))
+	g.UploadRateGrace = dur("UPLOAD_RATE_GRACE", 5*time.Second, time.Millisecond, time.Hour)
+	g.UploadsPerClient = int(off(num("UPLOADS_PER_CLIENT", 8, 0, 1<<20)))
+	g.UploadsPerKey = int(off(num("UPLOADS_PER_KEY", 8, 0, 1<<20)))
+	switch v := str("CACHE_SHARED_ACROSS_KEYS", "false"); v {
+	case "false", "0":
+	case "true", "1":
+		g.SharedCacheAcrossKeys = true
+	default:
+		errs = append(errs, fmt.Errorf("CACHE_SHARED_ACROSS_KEYS=%q: want true or false", v))
+	}
 	g.DecodeQueue = int(num("DECODE_QUEUE_CAPACITY", int64(g.Batch.QueueCapacity+runtime.GOMAXPROCS(0)), 1, 1<<20))
 	g.DecodeMemory = num("DECODE_MEMORY_BYTES", 128<<20, 1<<20, 1<<40)
 	switch v := str("JPEG_DCT_SCALING", "true"); v {
@@ -113,6 +133,8 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		errs = append(errs, fmt.Errorf("JPEG_DCT_SCALING=%q: want true or false", v))
 	}
 	g.MaxConnections = int(num("MAX_CONNECTIONS", 10000, 1, 1<<20))
+	g.MaxConnectionsPerIP = int(off(num("MAX_CONNECTIONS_PER_IP", 1024, 0, 1<<20)))
+	g.HeaderTimeout = dur("HEADER_TIMEOUT", 10*time.Second, 10*time.Millisecond, time.Hour)
 	g.MaxElements = int(num("OIP_MAX_IMAGES", int64(min(max(g.Batch.QueueCapacity/4, 1), 64)), 1, 1024))
 	g.RuntimeStallAfter = dur("RUNTIME_STALL_TIMEOUT", 4*time.Second, 100*time.Millisecond, time.Hour)
 	g.RuntimeBatchTimeout = dur("RUNTIME_BATCH_TIMEOUT", 15*time.Second, 100*time.Millisecond, time.Hour)
@@ -139,14 +161,14 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		g.AuthPoll = dur("AUTH_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
 	}
 	if g.UploadMemory < 2*int64(g.MaxBodyBytes) {
-		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 4x their size)", g.UploadMemory, g.MaxBodyBytes))
+		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 3x their size)", g.UploadMemory, g.MaxBodyBytes))
 	}
 	// OTEL_*: tracing, off unless an OTLP endpoint is set (docs/tracing.md).
 	tc, err := tracing.ConfigFromEnv(getenv, "batchgate-proxy")
 	if err != nil {
 		errs = append(errs, err)
 	}
-	c.tracing, g.Tracing = tc, tc.Enabled()
+	c.tracing, g.Tracing, g.TrustRemoteSampling = tc, tc.Enabled(), tc.TrustRemote
 	if err := c.logLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", getenv("LOG_LEVEL")))
 	}

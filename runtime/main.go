@@ -139,8 +139,27 @@ func serve(args []string) error {
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "longest wait for the batch in flight on SIGTERM")
 	wantVariant := fs.String("variant", env("MODEL_VARIANT", ""), `the model's variant, "fp32" or "int8": start-up fails on a model of the other one; empty: any (env MODEL_VARIANT)`)
+	// Who may reach the socket (runtime/server/harden.go).
+	dirCheck := fs.Bool("socket-dir-check", envBool("RUNTIME_SOCKET_DIR_CHECK", true),
+		"refuse to start in a socket folder that others could swap the socket in; false: warn only (env RUNTIME_SOCKET_DIR_CHECK)")
+	allowedUIDs := fs.String("allowed-uids", env("RUNTIME_ALLOWED_UIDS", ""),
+		"comma-separated peer uids served besides the runtime's own and root; another one makes the socket 0660, else 0600 (env RUNTIME_ALLOWED_UIDS)")
+	maxConns := fs.Int("max-connections", envInt("RUNTIME_MAX_CONNECTIONS", server.DefaultMaxConnections),
+		"connections open at once; more are refused (env RUNTIME_MAX_CONNECTIONS)")
+	handshakeTimeout := fs.Duration("handshake-timeout", envDuration("RUNTIME_HANDSHAKE_TIMEOUT", server.DefaultHandshakeTimeout),
+		"a new connection that sends no hello this long is closed (env RUNTIME_HANDSHAKE_TIMEOUT)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *maxConns < 1 {
+		return fmt.Errorf("RUNTIME_MAX_CONNECTIONS must be >= 1, got %d", *maxConns)
+	}
+	if *handshakeTimeout <= 0 {
+		return fmt.Errorf("RUNTIME_HANDSHAKE_TIMEOUT must be a positive duration such as 5s, got %s", *handshakeTimeout)
+	}
+	allowed, err := server.ParseUIDs(*allowedUIDs)
+	if err != nil {
+		return fmt.Errorf("RUNTIME_ALLOWED_UIDS: %w", err)
 	}
 	log, err := newLogger(*level)
 	if err != nil {
@@ -169,12 +188,17 @@ func serve(args []string) error {
 	if _, ok := modelVariants[*wantVariant]; !ok && *wantVariant != "" {
 		return fmt.Errorf("MODEL_VARIANT must be fp32, int8 or empty, got %q", *wantVariant)
 	}
-	if err := os.MkdirAll(filepath.Dir(*socket), 0o755); err != nil {
-		return fmt.Errorf("cannot create socket folder: %w", err)
+	// The socket's folder is created 0700 when absent; one that others
+	// could swap the socket in is refused (server.CheckSocketDir).
+	if err := server.PrepareSocketDir(filepath.Dir(*socket)); err != nil {
+		if *dirCheck || !errors.Is(err, server.ErrUnsafeSocketDir) {
+			return err
+		}
+		log.Warn("RUNTIME_SOCKET_DIR_CHECK=false: serving from a socket folder that fails the check", "error", err)
 	}
 	// Claim the socket before the slow model load, so that a second
 	// runtime started by mistake fails at once.
-	ln, err := server.Listen(*socket)
+	ln, err := server.ListenMode(*socket, server.SocketMode(allowed))
 	if err != nil {
 		return err
 	}
@@ -211,10 +235,11 @@ func serve(args []string) error {
 		ResizeShorter: 256, Mean: [3]float32{0.485, 0.456, 0.406}, Std: [3]float32{0.229, 0.224, 0.225},
 		Classes: mi.Classes, LabelSet: labelSet, Labels: labels,
 		MaxBatchSize: *maxBatch, ORTVersion: mi.ORTVersion, Threads: ef.threads,
-	}})
+	}, AllowedUIDs: allowed, MaxConnections: *maxConns, HandshakeTimeout: *handshakeTimeout})
 	log.Info("model loaded", "model", *name, "path", ef.model, "sha256", mi.SHA256, "generated", generated, "variant", mi.Variant,
 		"ort_version", mi.ORTVersion, "threads", ef.threads, "from_cache", mi.FromCache,
-		"load_ms", mi.LoadTime.Milliseconds(), "rss_mb", rssMB(), "socket", *socket)
+		"load_ms", mi.LoadTime.Milliseconds(), "rss_mb", rssMB(), "socket", *socket,
+		"socket_mode", fmt.Sprintf("%04o", server.SocketMode(allowed)), "runtime_uid", os.Geteuid(), "allowed_uids", allowed)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -273,8 +298,9 @@ func serve(args []string) error {
 			if err := shutdown(ctx); err != nil {
 				return err
 			}
-			st := srv.Stats()
-			log.Info("stopped", "batches", st.Batches, "items", st.Items)
+			st, cs := srv.Stats(), srv.ConnStats()
+			log.Info("stopped", "batches", st.Batches, "items", st.Items, "refused_peers", cs.RefusedPeers,
+				"refused_busy", cs.RefusedBusy, "handshake_timeouts", cs.HandshakeTimeouts)
 			return nil
 		}
 	}
@@ -334,6 +360,19 @@ func probe(args []string) error {
 			*socket, st.RunningMs, st.Queued, st.IdleMs)
 	}
 	return nil
+}
+
+func envBool(name string, def bool) bool {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "runtime: %s=%q is not true or false\n", name, v)
+		os.Exit(2)
+	}
+	return b
 }
 
 func envDuration(name string, def time.Duration) time.Duration {

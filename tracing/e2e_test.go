@@ -43,7 +43,9 @@ func TestCollector(t *testing.T) {
 	rt := start(t, dir, "runtime", append(otel, "LOG_LEVEL=warn"), "serve", "-socket", socket, "-model", testenv.TinyModel(t),
 		"-ort-library", testenv.ORTLibrary(t), "-max-batch-size", "2")
 	port, metricsPort := testenv.FreePort(t), testenv.FreePort(t)
-	px := start(t, dir, "proxy", append(otel, "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort),
+	// No API keys: TRACING_TRUST_REMOTE=always lets the incoming sampled
+	// flags decide, as a gateway in front of the proxy would.
+	px := start(t, dir, "proxy", append(otel, "TRACING_TRUST_REMOTE=always", "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort),
 		"RUNTIME_SOCKET="+socket, "MAX_BATCH_SIZE=2", "BATCH_WINDOW=10s", "DRAIN_DELAY=0s"))
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	testenv.WaitHTTP(t, url+"/readyz")

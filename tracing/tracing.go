@@ -6,10 +6,14 @@
 // then stays OpenTelemetry's no-op one, whose spans cost a few nanoseconds
 // and allocate nothing.
 //
-// The sampler is always parent-based: a sampled upstream context (an
-// incoming W3C traceparent with the sampled flag) is always recorded, an
-// unsampled one never is, and the configured sampler decides only for new
-// traces. Spans go to an OTLP/HTTP exporter through a batch span processor,
+// The sampler is parent-based: a sampled upstream context is always
+// recorded, an unsampled one never is, and the configured sampler decides
+// for new traces. The exception is the edge: the proxy marks the context of
+// a request it does not trust (TRACING_TRUST_REMOTE, IgnoreRemoteSampled),
+// and for such a request the configured sampler decides as for a new trace,
+// whatever the incoming flag, while the trace id is kept. A client cannot
+// then force every one of its requests to be recorded and flood the
+// exporter's queue. Spans go to an OTLP/HTTP exporter through a batch span processor,
 // whose queue is bounded (2048 spans by default, OTEL_BSP_MAX_QUEUE_SIZE):
 // when the collector is slow or gone, spans are dropped, never requests.
 package tracing
@@ -48,6 +52,89 @@ type Config struct {
 	// ServiceName is service.name unless OTEL_SERVICE_NAME or
 	// OTEL_RESOURCE_ATTRIBUTES set it (the SDK reads those itself).
 	ServiceName string
+	// TrustRemote says whose incoming sampled flag the proxy honours
+	// (TRACING_TRUST_REMOTE); the zero value is TrustAuthenticated. Only
+	// the proxy's HTTP edge applies it: the runtime's remote parent is
+	// the proxy, always trusted.
+	TrustRemote TrustRemote
+}
+
+// TrustRemote says whose incoming W3C sampled flag a request's server span
+// honours. A request that is not trusted still continues the incoming
+// trace id (its span's parent is the caller's span), but the configured
+// sampler decides whether it is recorded, as for a new trace.
+type TrustRemote string
+
+// The TRACING_TRUST_REMOTE values.
+const (
+	// TrustAuthenticated honours the flag only on requests whose API key
+	// authenticated (docs/auth.md). Without API keys nobody is
+	// authenticated: the flag is never honoured. The default.
+	TrustAuthenticated TrustRemote = "authenticated"
+	// TrustAlways honours every caller's flag: for a proxy behind a
+	// gateway that sets or strips traceparent itself.
+	TrustAlways TrustRemote = "always"
+	// TrustNever never honours it: the proxy's sampler always decides.
+	TrustNever TrustRemote = "never"
+)
+
+// ParseTrustRemote reads a TRACING_TRUST_REMOTE value; "" is the default,
+// TrustAuthenticated.
+func ParseTrustRemote(s string) (TrustRemote, error) {
+	switch t := TrustRemote(strings.ToLower(strings.TrimSpace(s))); t {
+	case "":
+		return TrustAuthenticated, nil
+	case TrustAuthenticated, TrustAlways, TrustNever:
+		return t, nil
+	}
+	return "", fmt.Errorf("TRACING_TRUST_REMOTE=%.40q: want authenticated (the default), always or never", s)
+}
+
+// Trusts reports whether a request's incoming sampled flag is honoured;
+// authenticated is whether its API key authenticated. The zero value
+// behaves as TrustAuthenticated.
+func (t TrustRemote) Trusts(authenticated bool) bool {
+	switch t {
+	case TrustAlways:
+		return true
+	case TrustNever:
+		return false
+	}
+	return authenticated
+}
+
+// ignoreRemoteKey marks a context whose remote parent's sampled flag the
+// sampler ignores.
+type ignoreRemoteKey struct{}
+
+// IgnoreRemoteSampled marks ctx, which holds a remote span context (an
+// extracted traceparent), so that a span started with it continues the
+// remote trace but is sampled by the process's own sampler (Sampler), as a
+// new trace would be, whatever the remote sampled flag says.
+func IgnoreRemoteSampled(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ignoreRemoteKey{}, true)
+}
+
+// Sampler is the sampler tracing.Start installs: ParentBased(root), except
+// that a remote parent in a context marked by IgnoreRemoteSampled is
+// decided by root, as a new trace is (with the parent's trace id, so a
+// ratio sampler stays consistent along the trace).
+func Sampler(root sdktrace.Sampler) sdktrace.Sampler {
+	return edgeSampler{root: root, parent: sdktrace.ParentBased(root)}
+}
+
+type edgeSampler struct{ root, parent sdktrace.Sampler }
+
+func (s edgeSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	if psc := trace.SpanContextFromContext(p.ParentContext); psc.IsValid() && psc.IsRemote() &&
+		p.ParentContext.Value(ignoreRemoteKey{}) != nil {
+		return s.root.ShouldSample(p)
+	}
+	return s.parent.ShouldSample(p)
+}
+
+func (s edgeSampler) Description() string {
+	return "EdgeParentBased{" + s.root.Description() + "}"
 }
 
 // Enabled reports whether spans are exported.
@@ -65,12 +152,19 @@ func (c Config) Enabled() bool { return c.Endpoint != "" }
 //     always parent-based.
 //   - OTEL_TRACES_SAMPLER_ARG: the ratio for traceidratio, in [0, 1];
 //     default 0.01.
+//   - TRACING_TRUST_REMOTE: authenticated (default), always or never
+//     (TrustRemote). Read, and a bad value refused, even with tracing
+//     off, so a typo shows before tracing is turned on.
 //
 // service is the default service.name. Other OTEL_EXPORTER_OTLP_* variables
 // (headers, timeout, compression, certificates) and OTEL_BSP_* are read by
 // the SDK itself.
 func ConfigFromEnv(getenv func(string) string, service string) (Config, error) {
-	c := Config{ServiceName: service}
+	trust, err := ParseTrustRemote(getenv("TRACING_TRUST_REMOTE"))
+	if err != nil {
+		return Config{}, err
+	}
+	c := Config{ServiceName: service, TrustRemote: trust}
 	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
 		return c, nil
 	}
@@ -138,7 +232,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (shutdown func(con
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(root)),
+		sdktrace.WithSampler(Sampler(root)),
 	)
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.TraceContext{})

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -11,7 +10,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,9 +57,11 @@ var (
 	secretA  = testSecret("a")
 	secretB  = testSecret("b")
 	secretC  = testSecret("c")
+	secretD  = testSecret("d")
 	keyA     = "team-a." + secretA // predict and metadata, unlimited
 	keyB     = "team-b." + secretB // metadata only
 	keyC     = "team-c." + secretC // predict, 1/s, burst 2
+	keyD     = "team-d." + secretD // predict and versions (not in testKeys)
 	testKeys = []Key{
 		{ID: "team-a", SHA256: digestHex(secretA), Scopes: []Scope{Predict, Metadata}},
 		{ID: "team-b", SHA256: digestHex(secretB), Scopes: []Scope{Metadata}},
@@ -72,13 +72,8 @@ var (
 // metricValue reads one series of set, by its full name with labels; -1 if
 // it is absent.
 func metricValue(set *metrics.Set, name string) float64 {
-	var buf bytes.Buffer
-	set.WritePrometheus(&buf)
-	for l := range strings.SplitSeq(buf.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
+	if v, ok := testenv.MetricValue(set, name); ok {
+		return v
 	}
 	return -1
 }
@@ -121,11 +116,17 @@ func TestParse(t *testing.T) {
 		{"empty scopes", entry("{id: a, sha256: " + d + ", scopes: []}"), []string{"scopes is empty"}},
 		{"unknown scope", entry("{id: a, sha256: " + d + ", scopes: [predict, admin]}"), []string{`unknown scope "admin"`}},
 		{"scope twice", entry("{id: a, sha256: " + d + ", scopes: [predict, predict]}"), []string{`scope "predict" listed twice`}},
-		{"negative rate", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: -1}"), []string{"rate -1: want requests per second"}},
+		{"negative rate", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: -1}"), []string{"rate -1: want images per second"}},
 		{"NaN rate", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: .nan}"), []string{"rate NaN"}},
 		{"infinite rate", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: .inf}"), []string{"rate +Inf"}},
 		{"rate too high", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: 2e6}"), []string{"rate 2e+06"}},
 		{"negative burst", entry("{id: a, sha256: " + d + ", scopes: [predict], rate: 1, burst: -1}"), []string{"burst -1: want at least 1"}},
+		{"versions scope", entry("{id: a, sha256: " + d + ", scopes: [predict, versions]}"), nil},
+		{"versions without predict", entry("{id: a, sha256: " + d + ", scopes: [metadata, versions]}"), []string{"scope versions only chooses", "add predict too"}},
+		{"concurrency", entry("{id: a, sha256: " + d + ", scopes: [predict], max_concurrent_images: 16}"), nil},
+		{"negative concurrency", entry("{id: a, sha256: " + d + ", scopes: [predict], max_concurrent_images: -1}"), []string{"max_concurrent_images -1: want images in [0, 1048576]"}},
+		{"concurrency too high", entry("{id: a, sha256: " + d + ", scopes: [predict], max_concurrent_images: 2000000}"), []string{"max_concurrent_images 2000000"}},
+		{"misspelt concurrency", entry("{id: a, sha256: " + d + ", scopes: [predict], concurrency: 2}"), []string{"field concurrency not found"}},
 		{"every problem listed", "keys:\n  - {id: a.b, sha256: x, scopes: []}\n  - {id: c, sha256: " + d + ", scopes: [root], rate: -2}\n",
 			[]string{"keys[0]: id has a '.'", "keys[0]: sha256 must be", "keys[0]: scopes is empty", `keys[1] ("c"): unknown scope "root"`, `keys[1] ("c"): rate -2`}},
 		{"too many keys", "keys:\n" + strings.Repeat("  - {}\n", MaxKeys+1), []string{"lists 10001 keys; the limit is 10000"}},
@@ -185,10 +186,11 @@ func TestParseScopes(t *testing.T) {
 	}{
 		{"predict", []Scope{Predict}, ""},
 		{"predict, metadata", []Scope{Predict, Metadata}, ""},
+		{"predict,versions", []Scope{Predict, Versions}, ""},
 		{"metadata,predict", []Scope{Metadata, Predict}, ""},
 		{"", nil, "unknown scope"},
 		{"predict,", nil, "unknown scope"},
-		{"admin", nil, "unknown scope"},
+		{"admin", nil, "want predict, metadata or versions"},
 		{"predict,predict", nil, "twice"},
 	} {
 		got, err := ParseScopes(tc.in)
@@ -200,10 +202,13 @@ func TestParseScopes(t *testing.T) {
 
 // An entry made by Entry reads back as it was.
 func TestEntry(t *testing.T) {
-	k := mustParse(t, keysFile(testKeys...))
-	for _, want := range testKeys {
+	keys := append(testKeys[:len(testKeys):len(testKeys)], Key{ID: "team-d", SHA256: digestHex(secretD),
+		Scopes: []Scope{Predict, Versions}, Rate: 0.5, Burst: 8, MaxConcurrentImages: 12})
+	k := mustParse(t, keysFile(keys...))
+	for _, want := range keys {
 		got, ok := k.Key(want.ID)
-		if !ok || got.SHA256 != want.SHA256 || fmt.Sprint(got.Scopes) != fmt.Sprint(want.Scopes) || got.Rate != want.Rate || got.Burst != want.Burst {
+		if !ok || got.SHA256 != want.SHA256 || fmt.Sprint(got.Scopes) != fmt.Sprint(want.Scopes) || got.Rate != want.Rate || got.Burst != want.Burst ||
+			got.MaxConcurrentImages != want.MaxConcurrentImages {
 			t.Errorf("%s: read back as %+v", want.ID, got)
 		}
 	}
@@ -699,9 +704,9 @@ func ExampleGenerateKey() {
 	fmt.Println(a.Check(nil, []byte(key+"x"), Predict, true)) // not its secret
 	fmt.Println(a.Check(nil, nil, Predict, true))
 	// Output:
-	// {team-a 0  0s}
-	// {team-a 0  0s}
-	// {team-a 403 scope 0s}
-	// { 401 bad_secret 0s}
-	// { 401 missing 0s}
+	// {team-a 0   0s 0}
+	// {team-a 0   0s 0}
+	// {team-a 403 scope metadata 0s 0}
+	// { 401 bad_secret  0s 0}
+	// { 401 missing  0s 0}
 }

@@ -6,10 +6,12 @@ import (
 	"testing"
 )
 
-// FuzzCheck sends any Authorization and X-API-Key bytes to Check, the part
-// of this package a client reaches: nothing panics, every decision is one
-// of the documented ones, and a request is allowed only with a right key,
-// by an independent reading of the two headers.
+// FuzzCheck sends any Authorization and X-API-Key bytes to CheckAll, the
+// part of this package a client reaches, for a route's scope alone or with
+// versions (a request choosing its model version): nothing panics, every
+// decision is one of the documented ones, and a request is allowed only
+// with a right key holding every scope asked for, by an independent reading
+// of the two headers.
 func FuzzCheck(f *testing.F) {
 	for _, s := range [][2]string{
 		{"Bearer " + keyA, ""},
@@ -37,17 +39,26 @@ func FuzzCheck(f *testing.F) {
 		{"Bearer team-a.\x00" + secretA, ""},
 		{"", "tëam-a." + secretA},
 	} {
-		f.Add([]byte(s[0]), []byte(s[1]), true)
+		f.Add([]byte(s[0]), []byte(s[1]), true, false)
 	}
-	a, _ := newTest(f, testKeys...)
-	scopes := map[string]scopeSet{"team-a": 3, "team-b": 2, "team-c": 1}
-	valid := map[string]bool{keyA: true, keyB: true, keyC: true}
-	f.Fuzz(func(t *testing.T, authorization, apiKey []byte, predict bool) {
-		scope := Metadata
+	f.Add([]byte("Bearer "+keyD), []byte(nil), true, true)
+	f.Add([]byte(nil), []byte(keyA), true, true)
+	a, _ := newTest(f, append(testKeys[:len(testKeys):len(testKeys)], Key{ID: "team-d", SHA256: digestHex(secretD), Scopes: []Scope{Predict, Versions}})...)
+	scopes := map[string]scopeSet{"team-a": 3, "team-b": 2, "team-c": 1, "team-d": 5}
+	valid := map[string]bool{keyA: true, keyB: true, keyC: true, keyD: true}
+	f.Fuzz(func(t *testing.T, authorization, apiKey []byte, predict, version bool) {
+		need := []Scope{Metadata}
 		if predict {
-			scope = Predict
+			need[0] = Predict
 		}
-		d := a.Check(authorization, apiKey, scope, true)
+		if version {
+			need = append(need, Versions)
+		}
+		var needSet scopeSet
+		for _, s := range need {
+			needSet |= s.bit()
+		}
+		d := a.CheckAll(authorization, apiKey, need, true)
 
 		// The key presented, read independently.
 		presented, wellFormed := string(apiKey), true
@@ -59,7 +70,7 @@ func FuzzCheck(f *testing.F) {
 		id, _, _ := strings.Cut(presented, ".")
 		switch d.Status {
 		case 0:
-			if !right || scopes[id]&scope.bit() == 0 || d.KeyID != id || d.Reason != "" {
+			if !right || scopes[id]&needSet != needSet || d.KeyID != id || d.Reason != "" {
 				t.Fatalf("Authorization %q, X-API-Key %q allowed as %+v", authorization, apiKey, d)
 			}
 		case 401:
@@ -72,7 +83,8 @@ func FuzzCheck(f *testing.F) {
 				t.Fatalf("401 for %q", d.Reason)
 			}
 		case 403:
-			if !right || scopes[id]&scope.bit() != 0 || d.KeyID != id || d.Reason != ReasonScope {
+			if !right || scopes[id]&needSet == needSet || d.KeyID != id || d.Reason != ReasonScope ||
+				scopes[id]&d.Scope.bit() != 0 || needSet&d.Scope.bit() == 0 {
 				t.Fatalf("Authorization %q, X-API-Key %q: %+v", authorization, apiKey, d)
 			}
 		case 429:

@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/batchgate/batchgate/proxy/filewatch"
+	"github.com/batchgate/batchgate/proxy/yamlguard"
 )
 
 // Limits on the keys file: they bound its memory, the limiters and the
@@ -21,12 +22,15 @@ import (
 const (
 	MaxKeys     = 10000
 	MaxFileSize = 4 << 20
-	// MaxRate is the highest rate a key may set; leave rate out for no
-	// limit.
+	// MaxRate is the highest rate a key may set, in images per second;
+	// leave rate out for no limit.
 	MaxRate = 1e6
+	// MaxConcurrentImages is the highest max_concurrent_images a key may
+	// set; leave it out for no limit.
+	MaxConcurrentImages = 1 << 20
 )
 
-// Scope is what a key may do: Predict or Metadata.
+// Scope is what a key may do: Predict, Metadata or Versions.
 type Scope string
 
 // The scopes. Routes are mapped to scopes by package httpapi (docs/auth.md).
@@ -35,7 +39,16 @@ const (
 	Predict Scope = "predict"
 	// Metadata: the OIP server and model metadata and model readiness.
 	Metadata Scope = "metadata"
+	// Versions: choosing a model version explicitly, with /predict's
+	// X-Model-Version or OIP's /v2/models/{name}/versions/{v}/infer, on
+	// top of predict. Without it a key's requests are routed by the
+	// routing file's weights, so it cannot reach a weight-0 or
+	// rolled-back version.
+	Versions Scope = "versions"
 )
+
+// allScopes lists the scopes for messages.
+const allScopes = "predict, metadata or versions"
 
 // scopeSet is a set of scopes as bits.
 type scopeSet uint8
@@ -47,12 +60,14 @@ func (s Scope) bit() scopeSet {
 		return 1
 	case Metadata:
 		return 2
+	case Versions:
+		return 4
 	}
 	return 0
 }
 
 // ParseScopes reads a comma-separated list of scopes, such as
-// "predict,metadata".
+// "predict,metadata,versions".
 func ParseScopes(s string) ([]Scope, error) {
 	var out []Scope
 	var seen scopeSet
@@ -61,7 +76,7 @@ func ParseScopes(s string) ([]Scope, error) {
 		b := sc.bit()
 		switch {
 		case b == 0:
-			return nil, fmt.Errorf("unknown scope %.20q: want %s or %s", sc, Predict, Metadata)
+			return nil, fmt.Errorf("unknown scope %.20q: want %s", sc, allScopes)
 		case seen&b != 0:
 			return nil, fmt.Errorf("scope %q listed twice", sc)
 		}
@@ -82,11 +97,17 @@ type Key struct {
 	SHA256 string `yaml:"sha256" json:"sha256"`
 	// Scopes are what the key may do; at least one.
 	Scopes []Scope `yaml:"scopes" json:"scopes"`
-	// Rate is the key's requests per second; 0: unlimited.
+	// Rate is the key's images per second (a request to a route needing
+	// a key counts as 1, an OIP infer request as its images); 0:
+	// unlimited.
 	Rate float64 `yaml:"rate" json:"rate,omitempty"`
-	// Burst is how many requests may come at once; with a rate, default
-	// max(1, ceil(rate)). Ignored without a rate.
+	// Burst is how many images may come at once, and so the most one
+	// request may carry; with a rate, default max(1, ceil(rate)).
+	// Ignored without a rate.
 	Burst int `yaml:"burst" json:"burst,omitempty"`
+	// MaxConcurrentImages is the most images the key's inference
+	// requests may have in flight at once; 0: unlimited.
+	MaxConcurrentImages int `yaml:"max_concurrent_images" json:"max_concurrent_images,omitempty"`
 
 	digest [32]byte
 	scopes scopeSet
@@ -106,6 +127,9 @@ func (k Key) Entry() string {
 	}
 	if k.Burst != 0 {
 		fmt.Fprintf(&b, "    burst: %d\n", k.Burst)
+	}
+	if k.MaxConcurrentImages != 0 {
+		fmt.Fprintf(&b, "    max_concurrent_images: %d\n", k.MaxConcurrentImages)
 	}
 	return b.String()
 }
@@ -143,15 +167,19 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 //	keys:
 //	  - id: team-a
 //	    sha256: 3f1c...        # hex sha256 of the secret part
-//	    scopes: [predict, metadata]
-//	    rate: 20               # requests/second; 0 or absent: unlimited
-//	    burst: 40              # default max(1, ceil(rate))
+//	    scopes: [predict, metadata]   # and versions, to choose a model version
+//	    rate: 20               # images/second; 0 or absent: unlimited
+//	    burst: 40              # images at once; default max(1, ceil(rate))
+//	    max_concurrent_images: 32     # 0 or absent: unlimited
 //
 // Its errors list every problem with its entry, one line each, and never
 // show a value that might be a secret pasted in the wrong place.
 func Parse(data []byte) (*Keys, error) {
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("keys file is %d bytes; the limit is %d", len(data), MaxFileSize)
+	}
+	if err := yamlguard.Check(data, maxYAMLNodes, false); err != nil {
+		return nil, fmt.Errorf("keys file is not valid for the keys schema (see docs/auth.md): %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true) // a misspelt key is an error, not a silent default
@@ -170,8 +198,8 @@ func Parse(data []byte) (*Keys, error) {
 	if len(f.Keys) > MaxKeys {
 		return nil, fmt.Errorf("keys file lists %d keys; the limit is %d", len(f.Keys), MaxKeys)
 	}
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var problems yamlguard.Problems
+	bad := problems.Add
 	ids := make(map[string]int, len(f.Keys))
 	digests := make(map[[32]byte]int, len(f.Keys))
 	for i := range f.Keys {
@@ -209,32 +237,46 @@ func Parse(data []byte) (*Keys, error) {
 			}
 		}
 		if len(k.Scopes) == 0 {
-			bad("%s: scopes is empty: list %s, %s or both", where, Predict, Metadata)
+			bad("%s: scopes is empty: list at least one of %s, %s and %s", where, Predict, Metadata, Versions)
 		}
 		for _, s := range k.Scopes {
 			b := s.bit()
 			switch {
 			case b == 0:
-				bad("%s: unknown scope %.20q: want %s or %s", where, s, Predict, Metadata)
+				bad("%s: unknown scope %.20q: want %s", where, s, allScopes)
 			case k.scopes&b != 0:
 				bad("%s: scope %q listed twice", where, s)
 			}
 			k.scopes |= b
 		}
+		if k.scopes&Versions.bit() != 0 && k.scopes&Predict.bit() == 0 {
+			bad("%s: scope %s only chooses the version of a prediction: add %s too", where, Versions, Predict)
+		}
 		switch {
 		case math.IsNaN(k.Rate) || k.Rate < 0 || k.Rate > MaxRate:
-			bad("%s: rate %v: want requests per second in [0, %d]; leave it out (or 0) for no limit", where, k.Rate, int(MaxRate))
+			bad("%s: rate %v: want images per second in [0, %d]; leave it out (or 0) for no limit", where, k.Rate, int(MaxRate))
 		case k.Burst < 0:
 			bad("%s: burst %d: want at least 1 (default max(1, ceil(rate)))", where, k.Burst)
 		case k.Rate > 0 && k.Burst == 0:
 			k.Burst = max(1, int(math.Ceil(k.Rate)))
 		}
+		if k.MaxConcurrentImages < 0 || k.MaxConcurrentImages > MaxConcurrentImages {
+			bad("%s: max_concurrent_images %d: want images in [0, %d]; leave it out (or 0) for no limit", where, k.MaxConcurrentImages, MaxConcurrentImages)
+		}
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("invalid keys file:\n%w", errors.Join(errs...))
+	if err := problems.Err(); err != nil {
+		return nil, fmt.Errorf("invalid keys file:\n%w", err)
 	}
 	return &Keys{list: f.Keys}, nil
 }
+
+// maxYAMLNodes bounds the YAML nodes (values, lists, maps) of a keys file,
+// aliases expanded: a valid file of MaxKeys keys, every field set, has
+// about 16 a key, which yamlguard.Nodes counts as up to 46 (comments and ids with
+// '-' count). yaml.v3 allocates about 250 bytes a node on each of the two
+// passes (yamlguard.Check's, the decoder's), so this bounds what Parse allocates
+// (docs/memory.md).
+const maxYAMLNodes = 64 * MaxKeys
 
 // decodeDigest decodes 64 hex digits into d.
 func decodeDigest(d *[32]byte, s string) bool {

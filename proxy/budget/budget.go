@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/semaphore"
@@ -56,8 +57,30 @@ func (b *Budget) Acquire(ctx context.Context, n int64) (*Lease, error) {
 // reference is released.
 type Lease struct {
 	b    *Budget
-	n    int64
+	n    int64 // written only by Grow, before the lease is shared
 	refs atomic.Int32
+}
+
+// Size is the number of bytes the lease holds.
+func (l *Lease) Size() int64 { return l.n }
+
+// Grow reserves n more bytes for the lease, waiting like Acquire, so that a
+// reservation can follow the bytes that arrive instead of taking a whole
+// body's worth up front. Only the lease's single holder may grow it, before
+// it is shared (Retain).
+func (l *Lease) Grow(ctx context.Context, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if l.n+n > l.b.size {
+		return fmt.Errorf("%w: %d bytes, budget %d", ErrTooLarge, l.n+n, l.b.size)
+	}
+	if err := l.b.sem.Acquire(ctx, n); err != nil {
+		return err
+	}
+	l.b.inUse.Add(n)
+	l.n += n
+	return nil
 }
 
 // Retain adds a reference, for work that outlives the current holder.
@@ -71,5 +94,49 @@ func (l *Lease) Release() {
 		l.b.sem.Release(l.n)
 	case r < 0:
 		panic("budget: Lease released more often than retained")
+	}
+}
+
+// Slots bounds how many things each key (a client address, an API key)
+// holds at once: a counting semaphore per key, without waiting. The zero
+// limit means no bound. Keys at zero are forgotten, so the map holds only
+// the keys in use.
+type Slots struct {
+	limit int
+	mu    sync.Mutex
+	held  map[string]int
+}
+
+// NewSlots returns Slots of limit per key (0: unbounded).
+func NewSlots(limit int) *Slots { return &Slots{limit: limit, held: map[string]int{}} }
+
+// TryAcquire takes one of key's slots; false if key holds them all.
+func (s *Slots) TryAcquire(key string) bool {
+	if s == nil || s.limit <= 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[key] >= s.limit {
+		return false
+	}
+	s.held[key]++
+	return true
+}
+
+// Release returns one of key's slots.
+func (s *Slots) Release(key string) {
+	if s == nil || s.limit <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch n := s.held[key]; {
+	case n > 1:
+		s.held[key] = n - 1
+	case n == 1:
+		delete(s.held, key)
+	default:
+		panic("budget: Slots released more often than acquired")
 	}
 }

@@ -46,3 +46,54 @@ func TestBudget(t *testing.T) {
 		}
 	})
 }
+
+// TestLeaseGrow: a lease grows as bytes arrive, waits for room like
+// Acquire, and returns everything it grew to at its release.
+func TestLeaseGrow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := New(100)
+		l, _ := b.Acquire(context.Background(), 10)
+		if err := l.Grow(context.Background(), 30); err != nil || l.Size() != 40 || b.InUse() != 40 {
+			t.Fatalf("Grow(30) = %v: size %d, in use %d; want 40, 40", err, l.Size(), b.InUse())
+		}
+		other, _ := b.Acquire(context.Background(), 50)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := l.Grow(ctx, 20); !errors.Is(err, context.DeadlineExceeded) || l.Size() != 40 {
+			t.Fatalf("Grow past the budget = %v, size %d; want to wait until the deadline, size 40", err, l.Size())
+		}
+		if err := l.Grow(context.Background(), 61); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("Grow to 101 of 100 = %v, want ErrTooLarge", err)
+		}
+		other.Release()
+		l.Release()
+		if b.InUse() != 0 {
+			t.Errorf("in use %d after every release, want 0", b.InUse())
+		}
+	})
+}
+
+func TestSlots(t *testing.T) {
+	s := NewSlots(2)
+	for i, want := range []bool{true, true, false} {
+		if got := s.TryAcquire("a"); got != want {
+			t.Errorf("TryAcquire(a) #%d = %v, want %v", i+1, got, want)
+		}
+	}
+	if !s.TryAcquire("b") {
+		t.Error("TryAcquire(b) = false while b holds nothing")
+	}
+	s.Release("a")
+	if !s.TryAcquire("a") {
+		t.Error("TryAcquire(a) = false after a release")
+	}
+	s.Release("a")
+	s.Release("a")
+	s.Release("b")
+	if len(s.held) != 0 {
+		t.Errorf("held %v after every release, want empty", s.held)
+	}
+	if u := NewSlots(0); !u.TryAcquire("a") || !u.TryAcquire("a") || !u.TryAcquire("a") {
+		t.Error("limit 0 must not bound")
+	}
+}

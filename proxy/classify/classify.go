@@ -156,6 +156,17 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 	return s.ClassifyOn(ctx, Target{Backend: s.be}, data, lease, noCache)
 }
 
+type partitionKey struct{}
+
+// WithPartition returns a context whose classifications share cache
+// entries and coalesced work only with those of the same partition (an API
+// key's id): otherwise a client could tell from an answer's cached or
+// coalesced flag, or from its speed, that another client sent the same
+// image. "" is the shared partition.
+func WithPartition(ctx context.Context, partition string) context.Context {
+	return context.WithValue(ctx, partitionKey{}, partition)
+}
+
 // Target is one model version to classify on: its backend, the tag that
 // keeps its cache and coalescing entries apart from other versions', and
 // an optional mirror.
@@ -187,6 +198,9 @@ func (s *Service) ClassifyOn(ctx context.Context, t Target, data []byte, lease *
 	key := hex.EncodeToString(sum[:]) + "|" + info.ModelSHA256 + "|" + strconv.Itoa(imageprep.Version)
 	if t.Tag != "" {
 		key += "|" + t.Tag
+	}
+	if p, _ := ctx.Value(partitionKey{}).(string); p != "" {
+		key += "|p=" + p
 	}
 	if !noCache {
 		if scores, ok := s.cache.get(key); ok {

@@ -405,7 +405,8 @@ func TestLeaseReleasedOnce(t *testing.T) {
 		{name: "truncated image", data: img[:len(img)/2], wantErr: imageprep.ErrCorrupt},
 		{name: "too many pixels", data: pngHeader(5000, 5000, 8, 2), wantErr: imageprep.ErrTooLarge,
 			cfg: Config{Limits: imageprep.Limits{MaxPixels: 1 << 20}}},
-		{name: "decode memory", data: pngHeader(6000, 6000, 8, 6), wantErr: &MemoryError{}},
+		{name: "decode memory", data: pngHeader(6000, 6000, 8, 6), wantErr: &MemoryError{},
+			cfg: Config{Limits: imageprep.Limits{MaxPixelsPerByte: -1}}}, // a header alone: past the per-byte cap
 		{name: "backend error", data: img, wantErr: boom, prepare: func(_ *Service, be *fakeBackend) { be.err = boom }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -569,7 +570,8 @@ func TestDecodeMemory(t *testing.T) {
 	} {
 		synctest.Test(t, func(t *testing.T) {
 			be := newFake()
-			s, _ := newService(Config{DecodeMemory: tc.budget}, be)
+			// The images are headers alone: past the per-byte cap.
+			s, _ := newService(Config{DecodeMemory: tc.budget, Limits: imageprep.Limits{MaxPixelsPerByte: -1}}, be)
 			_, err := s.Classify(context.Background(), tc.data, nil, false)
 			var me *MemoryError
 			switch {

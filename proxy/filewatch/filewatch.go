@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"time"
 )
@@ -20,7 +21,7 @@ import (
 // its ..data link on update, and the file read is always the whole new one.
 func Load[T any](path, name string, parse func([]byte) (T, error)) (T, [32]byte, error) {
 	var zero T
-	data, err := os.ReadFile(path)
+	data, err := readCapped(path)
 	if err != nil {
 		return zero, [32]byte{}, fmt.Errorf("cannot read %s: %w", name, err)
 	}
@@ -50,7 +51,7 @@ func Poll(ctx context.Context, path string, interval time.Duration, last [32]byt
 			return
 		case <-t.C:
 		}
-		data, err := os.ReadFile(path)
+		data, err := readCapped(path)
 		if err != nil {
 			if sum := sha256.Sum256([]byte("unreadable: " + err.Error())); sum != last {
 				last = sum
@@ -63,4 +64,23 @@ func Poll(ctx context.Context, path string, interval time.Duration, last [32]byt
 			changed(data)
 		}
 	}
+}
+
+// MaxSize is the most of a file read: the files' own parsers refuse far
+// smaller ones (the routing file 1 MiB, the keys file 4 MiB), and a file
+// past it is not read whole to find that out.
+const MaxSize = 16 << 20
+
+// readCapped reads path, at most MaxSize bytes of it.
+func readCapped(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err == nil && len(data) > MaxSize {
+		err = fmt.Errorf("larger than %d bytes", MaxSize)
+	}
+	return data, err
 }

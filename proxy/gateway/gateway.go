@@ -34,6 +34,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/rtconn"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // Version is the proxy's version, reported by GET /v2.
@@ -57,11 +58,28 @@ type Config struct {
 	MaxBodyBytes int
 	// MaxPixels is the largest width x height decoded. Default 40 million.
 	MaxPixels int
+	// MaxPixelsPerByte caps width x height per byte of an image over 1
+	// MiP (imageprep.Limits). Default 2048; negative: no cap.
+	MaxPixelsPerByte int
 	// UploadMemory bounds the request bodies held at once. Default 96 MiB.
 	UploadMemory int64
 	// UploadWait is how long a request waits for UploadMemory before 429.
 	// Default 2s.
 	UploadWait time.Duration
+	// UploadMinRate is the average rate, in bytes a second, a body must
+	// keep once UploadRateGrace has passed since its read began, or it
+	// gets 408. Defaults 16 KiB/s and 5s; negative UploadMinRate: no
+	// minimum.
+	UploadMinRate   int64
+	UploadRateGrace time.Duration
+	// UploadsPerClient and UploadsPerKey bound the bodies read at once
+	// from one client address and with one API key; beyond them 429.
+	// Default 8 each; negative: no bound.
+	UploadsPerClient int
+	UploadsPerKey    int
+	// SharedCacheAcrossKeys lets different API keys share cached answers
+	// and coalesced work. Default false: one cache partition per key.
+	SharedCacheAcrossKeys bool
 	// DecodeQueue is the most requests waiting for or holding a decode
 	// worker; beyond it 429. Default QueueCapacity + GOMAXPROCS: as many
 	// may wait for decoding as for a batch.
@@ -76,6 +94,13 @@ type Config struct {
 	// MaxConnections bounds open client connections; beyond it fasthttp
 	// answers 503 and closes. Default 10000.
 	MaxConnections int
+	// MaxConnectionsPerIP bounds the open connections from one client
+	// address; beyond it fasthttp answers 429 and closes. Default 1024;
+	// negative: no bound.
+	MaxConnectionsPerIP int
+	// HeaderTimeout bounds the wait for a new connection's first request
+	// and the read of every request's headers. Default 10s.
+	HeaderTimeout time.Duration
 	// MaxElements is the most images in one OIP request. Default
 	// QueueCapacity/4, at least 1, at most 64.
 	MaxElements int
@@ -94,6 +119,10 @@ type Config struct {
 	// global tracer provider, installed by tracing.Start, exports them.
 	// Default false.
 	Tracing bool
+	// TrustRemoteSampling says whose incoming sampled flag is honoured
+	// (TRACING_TRUST_REMOTE, docs/tracing.md). Default
+	// tracing.TrustAuthenticated.
+	TrustRemoteSampling tracing.TrustRemote
 	// Auth, if set, requires API keys (docs/auth.md): AuthFile is its
 	// path, polled every AuthPoll (default 2s) and applied when its
 	// content changes; AuthSHA256 is the sha256 of the content Auth came
@@ -145,6 +174,12 @@ func (c *Config) defaults() {
 	set(&c.DecodeQueue, c.Batch.QueueCapacity+runtime.GOMAXPROCS(0))
 	set64(&c.DecodeMemory, 128<<20)
 	set(&c.MaxConnections, 10000)
+	set(&c.MaxConnectionsPerIP, 1024)
+	setDur(&c.HeaderTimeout, 10*time.Second)
+	set64(&c.UploadMinRate, 16<<10)
+	setDur(&c.UploadRateGrace, 5*time.Second)
+	set(&c.UploadsPerClient, 8)
+	set(&c.UploadsPerKey, 8)
 	set(&c.MaxElements, min(max(c.Batch.QueueCapacity/4, 1), 64))
 	setDur(&c.RoutingPoll, 2*time.Second)
 }
@@ -203,7 +238,7 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		CacheEntries: max(cfg.CacheEntries, 0), CacheBytes: cfg.CacheBytes,
 		DecodeQueue:  cfg.DecodeQueue,
 		DecodeMemory: cfg.DecodeMemory,
-		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, FullSizeJPEG: cfg.FullSizeJPEG},
+		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, MaxPixelsPerByte: cfg.MaxPixelsPerByte, FullSizeJPEG: cfg.FullSizeJPEG},
 	}, be, m)
 	var authn *auth.Authenticator
 	if cfg.Auth != nil {
@@ -226,7 +261,10 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		},
 		RequestTimeout: cfg.RequestTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
 		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
-		Tracing: cfg.Tracing, Auth: authn,
+		UploadMinRate: max(cfg.UploadMinRate, 0), UploadRateGrace: cfg.UploadRateGrace,
+		UploadsPerClient: max(cfg.UploadsPerClient, 0), UploadsPerKey: max(cfg.UploadsPerKey, 0),
+		SharedCacheAcrossKeys: cfg.SharedCacheAcrossKeys,
+		Tracing:               cfg.Tracing, TrustRemoteSampling: cfg.TrustRemoteSampling, Auth: authn,
 	})
 	p.server = &fasthttp.Server{
 		Handler:       p.api.Handler,
@@ -241,15 +279,24 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		MaxRequestBodySize:           p.api.MaxRequestBody(),
 		ReduceMemoryUsage:            true, // idle connections keep no buffers
 		Concurrency:                  cfg.MaxConnections,
-		ReadTimeout:                  cfg.RequestTimeout + 10*time.Second,
-		WriteTimeout:                 cfg.RequestTimeout + 10*time.Second,
-		IdleTimeout:                  2 * time.Minute,
-		NoDefaultDate:                true,
-		CloseOnShutdown:              true,
+		MaxConnsPerIP:                max(cfg.MaxConnectionsPerIP, 0),
+		// ReadTimeout bounds a new connection's wait for its first
+		// request and every request's headers; once they are in, the
+		// body has until the request's deadline (and its minimum rate,
+		// httpapi's meteredBody).
+		ReadTimeout:    cfg.HeaderTimeout,
+		HeaderReceived: p.api.HeaderReceived,
+		// fasthttp's own error messages never carry request bytes
+		// (headers hold API keys).
+		SecureErrorLogMessage: true,
+		WriteTimeout:          cfg.RequestTimeout + 10*time.Second,
+		IdleTimeout:           2 * time.Minute,
+		NoDefaultDate:         true,
+		CloseOnShutdown:       true,
 	}
 	p.metrics = &fasthttp.Server{
 		Handler: p.api.MetricsHandler, Name: "batchgate", Logger: fasthttpLogger{log},
-		Concurrency: 64, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		Concurrency: 64, MaxConnsPerIP: 8, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxRequestBodySize: 4 << 10, NoDefaultDate: true, CloseOnShutdown: true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())

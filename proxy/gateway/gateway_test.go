@@ -90,8 +90,16 @@ func testConfig(socket string) Config { return Config{Socket: socket} }
 
 func startProxy(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
+	tp := startProxyNoWait(t, cfg)
+	tp.waitReady(t, true)
+	return tp
+}
+
+// startProxyNoWait starts the proxy without waiting for it to be ready.
+func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
+	t.Helper()
 	logBuf := &syncWriter{w: &bytes.Buffer{}}
-	log := slog.New(slog.NewJSONHandler(logBuf, nil))
+	log := slog.New(slog.NewJSONHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})) // fasthttp's own messages too
 	set := metrics.NewSet()
 	metrics.RegisterSet(set)
 	p := New(cfg, log, set)
@@ -112,7 +120,6 @@ func startProxy(t testing.TB, cfg Config) *testProxy {
 		p.Shutdown(ctx)
 		metrics.UnregisterSet(set, true)
 	})
-	tp.waitReady(t, true)
 	return tp
 }
 

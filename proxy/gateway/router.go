@@ -313,25 +313,34 @@ func (r *router) queueDepth() float64 {
 	return float64(n)
 }
 
-// ready: every model has a ready version with weight > 0.
+// ready: every model is ready (model.ready).
 func (r *router) ready() bool {
 	t := r.table.Load()
 	if len(t.models) == 0 {
 		return false
 	}
 	for _, m := range t.models {
-		ok := false
-		for _, v := range m.versions {
-			if _, rd := v.current(); rd && v.effectiveWeight() > 0 {
-				ok = true
-				break
-			}
-		}
-		if !ok {
+		if !m.ready() {
 			return false
 		}
 	}
 	return true
+}
+
+// ready reports whether the model may take traffic (routing.Serving): with
+// 90/10, only once the 90 is ready, while a broken 10 never blocks it;
+// with 50/50 either one serves alone. Until then the model's traffic gets
+// 503 (pick), never a canary's answer.
+func (m *model) ready() bool {
+	var total, ready float64
+	for _, v := range m.versions {
+		w := v.effectiveWeight()
+		total += w
+		if _, rd := v.current(); rd {
+			ready += w
+		}
+	}
+	return routing.Serving(ready, total)
 }
 
 func (t *table) model(name string) (*model, error) {
@@ -404,6 +413,9 @@ func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 			continue
 		}
 		target := classify.Target{Backend: v, Tag: m.spec.Name + "/" + v.name}
+		if ver != "" {
+			target.Backend = explicitVersion{v} // kept out of the rollback window
+		}
 		if m.spec.ShareCache {
 			target.Tag = m.spec.Name
 		}
@@ -440,6 +452,9 @@ func (m *model) pick(ver string, keys httpapi.RouteKeys) (*version, error) {
 		}
 		return nil, &httpapi.NotFoundError{Msg: fmt.Sprintf("unknown version %.64q of model %q; its versions are %s",
 			ver, m.spec.Name, strings.Join(names, ", "))}
+	}
+	if !m.ready() {
+		return nil, fmt.Errorf("%w: the versions of model %q holding most of its weight are not ready yet", classify.ErrUnavailable, m.spec.Name)
 	}
 	var weights [routing.MaxVersions]float64
 	for i, v := range m.versions {
@@ -481,10 +496,25 @@ func (v *version) Model() (wire.Info, bool, bool) {
 }
 
 func (v *version) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
+	return v.infer(ctx, tensor, modelSHA, false)
+}
+
+// explicitVersion is a version's backend for a request that chose it
+// (X-Model-Version, /versions/{v}): its results feed the rollback window
+// only where the version's rollback says count_explicit, so that whoever
+// may choose a version cannot push a canary into rollback by sending it
+// traffic the weights would not.
+type explicitVersion struct{ *version }
+
+func (e explicitVersion) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
+	return e.infer(ctx, tensor, modelSHA, true)
+}
+
+func (v *version) infer(ctx context.Context, tensor []float32, modelSHA string, explicit bool) (*classify.Inference, error) {
 	item := rtconn.NewItem(ctx, tensor, modelSHA)
 	res, err := v.batcher.Submit(ctx, item)
 	rtconn.TraceQueue(ctx, item, res, err)
-	v.observe(ctx, time.Since(item.Submitted), err)
+	v.observe(ctx, time.Since(item.Submitted), err, explicit)
 	if err != nil {
 		return nil, err
 	}
@@ -494,10 +524,11 @@ func (v *version) Infer(ctx context.Context, tensor []float32, modelSHA string) 
 // observe feeds the rollback window with a request's time in the version
 // and whether the version failed it. The caller's own cancellations and
 // deadlines, a full queue (overload) and bad inputs are not the version's
-// failures and are not counted.
-func (v *version) observe(ctx context.Context, took time.Duration, err error) {
+// failures and are not counted; nor are explicitly routed requests, unless
+// the rollback counts them (count_explicit).
+func (v *version) observe(ctx context.Context, took time.Duration, err error, explicit bool) {
 	w := v.window.Load()
-	if w == nil {
+	if w == nil || explicit && !w.CountsExplicit() {
 		return
 	}
 	var ie *rtconn.ItemError

@@ -85,14 +85,7 @@ func startVersion(t *testing.T, dir, name string) *switchModel {
 // on it, polling every 20 ms.
 func routingProxy(t *testing.T, dir, file string, opts ...func(*Config)) *testProxy {
 	t.Helper()
-	path := filepath.Join(dir, "routing.yaml")
-	writeRouting(t, path, dir, file)
-	f, sum, err := routing.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Routing: f, RoutingFile: path, RoutingPoll: 20 * time.Millisecond, RoutingSHA256: sum,
-		Batch: testConfig("").Batch}
+	cfg := routingConfig(t, dir, file)
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -103,6 +96,20 @@ func routingProxy(t *testing.T, dir, file string, opts ...func(*Config)) *testPr
 		return !strings.Contains(string(get(t, tp.url+"/v2/models/resnet50").raw), `"ready":false`)
 	})
 	return tp
+}
+
+// routingConfig writes the routing file (%s in it is dir) and returns the
+// proxy's configuration for it, polling every 20 ms.
+func routingConfig(t *testing.T, dir, file string) Config {
+	t.Helper()
+	path := filepath.Join(dir, "routing.yaml")
+	writeRouting(t, path, dir, file)
+	f, sum, err := routing.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{Routing: f, RoutingFile: path, RoutingPoll: 20 * time.Millisecond, RoutingSHA256: sum,
+		Batch: testConfig("").Batch}
 }
 
 func writeRouting(t *testing.T, path, dir, file string) {
@@ -470,4 +477,43 @@ models:
 	if bytes.Contains(get(t, tp.metricsURL+"/metrics").raw, []byte(`version="v1"`)) {
 		t.Error("the retired version's series are still exported")
 	}
+}
+
+// TestCanaryNeverTakesPrimaryShare: while the 90% version is still starting
+// (its runtime not up), the model is not ready and its traffic gets 503,
+// never the 10% canary's answer; a canary that never comes up blocks
+// nothing.
+func TestCanaryNeverTakesPrimaryShare(t *testing.T) {
+	t.Run("primary starting", func(t *testing.T) {
+		dir := t.TempDir()
+		startVersion(t, dir, "v2") // the canary only
+		tp := startProxyNoWait(t, routingConfig(t, dir, twoVersions))
+		waitFor(t, "the canary connected", 3000, func() bool {
+			return strings.Contains(string(get(t, tp.url+"/v2/models/resnet50").raw), `"name":"v2","ready":true`)
+		})
+		if r := get(t, tp.url+"/readyz"); r.status != 503 {
+			t.Errorf("/readyz with only the 10%% canary ready: %d, want 503", r.status)
+		}
+		img := testenv.Image(t, "small.png")
+		for i := range 20 {
+			if status, v := predictVersion(t, tp.url, img); status != 503 {
+				t.Fatalf("request %d with the primary down: %d from %q, want 503", i, status, v)
+			}
+		}
+		startVersion(t, dir, "v1")
+		tp.waitReady(t, true)
+		if status, _ := predictVersion(t, tp.url, img); status != 200 {
+			t.Errorf("once the primary is up: %d, want 200", status)
+		}
+	})
+	t.Run("canary down", func(t *testing.T) {
+		dir := t.TempDir()
+		startVersion(t, dir, "v1") // the canary (v2) never starts
+		tp := startProxy(t, routingConfig(t, dir, twoVersions))
+		for i := range 20 {
+			if status, v := predictVersion(t, tp.url, testenv.UniquePNG(i)); status != 200 || v != "v1" {
+				t.Fatalf("request %d with the canary down: %d from %q, want 200 from v1", i, status, v)
+			}
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 
@@ -24,12 +25,14 @@ var routeScopes = map[string]auth.Scope{
 var authReasons = map[string]string{
 	auth.ReasonMissing: "auth_missing", auth.ReasonMalformed: "auth_invalid", auth.ReasonUnknown: "auth_invalid",
 	auth.ReasonSecret: "auth_invalid", auth.ReasonScope: "auth_scope", auth.ReasonRate: "auth_rate",
+	auth.ReasonConcurrency: "auth_concurrency",
 }
 
 const unauthorized = "missing or invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>"
 
-// authorize checks the request's API key for route's scope (docs/auth.md)
-// and reports whether it may go on, with the key's id ("" without Auth, on
+// authorize checks the request's API key for route's scope, and for the
+// versions scope when it chooses a model version (explicitVersion), as
+// docs/auth.md says, and reports whether it may go on, with the key's id ("" without Auth, on
 // an exempt route, or for a key that did not authenticate). A refused
 // request is answered here: 401, 403 or 429 in JSON. The presented key is
 // never echoed or logged, only its id once verified.
@@ -48,18 +51,27 @@ func (s *Server) authorize(ctx *fasthttp.RequestCtx, route string, beforeBody bo
 	if !need {
 		return "", true
 	}
-	d := s.cfg.Auth.Check(ctx.Request.Header.Peek("Authorization"), ctx.Request.Header.Peek("X-API-Key"), scope, !beforeBody)
+	scopes := [2]auth.Scope{scope}
+	want := scopes[:1]
+	if s.explicitVersion(ctx, route) {
+		want = append(want, auth.Versions)
+	}
+	d := s.cfg.Auth.CheckAll(ctx.Request.Header.Peek("Authorization"), ctx.Request.Header.Peek("X-API-Key"), want, !beforeBody)
 	if d.Allowed() {
 		return d.KeyID, true
 	}
 	ae := &apiError{status: d.Status, reason: authReasons[d.Reason]}
 	switch d.Status {
 	case 403:
-		ae.msg = fmt.Sprintf("API key %q does not have the %q scope this route needs", d.KeyID, scope)
+		if d.Scope == auth.Versions {
+			ae.msg = fmt.Sprintf("API key %q does not have the %q scope needed to choose a model version "+
+				"(X-Model-Version or /versions/{version}): leave the version out to be routed by the routing file's weights, "+
+				"or ask for a key with that scope", d.KeyID, auth.Versions)
+		} else {
+			ae.msg = fmt.Sprintf("API key %q does not have the %q scope this route needs", d.KeyID, d.Scope)
+		}
 	case 429:
-		secs := retryAfterSeconds(d.RetryAfter)
-		ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
-		ae.msg = fmt.Sprintf("API key %q is over its rate limit: retry after %d s", d.KeyID, secs)
+		limitError(ctx, ae, d)
 	default:
 		ae.status, ae.msg = 401, unauthorized
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="batchgate"`)
@@ -77,4 +89,75 @@ func (s *Server) authorize(ctx *fasthttp.RequestCtx, route string, beforeBody bo
 		ctx.SetConnectionClose()
 	}
 	return d.KeyID, false
+}
+
+// explicitVersion reports whether a request on route chooses its model
+// version: /predict with X-Model-Version, or OIP infer on
+// /v2/models/{name}/versions/{version}/infer. Only with a routing file:
+// without one there is one version, and naming it chooses nothing.
+func (s *Server) explicitVersion(ctx *fasthttp.RequestCtx, route string) bool {
+	if s.cfg.Router == nil {
+		return false
+	}
+	switch route {
+	case "/predict":
+		return len(ctx.Request.Header.Peek("X-Model-Version")) > 0
+	case "/v2/models/infer":
+		rest, ok := bytes.CutPrefix(ctx.Path(), []byte("/v2/models/"))
+		if !ok {
+			return false
+		}
+		_, rest, ok = bytes.Cut(rest, []byte("/")) // past the model's name
+		rest, ok2 := bytes.CutPrefix(rest, []byte("versions/"))
+		return ok && ok2 && len(rest) > 0 && rest[0] != '/'
+	}
+	return false
+}
+
+// limitError words a 429 of a key's limits on ae and sets Retry-After when
+// waiting helps; a request over what the key may ever send at once gets
+// none, and a message saying how to split it.
+func limitError(ctx *fasthttp.RequestCtx, ae *apiError, d auth.Decision) {
+	unit := "images per request"
+	if d.Reason == auth.ReasonConcurrency {
+		unit = "images in flight"
+	}
+	switch {
+	case d.Limit > 0:
+		ae.msg = fmt.Sprintf("API key %q may have at most %d %s: send this request's images in requests of at most %d", d.KeyID, d.Limit, unit, d.Limit)
+	case d.Reason == auth.ReasonConcurrency:
+		secs := retryAfterSeconds(d.RetryAfter)
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
+		ae.msg = fmt.Sprintf("API key %q has its limit of images in flight: retry after %d s, or once its other requests are answered", d.KeyID, secs)
+	default:
+		secs := retryAfterSeconds(d.RetryAfter)
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
+		ae.msg = fmt.Sprintf("API key %q is over its rate limit: retry after %d s", d.KeyID, secs)
+	}
+}
+
+// chargeImages charges a request's n images to its API key, once its body
+// says how many it carries: they count against the key's rate (Check took
+// the first image's token from the headers: auth.TakeImages takes the
+// rest) and are held against its max_concurrent_images until release,
+// which the caller defers. Refused, ae is a 429 (Retry-After set on ctx)
+// for the caller to answer. Without Auth, or without a verified key, it
+// does nothing.
+func (s *Server) chargeImages(ctx *fasthttp.RequestCtx, n int) (release func(), ae *apiError) {
+	keyID, _ := ctx.UserValue(keyIDKey{}).(string)
+	if s.cfg.Auth == nil || keyID == "" {
+		return func() {}, nil
+	}
+	release, d := s.cfg.Auth.AcquireImages(keyID, n)
+	if d.Allowed() {
+		if d = s.cfg.Auth.TakeImages(keyID, n); !d.Allowed() {
+			release()
+		}
+	}
+	if d.Allowed() {
+		return release, nil
+	}
+	ae = &apiError{status: 429, reason: authReasons[d.Reason]}
+	limitError(ctx, ae, d)
+	return func() {}, ae
 }

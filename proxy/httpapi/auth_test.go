@@ -18,8 +18,15 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/proxy/auth"
+	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // authKeys are the test's API keys: full (every scope), meta (metadata
@@ -475,5 +482,351 @@ func TestAuthNil(t *testing.T) {
 	conn.Close()
 	if resp.StatusCode != 100 {
 		t.Errorf("Expect without a key: %d, want 100", resp.StatusCode)
+	}
+}
+
+// startKeyServer starts a server checking entries (their SHA256 filled in
+// here from fresh keys), after change, and returns the keys by id. Without
+// entries the server has no Auth.
+func startKeyServer(t *testing.T, entries []auth.Key, change func(*Config)) (*testServer, map[string]string, *metrics.Set) {
+	t.Helper()
+	keys := map[string]string{}
+	set := metrics.NewSet()
+	var a *auth.Authenticator
+	if entries != nil {
+		for i := range entries {
+			key, sum, err := auth.GenerateKey(entries[i].ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[entries[i].ID], entries[i].SHA256 = key, sum
+		}
+		parsed, err := auth.Parse(keysFileData(entries...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a = auth.New(parsed, [32]byte{}, auth.Config{Metrics: set})
+	}
+	ts := startServer(t, func(c *Config) {
+		c.Auth = a
+		if change != nil {
+			change(c)
+		}
+	})
+	return ts, keys, set
+}
+
+// setCounter reads one series of set, by its full name with labels.
+func setCounter(set *metrics.Set, name string) float64 {
+	v, _ := testenv.MetricValue(set, name)
+	return v
+}
+
+// inferBody is an OIP JSON request of n BYTES images ("hi" each).
+func inferBody(n int) []byte {
+	data := strings.TrimSuffix(strings.Repeat(`"aGk=",`, n), ",")
+	return fmt.Appendf(nil, `{"inputs":[{"name":"image","shape":[%d],"datatype":"BYTES","data":[%s]}]}`, n, data)
+}
+
+// spansOfTrace returns the recorded spans of trace id (hex).
+func spansOfTrace(rec *tracetest.SpanRecorder, id string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID().String() == id {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// A request refused by auth (401, 403 or 429) starts no span, whatever
+// its traceparent says: an unauthenticated caller cannot fill the
+// exporter's queue. An allowed one with the same traceparent is traced.
+func TestAuthRefusedNoSpan(t *testing.T) {
+	rec := traceRecorder()
+	ts, keys, _ := startKeyServer(t, []auth.Key{
+		{ID: "full", Scopes: []auth.Scope{auth.Predict, auth.Metadata}},
+		{ID: "meta", Scopes: []auth.Scope{auth.Metadata}},
+		{ID: "slow", Scopes: []auth.Scope{auth.Predict}, Rate: 0.001},
+	}, func(c *Config) { c.Tracing = true })
+	png := []byte("png")
+	for i, tc := range []struct {
+		name   string
+		req    *http.Request
+		status int
+	}{
+		{"no key", ts.post("/predict", "image/png", png), 401},
+		{"wrong key", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", "full."+strings.Repeat("A", 43)), 401},
+		{"without the scope", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["meta"]), 403},
+		{"limited, first", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["slow"]), 200},
+		{"limited, over its rate", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["slow"]), 429},
+		{"allowed", withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["full"]), 200},
+	} {
+		id := fmt.Sprintf("%032x", 0xa0000+i)
+		tc.req.Header.Set("traceparent", "00-"+id+"-00f067aa0ba902b7-01")
+		if r := ts.do(t, tc.req); r.status != tc.status {
+			t.Errorf("%s: %d %s; want %d", tc.name, r.status, r.raw, tc.status)
+			continue
+		}
+		spans := spansOfTrace(rec, id)
+		if tc.status == 200 {
+			if len(spans) == 0 {
+				t.Errorf("%s: no span; want the authenticated request's sampled traceparent honoured", tc.name)
+			}
+		} else if len(spans) != 0 {
+			t.Errorf("%s: %d spans (%s) for a request refused with %d; want none", tc.name, len(spans), spans[0].Name(), tc.status)
+		}
+	}
+}
+
+// TRACING_TRUST_REMOTE: by default (authenticated) a sampled traceparent
+// is honoured only for a request whose key authenticated; without keys
+// nobody is, so the local sampler (never, here) decides, and the trace id
+// is still continued. always keeps the old behaviour; never ignores even
+// authenticated callers.
+func TestTraceTrustRemote(t *testing.T) {
+	rec := traceRecorder()
+	entries := func() []auth.Key { return []auth.Key{{ID: "full", Scopes: []auth.Scope{auth.Predict, auth.Metadata}}} }
+	for i, tc := range []struct {
+		name    string
+		trust   tracing.TrustRemote
+		keys    []auth.Key
+		sendKey bool
+		path    string
+		traced  bool
+	}{
+		{"default, no keys", "", nil, false, "/v2", false},
+		{"authenticated, no keys", tracing.TrustAuthenticated, nil, false, "/v2", false},
+		{"default, authenticated", "", entries(), true, "/v2", true},
+		{"default, exempt route", "", entries(), false, "/v2/health/ready", false},
+		{"always, no keys", tracing.TrustAlways, nil, false, "/v2", true},
+		{"always, exempt route", tracing.TrustAlways, entries(), false, "/v2/health/ready", true},
+		{"never, authenticated", tracing.TrustNever, entries(), true, "/v2", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts, keys, _ := startKeyServer(t, tc.keys, func(c *Config) { c.Tracing, c.TrustRemoteSampling = true, tc.trust })
+			id := fmt.Sprintf("%032x", 0xb0000+i)
+			req := ts.get(tc.path)
+			req.Header.Set("traceparent", "00-"+id+"-00f067aa0ba902b7-01")
+			req.Header.Set("X-Request-Id", "trust-"+strconv.Itoa(i))
+			if tc.sendKey {
+				req.Header.Set("X-API-Key", keys["full"])
+			}
+			if r := ts.do(t, req); r.status != 200 {
+				t.Fatalf("%d %s", r.status, r.raw)
+			}
+			spans := spansOfTrace(rec, id)
+			if got := len(spans) == 1; got != tc.traced || len(spans) > 1 {
+				t.Errorf("%d spans; want traced %v", len(spans), tc.traced)
+			}
+			if len(spans) == 1 && (!spans[0].Parent().IsRemote() || spans[0].Parent().SpanID().String() != "00f067aa0ba902b7") {
+				t.Errorf("span's parent %v, want the incoming span", spans[0].Parent())
+			}
+			if tc.path == "/v2/health/ready" {
+				return
+			}
+			for _, l := range logLines(ts.log) {
+				if l["request_id"] == "trust-"+strconv.Itoa(i) && (l["trace_id"] != id || l["trace_sampled"] != tc.traced) {
+					t.Errorf("logged trace_id %v sampled %v; want the incoming trace continued, sampled %v", l["trace_id"], l["trace_sampled"], tc.traced)
+				}
+			}
+		})
+	}
+}
+
+// A key's rate counts images: 16 images in one OIP request from a key of
+// 1 image a second (burst 1) get 429, with no Retry-After (no wait lets
+// 16 through at once) and a message saying how to split them; a request
+// the bucket cannot cover yet gets 429 with the wait for all its images.
+// Nothing reaches the model.
+func TestAuthImageRate(t *testing.T) {
+	ts, keys, set := startKeyServer(t, []auth.Key{
+		{ID: "one", Scopes: []auth.Scope{auth.Predict}, Rate: 1, Burst: 1},
+		{ID: "four", Scopes: []auth.Scope{auth.Predict}, Rate: 1, Burst: 4},
+		{ID: "free", Scopes: []auth.Scope{auth.Predict}},
+	}, func(c *Config) { c.MaxElements = 16 })
+	infer := func(key string, n int) response {
+		return ts.do(t, withHeader(ts.post("/v2/models/resnet50/infer", "application/json", inferBody(n)), "X-API-Key", key))
+	}
+	r := infer(keys["one"], 16)
+	if r.status != 429 || r.header.Get("Retry-After") != "" || !strings.Contains(r.jsonError(), `"one" may have at most 1 images per request`) {
+		t.Errorf("16 images, 1/s burst 1: %d %s, Retry-After %q; want 429 saying at most 1, no Retry-After", r.status, r.raw, r.header.Get("Retry-After"))
+	}
+	if calls := ts.fc.callCount(); calls != 0 {
+		t.Errorf("the model ran %d images of the refused request", calls)
+	}
+	if r := infer(keys["four"], 3); r.status != 200 {
+		t.Errorf("3 images of a burst of 4: %d %s", r.status, r.raw)
+	}
+	// 1 token left: Check takes it, 3 more are missing; the bucket holds
+	// 4 again in about 4 s.
+	r = infer(keys["four"], 4)
+	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if r.status != 429 || err != nil || retry < 3 || retry > 4 || !strings.Contains(r.jsonError(), "over its rate limit") {
+		t.Errorf("4 images on 1 token: %d %s, Retry-After %q; want 429 retry after 3-4 s", r.status, r.raw, r.header.Get("Retry-After"))
+	}
+	if r := infer(keys["free"], 16); r.status != 200 {
+		t.Errorf("16 images, unlimited key: %d %s", r.status, r.raw)
+	}
+	if got := setCounter(set, `auth_rejected_total{reason="rate",key="one"}`); got != 1 {
+		t.Errorf("rate rejections of one = %v, want 1", got)
+	}
+	if got := ts.rejections("auth_rate"); got != 2 {
+		t.Errorf("inference_rejections_total{reason=auth_rate} = %v, want 2", got)
+	}
+}
+
+// heldClassifier holds every image whose bytes are "hold" until release is
+// closed, and tells entered when it does.
+type heldClassifier struct {
+	*fakeClassifier
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h heldClassifier) Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*classify.Outcome, error) {
+	if string(data) == "hold" {
+		h.entered <- struct{}{}
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			lease.Release()
+			return nil, ctx.Err()
+		}
+	}
+	return h.fakeClassifier.Classify(ctx, data, lease, noCache)
+}
+
+// max_concurrent_images bounds a key's images in flight, /predict's and
+// OIP's together: with 1 of 2 held, 2 more get 429 with Retry-After, 3 can
+// never pass (no Retry-After), and once the held one is answered 2 pass.
+// Another key is not held back.
+func TestAuthImageConcurrency(t *testing.T) {
+	held := heldClassifier{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	ts, keys, set := startKeyServer(t, []auth.Key{
+		{ID: "two", Scopes: []auth.Scope{auth.Predict}, MaxConcurrentImages: 2},
+		{ID: "other", Scopes: []auth.Scope{auth.Predict}, MaxConcurrentImages: 2},
+	}, func(c *Config) {
+		held.fakeClassifier = c.Classifier.(*fakeClassifier)
+		c.Classifier, c.MaxElements = held, 16
+	})
+	infer := func(key string, n int) response {
+		return ts.do(t, withHeader(ts.post("/v2/models/resnet50/infer", "application/json", inferBody(n)), "X-API-Key", key))
+	}
+	first := make(chan response, 1)
+	go func() {
+		first <- ts.do(t, withHeader(ts.post("/predict", "image/png", []byte("hold")), "X-API-Key", keys["two"]))
+	}()
+	select {
+	case <-held.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held request never reached the model")
+	}
+	r := infer(keys["two"], 2)
+	if r.status != 429 || r.header.Get("Retry-After") != "1" || !strings.Contains(r.jsonError(), "limit of images in flight") {
+		t.Errorf("2 more images with 1 of 2 in flight: %d %s, Retry-After %q; want 429 retry after 1", r.status, r.raw, r.header.Get("Retry-After"))
+	}
+	r = infer(keys["two"], 3)
+	if r.status != 429 || r.header.Get("Retry-After") != "" || !strings.Contains(r.jsonError(), "at most 2 images in flight") {
+		t.Errorf("3 images, limit 2: %d %s, Retry-After %q; want 429 with no Retry-After", r.status, r.raw, r.header.Get("Retry-After"))
+	}
+	if r := infer(keys["other"], 2); r.status != 200 {
+		t.Errorf("another key's 2 images: %d %s", r.status, r.raw)
+	}
+	if r := infer(keys["two"], 1); r.status != 200 {
+		t.Errorf("1 more image, to 2 of 2: %d %s", r.status, r.raw)
+	}
+	close(held.release)
+	if r := <-first; r.status != 200 {
+		t.Errorf("the held request: %d %s", r.status, r.raw)
+	}
+	if r := infer(keys["two"], 2); r.status != 200 {
+		t.Errorf("2 images once the held one is answered: %d %s", r.status, r.raw)
+	}
+	if got := setCounter(set, `auth_rejected_total{reason="concurrency",key="two"}`); got != 2 {
+		t.Errorf("concurrency rejections = %v, want 2", got)
+	}
+}
+
+// fakeRouter routes over two versions of the fake's model: v1 (weight 1)
+// and v2 (weight 0, reachable only explicitly).
+type fakeRouter struct{ cls Classifier }
+
+func (r fakeRouter) LastModel(string, string) (wire.Info, bool) { return r.cls.LastModel() }
+
+func (r fakeRouter) Route(name, version string, _ RouteKeys) (*Routed, error) {
+	switch {
+	case name != "" && name != testInfo.Model:
+		return nil, &NotFoundError{Msg: "unknown model"}
+	case version == "":
+		version = "v1"
+	case version != "v1" && version != "v2":
+		return nil, &NotFoundError{Msg: "unknown version"}
+	}
+	return &Routed{Version: version, Classifier: r.cls, Done: func(int, time.Duration) {}}, nil
+}
+
+func (r fakeRouter) Versions(name string) ([]VersionStatus, bool) {
+	if name != testInfo.Model {
+		return nil, false
+	}
+	return []VersionStatus{{Name: "v1", Ready: true, Weight: 1}, {Name: "v2", Ready: true}}, true
+}
+
+// Choosing a model version needs the versions scope: a key without it gets
+// 403 naming the scope, on /predict's X-Model-Version, on OIP's
+// /versions/{v}/infer, and before the body with Expect: 100-continue; it
+// is still routed by weight without a version, and reads versioned
+// metadata. Without keys (auth off) explicit versions stay open.
+func TestAuthVersionsScope(t *testing.T) {
+	routed := func(c *Config) { c.Router = fakeRouter{c.Classifier} }
+	ts, keys, set := startKeyServer(t, []auth.Key{
+		{ID: "plain", Scopes: []auth.Scope{auth.Predict, auth.Metadata}},
+		{ID: "chooser", Scopes: []auth.Scope{auth.Predict, auth.Versions}},
+	}, routed)
+	open, _, _ := startKeyServer(t, nil, routed)
+	png, infer := []byte("png"), inferBody(1)
+	for _, tc := range []struct {
+		name    string
+		ts      *testServer
+		req     *http.Request
+		status  int
+		version string // model_version answered
+	}{
+		{"predict, no version", ts, withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["plain"]), 200, "v1"},
+		{"predict, X-Model-Version without the scope", ts,
+			withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["plain"], "X-Model-Version", "v2"), 403, ""},
+		{"predict, X-Model-Version with the scope", ts,
+			withHeader(ts.post("/predict", "image/png", png), "X-API-Key", keys["chooser"], "X-Model-Version", "v2"), 200, "v2"},
+		{"infer, no version", ts, withHeader(ts.post("/v2/models/resnet50/infer", "application/json", infer), "X-API-Key", keys["plain"]), 200, ""},
+		{"infer, a version without the scope", ts,
+			withHeader(ts.post("/v2/models/resnet50/versions/v2/infer", "application/json", infer), "X-API-Key", keys["plain"]), 403, ""},
+		{"infer, a version with the scope", ts,
+			withHeader(ts.post("/v2/models/resnet50/versions/v2/infer", "application/json", infer), "X-API-Key", keys["chooser"]), 200, ""},
+		{"versioned metadata needs metadata only", ts, withHeader(ts.get("/v2/models/resnet50/versions/v2"), "X-API-Key", keys["plain"]), 200, ""},
+		{"auth off: X-Model-Version", open, withHeader(open.post("/predict", "image/png", png), "X-Model-Version", "v2"), 200, "v2"},
+		{"auth off: a version", open, open.post("/v2/models/resnet50/versions/v2/infer", "application/json", infer), 200, ""},
+	} {
+		r := tc.ts.do(t, tc.req)
+		if r.status != tc.status {
+			t.Errorf("%s: %d %s; want %d", tc.name, r.status, r.raw, tc.status)
+			continue
+		}
+		if v, _ := r.body["model_version"].(string); tc.version != "" && v != tc.version {
+			t.Errorf("%s: model_version %q, want %q", tc.name, v, tc.version)
+		}
+		if tc.status == 403 && !strings.Contains(r.jsonError(), `"plain" does not have the "versions" scope needed to choose a model version`) {
+			t.Errorf("%s: %s; want the versions scope named", tc.name, r.raw)
+		}
+	}
+	resp, raw, conn, err := rawRequest(ts.addr, head("/predict", "image/png", 50_000, "X-API-Key: "+keys["plain"],
+		"X-Model-Version: v2", "Expect: 100-continue"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	checkJSON(t, "Expect with a version, without the scope", resp, raw, 403, `"versions" scope`)
+	if got := setCounter(set, `auth_rejected_total{reason="scope",key="plain"}`); got != 3 {
+		t.Errorf("scope rejections of plain = %v, want 3", got)
 	}
 }

@@ -43,7 +43,14 @@ func errStatus(err error) *apiError {
 	case errors.As(err, &me):
 		return &apiError{413, me.Error(), "decode_memory"}
 	case errors.Is(err, imageprep.ErrFormat):
-		return &apiError{415, imageprep.ErrFormat.Error(), "unsupported_format"}
+		msg := imageprep.ErrFormat.Error()
+		if errors.Is(err, imageprep.ErrAnimatedWebP) {
+			msg = imageprep.ErrAnimatedWebP.Error()
+		}
+		return &apiError{415, msg, "unsupported_format"}
+	case errors.Is(err, imageprep.ErrPixelsPerByte):
+		// imageprep's message: sizes and the cap, never the client's bytes.
+		return &apiError{413, err.Error(), "too_many_pixels"}
 	case errors.Is(err, imageprep.ErrTooLarge):
 		return &apiError{413, "image has too many pixels", "too_many_pixels"}
 	case errors.Is(err, imageprep.ErrCorrupt):

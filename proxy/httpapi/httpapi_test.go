@@ -187,6 +187,7 @@ func startServer(t *testing.T, change func(*Config)) *testServer {
 		Handler:                      api.Handler,
 		ErrorHandler:                 api.ErrorHandler,
 		ExpectHandler:                api.ExpectHandler,
+		HeaderReceived:               api.HeaderReceived,
 		Name:                         "batchgate",
 		Logger:                       fasthttpLogger{cfg.Log},
 		StreamRequestBody:            true,
@@ -690,10 +691,10 @@ func TestUploadBudget(t *testing.T) {
 		ts.rejections("upload_budget") != 1 || ts.fc.callCount() != 0 {
 		t.Errorf("budget taken: %d %s, Retry-After %q; want 429 with Retry-After 1 before the classifier", r.status, r.raw, r.header.Get("Retry-After"))
 	}
-	// v2 reserves 4x the body for JSON.
+	// v2 reserves 3x the body for JSON.
 	v2 := ts.post("/v2/models/resnet50/infer", "application/json", make([]byte, 500))
 	if r := ts.do(t, v2); r.status != 429 {
-		t.Errorf("v2 JSON of 500 bytes with 1000 free: %d %s, want 429 (it reserves 4x)", r.status, r.raw)
+		t.Errorf("v2 JSON of 500 bytes with 1000 free: %d %s, want 429 (it reserves 3x)", r.status, r.raw)
 	}
 	hold.Release()
 	if r := ts.do(t, ts.post("/predict", "image/png", body)); r.status != 200 {

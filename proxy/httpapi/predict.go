@@ -53,6 +53,12 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 		return reply{}
 	}
 	defer lease.Release()
+	release, ae := s.chargeImages(ctx, 1) // the key's images in flight
+	if ae != nil {
+		s.fail(ctx, ae)
+		return reply{}
+	}
+	defer release()
 	var rep reply
 	if s.cfg.Router != nil {
 		rt, err := s.cfg.Router.Route("", string(ctx.Request.Header.Peek("X-Model-Version")), routeKeys(ctx, data))

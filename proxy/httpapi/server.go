@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -36,6 +37,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // Classifier is what the API needs of the classification service.
@@ -73,14 +75,34 @@ type Config struct {
 	// Uploads bounds the memory of request bodies read at once.
 	Uploads *budget.Budget
 	// UploadWait is the longest a request waits for room in Uploads
-	// before it gets 429.
+	// before it gets 429 (at the start of its body, and at each growth of
+	// its reservation).
 	UploadWait time.Duration
+	// UploadMinRate is the average rate, in bytes a second, below which a
+	// body is cut off with 408 once UploadRateGrace has passed since its
+	// read began. Zero: no minimum (the request's deadline still ends it).
+	UploadMinRate   int64
+	UploadRateGrace time.Duration
+	// SharedCacheAcrossKeys lets requests of different API keys share
+	// cached answers and coalesced work. False (the default): each key
+	// has its own, so that no key can tell (from cached, coalesced or the
+	// answer's speed) that another sent the same image.
+	SharedCacheAcrossKeys bool
+	// UploadsPerClient and UploadsPerKey bound the bodies read at once
+	// from one client address and with one API key; beyond them 429.
+	// Zero: no bound.
+	UploadsPerClient int
+	UploadsPerKey    int
 	// MaxElements is the most images in one OIP request.
 	MaxElements int
 	// Tracing makes a span of each request (docs/tracing.md), continuing
 	// an incoming W3C traceparent; the global tracer provider exports
 	// them. False: no spans, no trace ids in the log.
 	Tracing bool
+	// TrustRemoteSampling says whose incoming sampled flag is honoured
+	// (TRACING_TRUST_REMOTE); the zero value is
+	// tracing.TrustAuthenticated. A request refused by auth has no span.
+	TrustRemoteSampling tracing.TrustRemote
 	// Auth, if set, checks API keys (docs/auth.md) before a request's body
 	// is read; nil serves everyone, as the replaced server did.
 	Auth *auth.Authenticator
@@ -88,12 +110,16 @@ type Config struct {
 
 // Server is the HTTP API.
 type Server struct {
-	cfg      Config
-	draining atomic.Bool
+	cfg           Config
+	draining      atomic.Bool
+	clientUploads *budget.Slots // bodies being read, per client address
+	keyUploads    *budget.Slots // and per API key
 }
 
 // New returns a Server.
-func New(cfg Config) *Server { return &Server{cfg: cfg} }
+func New(cfg Config) *Server {
+	return &Server{cfg: cfg, clientUploads: budget.NewSlots(cfg.UploadsPerClient), keyUploads: budget.NewSlots(cfg.UploadsPerKey)}
+}
 
 // SetDraining makes readiness fail and every response close its
 // connection, so clients reconnect elsewhere while the proxy drains.
@@ -133,7 +159,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
 	route := routeOf(path) // for a panic; route() names it once served
 	var rep reply
-	span := s.startSpan(ctx, route)
+	span := noopSpan // started once authorized: a refused request has none
 	defer func() {
 		if p := recover(); p != nil {
 			s.cfg.Metrics.Panics.Inc()
@@ -169,6 +195,10 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	if rep.keyID = keyID; !ok {
 		return // answered 401, 403 or 429
 	}
+	if keyID != "" {
+		ctx.SetUserValue(keyIDKey{}, keyID)
+	}
+	span = s.startSpan(ctx, route, keyID != "")
 	route, rep = s.route(ctx, path)
 	rep.keyID = keyID
 }
@@ -269,14 +299,19 @@ func (s *Server) deadline(ctx *fasthttp.RequestCtx) (context.Context, context.Ca
 		return nil, nil, ae
 	}
 	c, cancel := context.WithTimeout(baseContext(ctx), timeout)
+	if key, _ := ctx.UserValue(keyIDKey{}).(string); key != "" && !s.cfg.SharedCacheAcrossKeys {
+		c = classify.WithPartition(c, key) // keys never learn what other keys sent
+	}
 	return c, cancel, nil
 }
 
-// readBody reads the request body into a buffer of its own, reserving
-// factor times its length from the upload budget first. The body must
-// declare its length (411 otherwise) and be at most limit bytes (413). A
-// body refused unread is skipped (skipBody), so the client reads the answer
-// instead of a reset. The caller owns the returned lease's one reference.
+// readBody reads the request body into a buffer of its own, within the
+// upload budget: factor bytes of it per byte of buffer, reserved as the
+// bytes arrive (meteredBody), at a minimum rate, in one of the client's and
+// the key's upload slots. The body must declare its length (411 otherwise)
+// and be at most limit bytes (413). A body refused unread is skipped
+// (skipBody), so the client reads the answer instead of a reset. The caller
+// owns the returned lease's one reference.
 func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit int, factor int64,
 	read func(r io.Reader, n int, buf []byte) ([]byte, *apiError)) ([]byte, *budget.Lease, *apiError) {
 	n := ctx.Request.Header.ContentLength()
@@ -285,10 +320,22 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		return nil, nil, ae
 	}
 	n = max(n, 0)
+	if n > uploadChunk {
+		// Only bodies past their first chunk take an upload slot: smaller
+		// ones hold little, and fasthttp has read most of them already.
+		release, ae := s.uploadSlots(ctx)
+		if ae != nil {
+			skipBody(ctx, n)
+			return nil, nil, ae
+		}
+		defer release()
+	}
+	// The first chunk's reservation; a body over the whole budget (a
+	// small budget for the body limit) grows to all of it: one such
+	// request at a time.
+	most := min(factor*int64(n), s.cfg.Uploads.Size())
 	wctx, cancel := context.WithTimeout(rctx, s.cfg.UploadWait)
-	// A reservation over the whole budget (a small budget for the body
-	// limit) takes all of it: one such request at a time.
-	lease, err := s.cfg.Uploads.Acquire(wctx, min(factor*int64(n), s.cfg.Uploads.Size()))
+	lease, err := s.cfg.Uploads.Acquire(wctx, min(factor*uploadChunk, most))
 	cancel()
 	if err != nil {
 		skipBody(ctx, n)
@@ -298,7 +345,12 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		return nil, nil, &apiError{429, "server busy receiving other uploads, retry later", "upload_budget"}
 	}
 	span := childSpan(rctx, "read body")
-	b, ae := read(ctx.RequestBodyStream(), n, make([]byte, 0, n))
+	body := &meteredBody{ctx: ctx, rctx: rctx, r: ctx.RequestBodyStream(), lease: lease, factor: factor, max: most,
+		start: time.Now(), grace: s.cfg.UploadRateGrace, rate: s.cfg.UploadMinRate, wait: s.cfg.UploadWait}
+	b, ae := read(body, n, nil)
+	if ue := s.uploadError(body); ue != nil {
+		ae = ue // the read was stopped, not the body malformed: say why
+	}
 	if span.IsRecording() {
 		span.SetAttributes(attribute.Int("http.request.body.size", n), attribute.Int("image.bytes", len(b)))
 		if ae != nil {
@@ -311,9 +363,12 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		// The body may be half read: never reuse the connection, but
 		// skip what is left first (the stream ends at the body's end),
 		// or closing with unread bytes resets the connection and the
-		// client, still sending, may never see this answer.
+		// client, still sending, may never see this answer. A body too
+		// slow or past its deadline is not waited for.
 		ctx.SetConnectionClose()
-		skipBody(ctx, n)
+		if ae.reason != "upload_too_slow" && ae.reason != "deadline" {
+			skipBody(ctx, n)
+		}
 		return nil, nil, ae
 	}
 	return b, lease, nil
@@ -427,6 +482,14 @@ func jsonReply(ctx *fasthttp.RequestCtx, status int, v any) {
 func (s *Server) ErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		s.fail(ctx, &apiError{413, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes), "body_too_large"})
+		return
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		// The headers (HEADER_TIMEOUT), or the body's first bytes, which
+		// fasthttp reads before the handler (HeaderReceived), came too
+		// slowly: fasthttp has reset the request, so which is not known.
+		s.fail(ctx, &apiError{408, fmt.Sprintf("request arrived too slowly: send the headers at once and the body at %d bytes a second or more",
+			s.cfg.UploadMinRate), "slow_request"})
 		return
 	}
 	s.fail(ctx, badRequest("malformed HTTP request"))

@@ -9,6 +9,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // tracer names the request spans' instrumentation scope. It follows the
@@ -37,18 +39,26 @@ func (c headerCarrier) Keys() []string {
 // when the handler returns.
 type traceKey struct{}
 
-// noopSpan is the span of requests while tracing is off.
-var noopSpan = noop.Span{}
+// noopSpan is the span of requests while tracing is off, and of requests
+// refused by auth (they never start one).
+var noopSpan trace.Span = noop.Span{}
 
-// startSpan starts the request's server span, continuing an incoming W3C
-// traceparent (a sampled one is always recorded: the sampler is
-// parent-based), and keeps its context for the request's children. With
-// tracing off it returns a no-op span and costs nothing.
-func (s *Server) startSpan(ctx *fasthttp.RequestCtx, route string) trace.Span {
+// startSpan starts the request's server span, once the request is
+// authorized (a refused one has none, so unauthenticated callers cannot
+// fill the exporter's queue), and keeps its context for the request's
+// children. It continues an incoming W3C traceparent; whether its sampled
+// flag is honoured is TrustRemoteSampling's call, with authenticated
+// (whether the request's API key authenticated): an untrusted flag is
+// ignored and the process's sampler decides (tracing.IgnoreRemoteSampled).
+// With tracing off it returns a no-op span and costs nothing.
+func (s *Server) startSpan(ctx *fasthttp.RequestCtx, route string, authenticated bool) trace.Span {
 	if !s.cfg.Tracing {
 		return noopSpan
 	}
 	pctx := otel.GetTextMapPropagator().Extract(context.Background(), headerCarrier{&ctx.Request.Header})
+	if !s.cfg.TrustRemoteSampling.Trusts(authenticated) && trace.SpanContextFromContext(pctx).IsRemote() {
+		pctx = tracing.IgnoreRemoteSampled(pctx)
+	}
 	tctx, span := tracer.Start(pctx, route, trace.WithSpanKind(trace.SpanKindServer))
 	ctx.SetUserValue(traceKey{}, tctx)
 	return span

@@ -18,14 +18,17 @@ import (
 
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // traceRecorder is the test binary's one tracer provider: package-level
-// tracers bind to the first provider installed.
+// tracers bind to the first provider installed. Its sampler is
+// tracing.Start's, whose own decisions are never to sample: every span
+// recorded continued a trusted sampled traceparent.
 var traceRecorder = sync.OnceValue(func() *tracetest.SpanRecorder {
 	rec := tracetest.NewSpanRecorder()
 	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample()))))
+		sdktrace.WithSampler(tracing.Sampler(sdktrace.NeverSample()))))
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 	return rec
 })
@@ -34,7 +37,8 @@ var traceRecorder = sync.OnceValue(func() *tracetest.SpanRecorder {
 // any client can set, to a server with tracing on: the handler never
 // panics, always answers, and a span continues the incoming trace only when
 // the traceparent is well formed and sampled (the root sampler here never
-// samples, so every recorded span was continued).
+// samples, so every recorded span was continued; the server trusts every
+// caller's flag, TRACING_TRUST_REMOTE=always).
 func FuzzTraceHeaders(f *testing.F) {
 	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "congo=t61rcWkgMzE")
 	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "")
@@ -47,7 +51,7 @@ func FuzzTraceHeaders(f *testing.F) {
 	api := New(Config{Classifier: newFake(), Metrics: stats.New(metrics.NewSet(), stats.Gauges{}),
 		Log: slog.New(slog.NewJSONHandler(&buf, nil)), Ready: func() bool { return true }, Version: "fuzz",
 		RequestTimeout: 5 * time.Second, MaxBodyBytes: 1 << 20, Uploads: budget.New(16 << 20), UploadWait: time.Second,
-		MaxElements: 4, Tracing: true})
+		MaxElements: 4, Tracing: true, TrustRemoteSampling: tracing.TrustAlways})
 	f.Fuzz(func(t *testing.T, traceparent, tracestate string) {
 		rec.Reset()
 		buf.Reset()

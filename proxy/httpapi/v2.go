@@ -101,10 +101,10 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version s
 	}
 	defer cancel()
 	headerLength := ctx.Request.Header.Peek("Inference-Header-Content-Length")
-	// JSON requests take several times their size to parse (data copied
-	// out, base64 or numbers decoded); binary ones little more than
-	// themselves.
-	factor := int64(4)
+	// The body, and what parsing it allocates: at most twice a JSON body
+	// (numbers and base64 decoded), once a binary one (its FP32 copied;
+	// BYTES point into the body), plus 64 KiB (proxy/oip).
+	factor := int64(3)
 	if headerLength != nil {
 		factor = 2
 	}
@@ -138,6 +138,12 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version s
 		s.failErr(ctx, err)
 		return
 	}
+	release, ae := s.chargeImages(ctx, req.N()) // the key's limits count images
+	if ae != nil {
+		s.fail(ctx, ae)
+		return
+	}
+	defer release()
 	scores := make([][]float32, req.N())
 	g, gctx := errgroup.WithContext(rctx)
 	for i, img := range req.Images {

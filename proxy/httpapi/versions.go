@@ -9,6 +9,7 @@ import (
 
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/oip"
+	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/runtime/wire"
 )
 
@@ -108,11 +109,17 @@ func (s *Server) v2Routed(ctx *fasthttp.RequestCtx, name, version, action string
 		}
 		statuses = one
 	}
-	ready := false
+	// One version: ready if its runtime is. The model: routing.Serving.
+	var readyWeight, totalWeight float64
 	for _, st := range statuses {
-		if st.Ready && (version != "" || st.Weight > 0) {
-			ready = true
+		totalWeight += st.Weight
+		if st.Ready {
+			readyWeight += st.Weight
 		}
+	}
+	ready := routing.Serving(readyWeight, totalWeight)
+	if version != "" {
+		ready = statuses[0].Ready // the one version asked for
 	}
 	ready = ready && !s.draining.Load()
 	switch action {

@@ -44,6 +44,12 @@ type Limits struct {
 	// MaxPixels is the largest width*height decoded (decompression bombs
 	// are refused from their header). Zero means DefaultMaxPixels.
 	MaxPixels int
+	// MaxPixelsPerByte caps width*height per byte of the encoded image,
+	// for images of more than SmallImagePixels: decoding costs memory and
+	// CPU by the pixel, and this ties them to what the client sent (a
+	// 46-byte lossless WebP can declare 36 million pixels). Zero means
+	// DefaultMaxPixelsPerByte; negative turns the cap off.
+	MaxPixelsPerByte int
 	// FullSizeJPEG turns DCT-domain scaling off: every JPEG is decoded at
 	// full size, and the tensor equals PIL + torchvision's bit for bit,
 	// at several times the cost on large photos (docs/performance.md).
@@ -53,14 +59,40 @@ type Limits struct {
 var (
 	// ErrFormat: not JPEG, PNG, GIF or WebP.
 	ErrFormat = errors.New("unsupported image format: want JPEG, PNG, GIF or WebP")
-	// ErrTooLarge: more pixels than Limits.MaxPixels.
+	// ErrTooLarge: more pixels than Limits.MaxPixels, or than
+	// Limits.MaxPixelsPerByte allows for the image's size in bytes
+	// (ErrPixelsPerByte).
 	ErrTooLarge = errors.New("image has too many pixels")
+	// ErrPixelsPerByte: more pixels per byte than Limits.MaxPixelsPerByte;
+	// it wraps ErrTooLarge.
+	ErrPixelsPerByte = fmt.Errorf("%w for its size in bytes", ErrTooLarge)
+	// ErrAnimatedWebP: a WebP of several frames (ErrFormat).
+	ErrAnimatedWebP = fmt.Errorf("%w: animated WebP is not supported; send one frame as a still image", ErrFormat)
 	// ErrCorrupt: the header or the data cannot be decoded.
 	ErrCorrupt = errors.New("corrupt image")
 )
 
 // DefaultMaxPixels is Limits.MaxPixels when zero.
 const DefaultMaxPixels = 40_000_000
+
+// DefaultMaxPixelsPerByte is Limits.MaxPixelsPerByte when zero: 2048, twice
+// the most deflate packs bytes (1032:1; a 12 MP gray PNG of one value at
+// zlib's best is 1022 pixels a byte), so no PNG of 8 bits a sample or more
+// is ever refused, nor any JPEG (every 8x8 block costs a bit or more: 512
+// pixels a byte at most). Photos take 1 to 25 pixels a byte, text
+// screenshots 15 to 31, near-blank 4K ones 250 to 550 as PNG, GIF or lossy
+// WebP. Only codings that spend a fraction of a bit on a large uniform area
+// go past it: lossless WebP (that near-blank screenshot: 7000; one color:
+// unbounded), 1-bit PNG and GIF (up to about 8000 and 2500; one color at
+// 12 MP: 1755 and 1148). For a classifier such an image loses nothing
+// scaled down to SmallImagePixels, which always passes. Measured with
+// libwebp, zlib and PIL (see TestPixelsPerByte).
+const DefaultMaxPixelsPerByte = 2048
+
+// SmallImagePixels: images of at most this many pixels (1 MiP) pass
+// Limits.MaxPixelsPerByte whatever their size in bytes; decoding one costs
+// at most about 7 MiB and 0.2 s of CPU.
+const SmallImagePixels = 1 << 20
 
 // Decode inspects the header (Inspect), then decodes the image. Errors wrap
 // ErrFormat, ErrTooLarge or ErrCorrupt.

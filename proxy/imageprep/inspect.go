@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"image/color"
 
 	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 )
@@ -16,9 +15,12 @@ import (
 type Header struct {
 	Format        string // "jpeg", "png", "gif" or "webp"
 	Width, Height int
-	// decodeBytes estimates the memory of the decoded image in the form
-	// Go's decoder produces it, with the decoder's working buffers
-	// (progressive JPEG coefficients, interlaced PNG passes).
+	// decodeBytes is the memory Go's decoder allocates for the image: the
+	// decoded pixels in the form it returns them, and its working buffers
+	// that grow with the image (progressive JPEG coefficients, interlaced
+	// PNG passes and rows, WebP transforms and frame data). The fixed ones
+	// are in goDecodeBytes. TestEstimateCoversDecode checks it against what
+	// each decoder allocates.
 	decodeBytes int64
 	// direct is true when Preprocess reads the decoded image's pixels in
 	// place; otherwise it converts the image to 8-bit NRGBA first.
@@ -36,21 +38,30 @@ type Header struct {
 // buffers, a conversion to 8-bit RGBA where one is needed, and the resize
 // buffers. The proxy reserves it from its decode budget before decoding.
 func (h Header) MemoryBytes(p Params) int64 {
-	px := int64(h.Width) * int64(h.Height)
-	n := h.decodeBytes
+	n := h.goDecodeBytes()
 	width := int64(h.Width)
 	if h.Format == "jpeg" && turbojpeg.Available {
-		n = h.turboBytes(ScaleDenom(h, p))
+		n = h.turboBytes(ScaleDenom(h, p)) + 64<<10
 		width = int64((h.Width + 7) / 8 * 8)
-	}
-	if !h.direct {
-		n += 4 * px
 	}
 	// Resize: the horizontal pass keeps up to every source row of the
 	// crop, p.Width RGB bytes each, plus one converted source row and
 	// the vertical pass's sums.
-	n += int64(h.Height)*int64(p.Width)*3 + width*3 + int64(p.Width)*12
-	return n + 64<<10
+	return n + int64(h.Height)*int64(p.Width)*3 + width*3 + int64(p.Width)*12
+}
+
+// goDecodeBytes is the memory of decoding the image with Go's decoders and
+// reading it for the resize: decodeBytes, a conversion to 8-bit NRGBA where
+// the decoded type is not read in place, and 256 KiB for what does not grow
+// with the image: the decoders' tables and buffers (18 KiB for JPEG, 33 for
+// GIF, 50 for PNG), and the Huffman tables zlib makes for each deflate
+// block of a PNG (100 to 150 KiB for photos, garbage as soon as made).
+func (h Header) goDecodeBytes() int64 {
+	n := h.decodeBytes
+	if !h.direct {
+		n += 4 * int64(h.Width) * int64(h.Height)
+	}
+	return n + 256<<10
 }
 
 // turboBytes is what libjpeg-turbo takes to decode the JPEG at 1/denom: the
@@ -75,11 +86,24 @@ func (h Header) turboBytes(denom int) int64 {
 }
 
 // Inspect reads the image's header: the format (ErrFormat), the size and the
-// pixel budget (ErrTooLarge), and what decoding will cost. It decodes no
+// pixel budgets (ErrTooLarge), and what decoding will cost. It decodes no
 // pixel data. Errors wrap ErrFormat, ErrTooLarge or ErrCorrupt.
+//
+// Decoding's CPU is bounded here, by refusal, not by a deadline: every
+// decoder's time grows with the pixels it decodes (Go's lossless WebP and
+// PNG decoders are the slowest, up to about 200 ns a pixel on a 2-core VM),
+// and a decode cannot be stopped once started: Go's decoders take no
+// context, a goroutine cannot be killed, and a deadline on the reader
+// would not fire (a lossless WebP of one color decodes 36 million pixels
+// from its 46 bytes, reading none while it does). So the pixels are
+// capped, absolutely (MaxPixels) and per byte sent (MaxPixelsPerByte), and
+// a GIF costs only its first frame, the only one image/gif.Decode reads.
 func Inspect(data []byte, lim Limits) (Header, error) {
 	if lim.MaxPixels == 0 {
 		lim.MaxPixels = DefaultMaxPixels
+	}
+	if lim.MaxPixelsPerByte == 0 {
+		lim.MaxPixelsPerByte = DefaultMaxPixelsPerByte
 	}
 	var h Header
 	var err error
@@ -89,11 +113,14 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 	case bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")):
 		h, err = inspectPNG(data)
 	case bytes.HasPrefix(data, []byte("GIF87a")), bytes.HasPrefix(data, []byte("GIF89a")):
-		h, err = inspectOther(data, "gif")
+		h, err = inspectGIF(data)
 	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
-		h, err = inspectOther(data, "webp")
+		h, err = inspectWebP(data)
 	default:
 		return Header{}, ErrFormat
+	}
+	if errors.Is(err, ErrFormat) {
+		return Header{}, err
 	}
 	if err != nil {
 		return Header{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -101,8 +128,14 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 	if h.Width <= 0 || h.Height <= 0 {
 		return Header{}, fmt.Errorf("%w: %dx%d pixels", ErrCorrupt, h.Width, h.Height)
 	}
-	if int64(h.Width)*int64(h.Height) > int64(lim.MaxPixels) {
+	px := int64(h.Width) * int64(h.Height)
+	if px > int64(lim.MaxPixels) {
 		return Header{}, fmt.Errorf("%w: %dx%d, limit %d pixels", ErrTooLarge, h.Width, h.Height, lim.MaxPixels)
+	}
+	if lim.MaxPixelsPerByte > 0 && px > SmallImagePixels && px > int64(lim.MaxPixelsPerByte)*int64(len(data)) {
+		return Header{}, fmt.Errorf("%w: %dx%d pixels in %d bytes (%d a byte), over the cap of %d pixels a byte for images of more than %d pixels: "+
+			"send it scaled down or less compressed, or raise the server's MAX_PIXELS_PER_BYTE",
+			ErrPixelsPerByte, h.Width, h.Height, len(data), px/int64(max(len(data), 1)), lim.MaxPixelsPerByte, SmallImagePixels)
 	}
 	h.fullSize = lim.FullSizeJPEG
 	return h, nil
@@ -111,6 +144,7 @@ func Inspect(data []byte, lim Limits) (Header, error) {
 // inspectJPEG walks the markers up to the frame header (SOFn).
 func inspectJPEG(data []byte) (Header, error) {
 	p := 2
+	jfif := false
 	for {
 		// The next marker as libjpeg (and Go's decoder) finds it: stray
 		// bytes are skipped (libjpeg warns), and so are any number of
@@ -136,8 +170,18 @@ func inspectJPEG(data []byte) (Header, error) {
 		seg := data[p+4 : p+2+n]
 		p += 2 + n
 		switch marker {
+		case 0xe0:
+			jfif = jfif || bytes.HasPrefix(seg, []byte("JFIF\x00"))
 		case 0xc0, 0xc1, 0xc2: // baseline, extended, progressive (what Go decodes)
-			return jpegFrame(seg, marker == 0xc2)
+			h, err := jpegFrame(seg, marker == 0xc2)
+			// Go's decoder converts a 3-component image it takes for
+			// RGB to RGBA: one without JFIF whose components are named
+			// R, G, B or that has an Adobe segment (transform 0).
+			if err == nil && h.components == 3 && !jfif &&
+				(string([]byte{seg[6], seg[9], seg[12]}) == "RGB" || bytes.Contains(data, []byte("Adobe"))) {
+				h.decodeBytes += 4 * int64(h.Width) * int64(h.Height)
+			}
+			return h, err
 		case 0xc3, 0xc5, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcd, 0xce, 0xcf:
 			return Header{}, errors.New("jpeg: unsupported coding (lossless, hierarchical or arithmetic)")
 		case 0xd9, 0xda:
@@ -224,15 +268,26 @@ func inspectPNG(data []byte) (Header, error) {
 	}
 	px := int64(h.Width) * int64(h.Height)
 	h.decodeBytes = bpp * px
+	// The decoder's current and previous rows, as stored: the samples of
+	// a pixel (one for gray and paletted, 2 for gray with alpha, 3 for
+	// RGB, 4 for RGBA) at depth bits each, and the filter byte.
+	samples := int64(map[byte]int{0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype])
+	rows := 2 * (1 + (samples*int64(depth)*int64(h.Width)+7)/8)
 	if interlaced {
-		h.decodeBytes *= 2 // each pass is decoded apart, then merged
+		// Each pass is decoded into an image of its own, then merged:
+		// the passes add up to the image again, and their rows (2
+		// each) to 5.5 of the image's.
+		h.decodeBytes *= 2
+		rows *= 3
 	}
+	h.decodeBytes += rows
 	// Read in place: 8-bit gray, paletted, RGBA and NRGBA.
 	h.direct = depth <= 8
 	return h, nil
 }
 
-// inspectOther uses the standard decoders' header parsing for GIF and WebP.
+// inspectOther uses the standard decoders' header parsing for GIF and WebP:
+// the format and the size.
 func inspectOther(data []byte, format string) (Header, error) {
 	cfg, got, err := image.DecodeConfig(bytes.NewReader(data))
 	if err != nil {
@@ -241,17 +296,196 @@ func inspectOther(data []byte, format string) (Header, error) {
 	if got != format {
 		return Header{}, fmt.Errorf("%s header decoded as %s", format, got)
 	}
-	h := Header{Format: format, Width: cfg.Width, Height: cfg.Height, direct: true}
-	px := int64(cfg.Width) * int64(cfg.Height)
-	switch {
-	case format == "gif": // the first frame, paletted
-		h.decodeBytes = px
-	case cfg.ColorModel == color.NRGBAModel: // lossless: pixels plus the transform buffers
-		h.decodeBytes = 8 * px
-	case cfg.ColorModel == color.NYCbCrAModel: // lossy with alpha
-		h.decodeBytes, h.direct = 3*px, false
-	default: // lossy: YCbCr 4:2:0
-		h.decodeBytes = 2 * px
+	return Header{Format: format, Width: cfg.Width, Height: cfg.Height, direct: true}, nil
+}
+
+// inspectGIF: image/gif.Decode decodes the first frame only, into a
+// paletted image of the frame's size (inside the logical screen, the
+// image's size), and twice over when it is interlaced (the rows are
+// reordered into a new image). Its LZW decoder and palettes are fixed
+// costs.
+func inspectGIF(data []byte) (Header, error) {
+	h, err := inspectOther(data, "gif")
+	if err != nil {
+		return Header{}, err
+	}
+	px := int64(h.Width) * int64(h.Height)
+	h.decodeBytes = 2 * px // where the first frame cannot be found
+	if fw, fh, interlaced, ok := gifFirstFrame(data, h.Width, h.Height); ok {
+		h.decodeBytes = int64(fw) * int64(fh)
+		if interlaced {
+			h.decodeBytes *= 2
+		}
 	}
 	return h, nil
+}
+
+// gifFirstFrame finds the first image descriptor as image/gif reads the
+// blocks before it, and returns the frame's size and interlacing; ok is
+// false where the walk stops before it, or the frame is not inside the
+// width x height screen (image/gif refuses it before allocating).
+func gifFirstFrame(data []byte, width, height int) (w, h int, interlaced, ok bool) {
+	p := 13
+	if len(data) < p {
+		return 0, 0, false, false
+	}
+	if flags := data[10]; flags&0x80 != 0 { // global color table
+		p += 3 << (flags&7 + 1)
+	}
+	for p < len(data) {
+		switch data[p] {
+		case 0x21: // extension: as image/gif's readExtension skips it
+			if p+2 > len(data) {
+				return 0, 0, false, false
+			}
+			label := data[p+1]
+			p += 2
+			switch label {
+			case 0xf9: // graphic control: fixed size, no sub-blocks
+				p += 6
+				continue
+			case 0x01: // plain text: 13 bytes, then sub-blocks
+				p += 13
+			case 0xfe: // comment: sub-blocks
+			case 0xff: // application: a sized block, then sub-blocks
+				if p >= len(data) {
+					return 0, 0, false, false
+				}
+				p += 1 + int(data[p])
+			default:
+				return 0, 0, false, false
+			}
+			for p < len(data) && data[p] != 0 {
+				p += 1 + int(data[p])
+			}
+			p++
+		case 0x2c: // image descriptor
+			if p+10 > len(data) {
+				return 0, 0, false, false
+			}
+			d := data[p+1:]
+			left, top := int(binary.LittleEndian.Uint16(d)), int(binary.LittleEndian.Uint16(d[2:]))
+			w, h = int(binary.LittleEndian.Uint16(d[4:])), int(binary.LittleEndian.Uint16(d[6:]))
+			if left+w > width || top+h > height {
+				return 0, 0, false, false
+			}
+			return w, h, d[8]&0x40 != 0, true
+		default:
+			return 0, 0, false, false
+		}
+	}
+	return 0, 0, false, false
+}
+
+// inspectWebP walks the RIFF chunks as golang.org/x/image/webp decodes
+// them, up to the image chunk it decodes, and sums what each allocates:
+// an alpha plane (ALPH, raw or itself lossless-coded), then the lossy
+// (VP8) or lossless (VP8L) image. A VP8X chunk only declares the canvas:
+// its size is the image's, but what it holds decides the cost. An
+// animated WebP (frames in ANMF chunks) is refused: x/image/webp decodes
+// no frame of it. So is a VP8 or ALPH chunk cut short, which the decoder
+// would read whole into memory (up to 128 MiB from its declared length)
+// before failing.
+func inspectWebP(data []byte) (Header, error) {
+	h, err := inspectOther(data, "webp")
+	if err != nil {
+		return Header{}, err
+	}
+	w, ht := int64(h.Width), int64(h.Height)
+	px := w * ht
+	var animated, wantAlpha, seenVP8X, alpha bool
+	// As x/image/riff reads the chunks: the RIFF size bounds them, and
+	// an odd-sized chunk is followed by a padding byte.
+	total := int64(binary.LittleEndian.Uint32(data[4:])) - 4
+chunks:
+	for p, pad := 12, int64(0); ; {
+		if pad == 1 {
+			if total == 0 {
+				break
+			}
+			total, p = total-1, p+1
+		}
+		if total < 8 || p+8 > len(data) {
+			break
+		}
+		total -= 8
+		id, n := string(data[p:p+4]), int64(binary.LittleEndian.Uint32(data[p+4:]))
+		if n > total {
+			break
+		}
+		body := data[p+8:]
+		cut := int64(len(body)) < n
+		if !cut {
+			body = body[:n]
+		}
+		switch id {
+		case "VP8X":
+			if seenVP8X || n != 10 || cut {
+				break chunks // the decoder stops here, as below
+			}
+			seenVP8X = true
+			wantAlpha, animated = body[0]&0x10 != 0, body[0]&0x02 != 0
+		case "ALPH":
+			if !wantAlpha {
+				break chunks
+			}
+			wantAlpha = false
+			if cut {
+				return Header{}, errors.New("webp: ALPH chunk cut short")
+			}
+			switch {
+			case n == 0:
+			case body[0]&3 == 0: // raw
+				h.decodeBytes += px
+			case body[0]&3 == 1: // lossless: an NRGBA image, its green copied out
+				h.decodeBytes += vp8lBytes(w, ht) + px
+			}
+			alpha = true
+		case "VP8 ":
+			if wantAlpha { // VP8X promised an ALPH chunk first
+				break chunks
+			}
+			if cut {
+				return Header{}, errors.New("webp: VP8 chunk cut short")
+			}
+			h.decodeBytes += vp8Bytes(w, ht, n)
+			h.direct = !alpha // with alpha, NYCbCrA: converted to NRGBA
+			return h, nil
+		case "VP8L":
+			h.decodeBytes += vp8lBytes(w, ht)
+			return h, nil
+		}
+		total -= n
+		p += 8 + int(n)
+		pad = n & 1
+	}
+	if animated {
+		return Header{}, ErrAnimatedWebP
+	}
+	return Header{}, errors.New("webp: no image chunk the decoder can read")
+}
+
+// vp8Bytes is what x/image/vp8 allocates to decode a w x h lossy frame of n
+// bytes: YCbCr 4:2:0 in whole 16x16 macroblocks (384 bytes each), 4 bytes
+// of loop-filter parameters a macroblock, and the frame's data, read into
+// memory whole.
+func vp8Bytes(w, h, n int64) int64 {
+	return 388*((w+15)/16)*((h+15)/16) + n
+}
+
+// vp8lBytes is what x/image/vp8l allocates to decode a w x h lossless
+// image, whatever transforms the file uses: the NRGBA result (4 bytes a
+// pixel); the color-indexing transform's packed indices (up to 2 bytes a
+// pixel, for 3 to 16 colors), alive while they are unpacked into it; and
+// the predictor, cross-color and Huffman-group images, 4 bytes for each
+// tile of 4x4 pixels or more. Real files take 4.1 to 5 bytes a pixel.
+//
+// Not counted: the Huffman codes, which the file sizes, not the header:
+// up to 2600 groups of five codes, each group up to 53 KB, bounded by
+// the number of tiles. Files from libwebp fit in the allowance above, but
+// a crafted 80 KB 208x208 file makes the decoder allocate 183 MiB of
+// codes; bounding that needs a VP8L parser or a decoder change.
+func vp8lBytes(w, h int64) int64 {
+	tiles := ((w + 3) / 4) * ((h + 3) / 4)
+	return 4*w*h + 4*((w+1)/2)*h + 3*4*tiles
 }

@@ -100,12 +100,14 @@ func TestInspectCosts(t *testing.T) {
 		want                    int64
 		direct                  bool
 	}{
-		{8, 0, 0, 1 * 100 * 50, true},   // gray
-		{8, 2, 0, 4 * 100 * 50, true},   // RGB as RGBA
-		{8, 6, 0, 4 * 100 * 50, true},   // NRGBA
-		{16, 6, 0, 8 * 100 * 50, false}, // NRGBA64
-		{8, 2, 1, 8 * 100 * 50, true},   // interlaced: twice
-		{8, 3, 0, 1 * 100 * 50, true},   // paletted
+		// The image, and the decoder's 2 rows as stored (filter byte first).
+		{8, 0, 0, 1*100*50 + 2*101, true},    // gray
+		{8, 2, 0, 4*100*50 + 2*301, true},    // RGB as RGBA
+		{8, 6, 0, 4*100*50 + 2*401, true},    // NRGBA
+		{16, 6, 0, 8*100*50 + 2*801, false},  // NRGBA64
+		{8, 2, 1, 8*100*50 + 6*301, true},    // interlaced: twice, rows of 7 passes
+		{8, 3, 0, 1*100*50 + 2*101, true},    // paletted
+		{2, 3, 0, 1*100*50 + 2*(1+25), true}, // paletted, 4 pixels a byte
 	} {
 		h, err := Inspect(pngHeader(100, 50, tc.depth, tc.ctype, tc.interlace), Limits{})
 		if err != nil || h.decodeBytes != tc.want || h.direct != tc.direct {
@@ -188,8 +190,10 @@ func TestDirectReadersMatchConversion(t *testing.T) {
 }
 
 // FuzzInspect: no input panics Inspect or the decoders; when both Inspect and
-// image.DecodeConfig read a header they agree on the size, and a decoded
-// image never takes more memory than Inspect estimated.
+// image.DecodeConfig read a header they agree on the size; a decoded image's
+// pixels never take more memory than Inspect's estimate of the decode; and
+// Inspect refuses a WebP as damaged or unsupported only when x/image/webp
+// cannot decode it either.
 func FuzzInspect(f *testing.F) {
 	for _, name := range []string{"grace_hopper.jpg", "small_progressive.jpg", "small_gray.jpg", "small_cmyk.jpg", "small.gif", "small.webp"} {
 		data, err := readFile(name)
@@ -203,12 +207,42 @@ func FuzzInspect(f *testing.F) {
 	png.Encode(&small, image.NewNRGBA(image.Rect(0, 0, 20, 10)))
 	f.Add(small.Bytes())
 	f.Add([]byte("\xff\xd8\xff\xc2\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"))
+	// The costly layouts TestEstimateCoversDecode measures, small.
+	const w, h = 96, 64
+	vp8l := webpChunk("VP8L", vp8lFlat(w, h, 0, false))
+	for _, data := range [][]byte{
+		riffWebP(vp8xChunk(0, 6000, 6000), webpChunk("VP8L", vp8lFlat(6000, 6000, 0, false))), // issue 22
+		riffWebP(vp8l),
+		riffWebP(vp8xChunk(0, w, h), vp8l),
+		riffWebP(vp8xChunk(0x10, w, h), vp8l),
+		riffWebP(vp8xChunk(0x10, w, h), webpChunk("ALPH", append([]byte{1}, vp8lFlat(w, h, 0, false)[5:]...)), vp8l),
+		riffWebP(webpChunk("VP8L", vp8lFlat(w, h, 16, true))),
+		riffWebP(vp8xChunk(0, w, h), webpChunk("VP8L", vp8lFlat(w, h, 2, false))),
+		riffWebP(vp8xChunk(0x02, w, h), webpChunk("ANIM", make([]byte, 6)), webpChunk("ANMF", append(make([]byte, 16), vp8l...))),
+		readLocal(f, "lossy.webp"),
+		readLocal(f, "lossy_alpha.webp"),
+		progressiveJPEG(w, h, 1),
+		progressiveJPEG(w, h, 3),
+		jpegRGBNames(encodeJPEG(f, gradient(w, h))),
+		zeroPNG(w, h, 2, true),
+		encodePNG(f, paletted(w, h, 4)),
+		encodeGIF(f, paletted(w, h, 256), true),
+		animatedGIF(f, w, h, w/2, h/2),
+	} {
+		f.Add(data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := Limits{MaxPixels: 1 << 20}
 		h, err := Inspect(data, lim)
 		if err != nil {
 			if !errors.Is(err, ErrFormat) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("Inspect error %v wraps none of the three", err)
+			}
+			if cfg, format, cerr := image.DecodeConfig(bytes.NewReader(data)); cerr == nil && format == "webp" &&
+				!errors.Is(err, ErrTooLarge) && cfg.Width*cfg.Height <= lim.MaxPixels {
+				if _, _, derr := image.Decode(bytes.NewReader(data)); derr == nil {
+					t.Fatalf("Inspect refuses a WebP that x/image/webp decodes: %v", err)
+				}
 			}
 			return
 		}
@@ -227,10 +261,9 @@ func FuzzInspect(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if h.Format != "jpeg" || JPEGDecoder() == "go" { // Go's decoder is the one that runs
-			if got, est := pixelBytes(img), h.MemoryBytes(imagenet); got > est {
-				t.Fatalf("%T %dx%d takes %d bytes, estimate %d", img, h.Width, h.Height, got, est)
-			}
+		// Go's decoder, whichever the build has for JPEG.
+		if got := pixelBytes(img); got > h.decodeBytes {
+			t.Fatalf("%T %dx%d takes %d bytes, estimate %d", img, h.Width, h.Height, got, h.decodeBytes)
 		}
 		if err := Preprocess(img, imagenet, out); err != nil {
 			t.Fatalf("Preprocess: %v", err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/runtime/wire"
 )
 
@@ -63,6 +64,16 @@ func TestParseInfer(t *testing.T) {
 		{name: "BYTES binary", body: bin1, hlen: hl1, images: []string{"img-one", "img-two"}, output: "classification", classify: 3},
 		{name: "FP32 binary", body: append([]byte(fpHeader), fp32bin...), hlen: []byte(strconv.Itoa(len(fpHeader))),
 			tensors: 1, output: "resnetv17_dense0_fwd"},
+		// JSON fields come in any order: "data" is read once the shape is.
+		{name: "FP32 data before shape", body: []byte(`{"inputs":[{"data":` + twelve + `,"datatype":"FP32","shape":[1,3,2,2]}],"id":"7"}`),
+			tensors: 1, output: "resnetv17_dense0_fwd", id: "7"},
+		// Keys match in any case, escapes are undone, unknown fields are
+		// skipped: as encoding/json reads them.
+		{name: "keys in any case, escapes", body: []byte(` {"ID":"4\u00e9\"2","Inputs":[{"NAME":"image","Shape":[1,1],"DataType":"BYT\u0045S","\u0064ata":[{"B64":"aG\u006b="}],
+			"x":{"y":[1,true,null,"\ud83d\ude00"]}}],"outputs":[{"name":"classification","parameters":{"classification":1,"x":[]}}]} `),
+			images: []string{"hi"}, output: "classification", classify: 1, id: `4é"2`},
+		{name: "null elements", body: []byte(`{"id":null,"outputs":null,"inputs":[{"shape":[1],"datatype":"BYTES","parameters":null,"data":[{"b64":"aGk=","b64":null}]}]}`),
+			images: []string{"hi"}, output: "resnetv17_dense0_fwd"},
 	} {
 		req, err := ParseInfer(tc.body, tc.hlen, info, Limits{})
 		if err != nil {
@@ -102,6 +113,19 @@ func TestParseInferRejects(t *testing.T) {
 		body, hlen []byte
 	}{
 		{"not JSON", []byte("{"), nil},
+		{"trailing bytes", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["aGk="]}]} x`), nil},
+		{"not an object", []byte(`[]`), nil},
+		{"unterminated string", []byte(`{"id":"x`), nil},
+		{"bad escape", []byte(`{"id":"\x"}`), nil},
+		{"control character", []byte("{\"id\":\"\x01\"}"), nil},
+		{"bad number", []byte(`{"x":01}`), nil},
+		{"trailing comma", []byte(`{"x":[1,]}`), nil},
+		{"inputs not an array", []byte(`{"inputs":{}}`), nil},
+		{"BYTES element of another type", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":[{"b64":1}]}]}`), nil},
+		{"BYTES element empty", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":[{"b64":""}]}]}`), nil},
+		{"BYTES not base64, escaped", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","data":["\u00e9\/\/\/"]}]}`), nil},
+		{"FP32 value out of range", []byte(`{"inputs":[{"name":"data","shape":[1,3,2,2],"datatype":"FP32","data":[1e39,0,0,0,0,0,0,0,0,0,0,0]}]}`), nil},
+		{"FP32 value a string", []byte(`{"inputs":[{"name":"data","shape":[1,3,2,2],"datatype":"FP32","data":["1",0,0,0,0,0,0,0,0,0,0,0]}]}`), nil},
 		{"no inputs", []byte(`{"inputs":[]}`), nil},
 		{"two inputs", []byte(`{"inputs":[{"name":"a","shape":[1],"datatype":"BYTES","data":["aGk="]},{"name":"b","shape":[1],"datatype":"BYTES","data":["aGk="]}]}`), nil},
 		{"bad datatype", []byte(`{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[1]}]}`), nil},
@@ -138,6 +162,29 @@ func TestParseInferRejects(t *testing.T) {
 	}
 }
 
+// The limits on a request's JSON are refused as the scanner reaches them,
+// whatever follows, with what was passed.
+func TestParseInferLimits(t *testing.T) {
+	list := func(elem string, n int) string { return strings.TrimSuffix(strings.Repeat(elem+",", n), ",") }
+	const in = `{"name":"x","shape":[1],"datatype":"BYTES","data":["aGk="]}`
+	for _, tc := range []struct{ name, body, want string }{
+		{"two inputs", `{"inputs":[` + in + `,` + in + `]}`, "want exactly one input, got more than 1"},
+		{"nine outputs", `{"inputs":[` + in + `],"outputs":[` + list(`{}`, 9) + `]}`, "more than 8 outputs"},
+		{"17 parameters", `{"inputs":[{"parameters":{` + list(`"k":0`, 17) + `}}]}`, "inputs.parameters has more than 16 entries"},
+		{"17 output parameters", `{"outputs":[{"parameters":{` + list(`"k":0`, 17) + `}}]}`, "outputs.parameters has more than 16 entries"},
+		{"5 dimensions", `{"inputs":[{"shape":[1,1,1,1,1]}]}`, "shape has more than 4 dimensions"},
+		{"nested 33 deep", `{"x":` + strings.Repeat("[", 32) + strings.Repeat("]", 32) + `}`, "deeper than 32 levels"},
+		{"more values than any request", `{"inputs":[{"data":[` + list(`0`, 16*12+1) + `]}]}`, `"data" holds more than 192 values`},
+		{"long number in shape", `{"inputs":[{"shape":[` + strings.Repeat("1", 30) + `]}]}`, `field "inputs.shape" must be an array of integers`},
+	} {
+		_, err := ParseInfer([]byte(tc.body+strings.Repeat(" x", 100)), nil, info, Limits{})
+		var oe *Error
+		if !errors.As(err, &oe) || !strings.Contains(oe.Msg, tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
 func TestInferResponse(t *testing.T) {
 	req := &Request{ID: "r1", Output: "classification", Classify: 2, Images: [][]byte{nil, nil}}
 	b, err := InferResponse(info, req, [][]float32{{0.1, 3, 0.2, 2, 1}, {5, 4, 3, 2, 1}})
@@ -162,10 +209,15 @@ func TestInferResponse(t *testing.T) {
 	}
 }
 
-// FuzzParseInfer: no body or header makes ParseInfer panic; a request it
-// accepts holds 1 to MaxElements images or full tensors, binary images lie
-// inside the body, and its answer encodes.
+// FuzzParseInfer: no body or header makes ParseInfer panic or allocate
+// more than the package doc's bound; a request it accepts holds 1 to
+// MaxElements images or full tensors, binary images lie inside the body,
+// and its answer encodes.
 func FuzzParseInfer(f *testing.F) {
+	for _, wc := range worstCases { // small versions of each
+		body, hlen, _ := wc.gen(4 << 10)
+		f.Add(body, hlen)
+	}
 	twelve := "[" + strings.TrimSuffix(strings.Repeat("1,", 12), ",") + "]"
 	add := func(body, hlen []byte) { f.Add(body, hlen) }
 	add([]byte(`{"id":"42","inputs":[{"name":"data","shape":[1,3,2,2],"datatype":"FP32","data":`+twelve+`}],"outputs":[{"name":"resnetv17_dense0_fwd","parameters":{"classification":2}}]}`), nil)
@@ -179,7 +231,13 @@ func FuzzParseInfer(f *testing.F) {
 			hlen = nil
 		}
 		lim := Limits{MaxElements: 4}
-		req, err := ParseInfer(body, hlen, info, lim)
+		var req *Request
+		var err error
+		// The count is the worker process's: its other goroutines' noise
+		// fits in boundC.
+		if got := testenv.AllocatedBy(func() { req, err = ParseInfer(body, hlen, info, lim) }); got > uint64(boundK*len(body)+boundC) {
+			t.Fatalf("%d bytes allocated for a body of %d", got, len(body))
+		}
 		if err != nil {
 			var oe *Error
 			if !errors.As(err, &oe) {

@@ -18,7 +18,7 @@
 //	      - name: v2
 //	        socket: /sockets/v2.sock
 //	        weight: 10
-//	        rollback: {window: 60s, min_requests: 20, max_error_rate: 0.05, max_p99: 2s}
+//	        rollback: {window: 60s, min_requests: 20, max_error_rate: 0.05, max_p99: 2s, count_explicit: false}
 //	      - {name: v3, socket: /sockets/v3.sock, weight: 0}
 //
 // docs/versions.md is the reference.
@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/batchgate/batchgate/proxy/yamlguard"
 )
 
 // Limits on the file: they bound the metrics' label cardinality and the
@@ -125,7 +127,16 @@ type Rollback struct {
 	// MaxP99 bounds the 99th percentile of the time a request spends in
 	// the version (queue and runtime); 0: not checked.
 	MaxP99 time.Duration `yaml:"max_p99" json:"max_p99,omitempty"`
+	// CountExplicit counts requests that chose the version explicitly
+	// (X-Model-Version, /versions/{v}) in the window too. Default false:
+	// only the traffic the weights send is judged, so a client choosing
+	// the version cannot push it into rollback.
+	CountExplicit bool `yaml:"count_explicit" json:"count_explicit,omitempty"`
 }
+
+// CountsExplicit reports whether w judges explicitly routed requests too
+// (Rollback.CountExplicit).
+func (w *Window) CountsExplicit() bool { return w.spec.CountExplicit }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
@@ -134,6 +145,9 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 func Parse(data []byte) (*File, error) {
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("routing file is %d bytes; the limit is %d", len(data), MaxFileSize)
+	}
+	if err := yamlguard.Check(data, maxYAMLNodes, true); err != nil {
+		return nil, fmt.Errorf("routing file is not valid for the routing schema (see docs/versions.md): %w", err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true) // a misspelt key is an error, not a silent default
@@ -171,8 +185,8 @@ func (f *File) defaults() {
 }
 
 func (f *File) validate() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var problems yamlguard.Problems
+	bad := problems.Add
 	if len(f.Models) == 0 {
 		bad("no models: list at least one under `models:`")
 	}
@@ -181,7 +195,9 @@ func (f *File) validate() error {
 	}
 	models, sockets := map[string]bool{}, map[string]string{}
 	for i, m := range f.Models {
-		where := fmt.Sprintf("models[%d] (%q)", i, m.Name)
+		// Names, sockets and headers are clipped: a long one is not
+		// repeated in full in every message.
+		where := fmt.Sprintf("models[%d] (%.64q)", i, m.Name)
 		if !namePattern.MatchString(m.Name) {
 			bad("%s: name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", where)
 		}
@@ -198,7 +214,7 @@ func (f *File) validate() error {
 		versions := map[string]bool{}
 		var total float64
 		for j, v := range m.Versions {
-			vw := fmt.Sprintf("%s.versions[%d] (%q)", where, j, v.Name)
+			vw := fmt.Sprintf("%s.versions[%d] (%.64q)", where, j, v.Name)
 			if !namePattern.MatchString(v.Name) {
 				bad("%s: name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", vw)
 			}
@@ -210,7 +226,7 @@ func (f *File) validate() error {
 			case v.Socket == "":
 				bad("%s: socket is required (the unix socket of the version's runtime)", vw)
 			case sockets[v.Socket] != "":
-				bad("%s: socket %q is already used by %s: each version needs its own runtime", vw, v.Socket, sockets[v.Socket])
+				bad("%s: socket %.64q is already used by %.130s: each version needs its own runtime", vw, v.Socket, sockets[v.Socket])
 			default:
 				sockets[v.Socket] = m.Name + "/" + v.Name
 			}
@@ -244,12 +260,12 @@ func (f *File) validate() error {
 			case s.Header == "" && !s.Image:
 				bad("%s.sticky: set header (such as X-User-Id) or image: true", where)
 			case s.Header != "" && !validHeader(s.Header):
-				bad("%s.sticky.header %q is not a valid header name", where, s.Header)
+				bad("%s.sticky.header %.64q is not a valid header name", where, s.Header)
 			}
 		}
 		if s := m.Shadow; s != nil {
 			if !versions[s.Version] {
-				bad("%s.shadow.version %q is not one of the model's versions", where, s.Version)
+				bad("%s.shadow.version %.64q is not one of the model's versions", where, s.Version)
 			}
 			if !(s.Percent > 0 && s.Percent <= 100) {
 				bad("%s.shadow.percent %v: want a number in (0, 100]", where, s.Percent)
@@ -259,8 +275,8 @@ func (f *File) validate() error {
 			}
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("invalid routing file:\n%w", errors.Join(errs...))
+	if err := problems.Err(); err != nil {
+		return fmt.Errorf("invalid routing file:\n%w", err)
 	}
 	return nil
 }
@@ -276,6 +292,13 @@ func validHeader(h string) bool {
 	}
 	return http.CanonicalHeaderKey(h) != ""
 }
+
+// maxYAMLNodes bounds the YAML nodes (values, lists, maps) of a routing
+// file, aliases expanded: a valid file at MaxModels and MaxVersions, every
+// field set, counts under 7000 (yamlguard.Nodes). yaml.v3 allocates about 250
+// bytes a node on each of the two passes (yamlguard.Check's, the decoder's), so
+// this bounds what Parse allocates to a few MiB (docs/memory.md).
+const maxYAMLNodes = 16384
 
 // Default is the model /predict serves: the first listed.
 func (f *File) Default() *Model { return &f.Models[0] }

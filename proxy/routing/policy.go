@@ -5,6 +5,14 @@ import (
 	"encoding/binary"
 )
 
+// Serving reports whether a model may take traffic: its ready versions hold
+// at least half of its weight (readyWeight of totalWeight, rolled-back
+// versions counting 0). A canary therefore never carries a starting or
+// failed primary's share, and a failed canary never blocks the model.
+func Serving(readyWeight, totalWeight float64) bool {
+	return totalWeight > 0 && 2*readyWeight >= totalWeight
+}
+
 // Pick returns the index of the version that point u in [0, 1) falls on,
 // with the weights laid end to end over [0, 1) in order; -1 when every
 // weight is 0. Equal inputs give equal answers: with u from StickyPoint, a

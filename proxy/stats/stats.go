@@ -24,10 +24,10 @@ var Routes = []string{
 
 // Reasons are the values of inference_rejections_total's reason label.
 var Reasons = []string{
-	"queue_full", "decode_queue_full", "upload_budget", "decode_memory", "deadline", "unavailable",
+	"queue_full", "decode_queue_full", "upload_budget", "upload_too_slow", "upload_client_limit", "upload_key_limit", "slow_request", "decode_memory", "deadline", "unavailable",
 	"unsupported_format", "too_many_pixels", "body_too_large", "length_required", "corrupt_image",
 	"bad_request", "bad_tensor", "not_found", "method_not_allowed", "cancelled", "internal",
-	"auth_missing", "auth_invalid", "auth_scope", "auth_rate",
+	"auth_missing", "auth_invalid", "auth_scope", "auth_rate", "auth_concurrency",
 }
 
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}

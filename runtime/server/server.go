@@ -9,6 +9,11 @@
 // per connection exits when its connection closes; the executor exits on
 // Shutdown after the batch in flight. Replies are written under the
 // connection's write lock by whichever goroutine produces them.
+//
+// Who may talk to it (harden.go): the socket's folder is checked before
+// Listen (CheckSocketDir), every accepted connection's peer uid is checked
+// (SO_PEERCRED), at most MaxConnections are open at once, and a connection
+// must send its hello within HandshakeTimeout.
 package server
 
 import (
@@ -30,6 +35,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/batchgate/batchgate/runtime/wire"
 	"github.com/batchgate/batchgate/tracing"
@@ -51,7 +57,28 @@ type Config struct {
 	QueueCapacity int
 	// Logger receives JSON logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// AllowedUIDs are the peer uids served besides the process's own
+	// effective uid and root (env RUNTIME_ALLOWED_UIDS). A connection from
+	// any other uid gets an Error frame and is closed.
+	AllowedUIDs []uint32
+	// MaxConnections bounds the connections open at once; one more gets an
+	// Error frame and is closed. Zero (or less) means
+	// DefaultMaxConnections.
+	MaxConnections int
+	// HandshakeTimeout is how long a new connection has to send its hello;
+	// a connection silent that long is closed. Zero (or less) means
+	// DefaultHandshakeTimeout. Once the hello is in, an idle connection is
+	// left open: the proxy keeps one between batches.
+	HandshakeTimeout time.Duration
 }
+
+// Defaults of Config's connection limits. The proxy holds one connection
+// per runtime (a second for a moment while it redials) and each probe one
+// for a moment; 16 leaves room for both and no room for a flood.
+const (
+	DefaultMaxConnections   = 16
+	DefaultHandshakeTimeout = 5 * time.Second
+)
 
 // Server serves one Model.
 type Server struct {
@@ -69,6 +96,16 @@ type Server struct {
 	ln    net.Listener
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup // connection readers
+
+	// selfUID is the process's effective uid, served like root and
+	// AllowedUIDs; a field so that tests can pretend to be someone else.
+	selfUID uint32
+	// Refused connections, for ConnStats and the rate-limited log lines.
+	refusedPeers, refusedBusy, handshakeTimeouts atomic.Uint64
+	refusalLog                                   rate.Sometimes
+	noPeerCred                                   sync.Once
+	// refusing bounds the refused connections still being answered.
+	refusing chan struct{}
 
 	batches, items atomic.Uint64
 	// The executor's progress, for Stats: when the batch running now
@@ -112,6 +149,12 @@ func New(model Model, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
 	cfg.Info.ProtocolVersion = wire.Version
 	cfg.Info.TraceContext = wire.TraceContextVersion
 	s := &Server{
@@ -120,6 +163,12 @@ func New(model Model, cfg Config) *Server {
 		quit:  make(chan struct{}),
 		exec:  make(chan struct{}),
 		conns: map[*conn]struct{}{},
+		// The first refusals each get a line, then one line per 10 s
+		// carrying the running totals: a peer that reconnects in a loop
+		// cannot flood the log.
+		refusalLog: rate.Sometimes{First: 10, Interval: 10 * time.Second},
+		refusing:   make(chan struct{}, cfg.MaxConnections),
+		selfUID:    uint32(os.Geteuid()),
 	}
 	s.lastFinish.Store(time.Now().UnixNano())
 	go s.executor()
@@ -145,7 +194,11 @@ func (s *Server) Stats() wire.Stats {
 // Listen creates the unix socket at path with mode 0660. A socket file left
 // by a dead runtime is removed; one that a live runtime answers on is left
 // alone and Listen fails, as it does for a path that is not a socket.
-func Listen(path string) (net.Listener, error) {
+func Listen(path string) (net.Listener, error) { return ListenMode(path, 0o660) }
+
+// ListenMode is Listen with the socket file's mode (SocketMode picks it).
+// It does not check the folder: call PrepareSocketDir first.
+func ListenMode(path string, mode os.FileMode) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("cannot listen on %q: it exists and is not a socket", path)
@@ -166,7 +219,7 @@ func Listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen on %q: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("cannot set mode of %q: %w", path, err)
 	}
@@ -196,8 +249,22 @@ func (s *Server) Serve(ln net.Listener) error {
 				return fmt.Errorf("cannot accept: %w", err)
 			}
 		}
+		// Checked here, before a reader exists (harden.go): a refused
+		// peer gets an Error frame and is closed, and never counts
+		// towards the cap.
+		if msg := s.checkPeer(nc); msg != "" {
+			s.refuse(nc, msg)
+			continue
+		}
 		c := &conn{Conn: nc}
 		s.mu.Lock()
+		if len(s.conns) >= s.cfg.MaxConnections {
+			s.mu.Unlock()
+			s.refusedBusy.Add(1)
+			s.logRefusal("refused a runtime connection: too many open", "max_connections", s.cfg.MaxConnections)
+			s.refuse(nc, fmt.Sprintf("too many connections: the limit is %d (RUNTIME_MAX_CONNECTIONS)", s.cfg.MaxConnections))
+			continue
+		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Add(1)
@@ -239,10 +306,19 @@ func (s *Server) handle(c *conn) {
 		s.mu.Unlock()
 	}()
 	r := bufio.NewReaderSize(c, 256<<10)
+	// The hello must come within HandshakeTimeout: a peer that connects
+	// and says nothing (or trickles a frame) would hold a slot forever.
+	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	typ, body, err := wire.ReadFrame(r, wire.MaxControlFrame, nil)
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.handshakeTimeouts.Add(1)
+			s.logRefusal("closed a runtime connection that sent no hello in time",
+				"handshake_timeout", s.cfg.HandshakeTimeout.String())
+		}
 		return
 	}
+	c.SetReadDeadline(time.Time{}) // from here on, idle is normal
 	if typ != wire.TypeHello {
 		c.write(func(b []byte) []byte {
 			return wire.AppendError(b, &wire.Error{Code: wire.CodeBadRequest, Message: "expected hello"})
