@@ -42,6 +42,10 @@ type honestResult struct {
 	Elapsed time.Duration `json:"elapsed"`
 }
 
+// honestSeq numbers the honest clients' images across every period, so that
+// none is ever answered from the cache.
+var honestSeq atomic.Int64
+
 // honestClient sends distinct copies of jpeg to /predict from honestIP on
 // workers keep-alive connections, one request at a time each, until stop
 // is closed; each request has 30 s.
@@ -49,7 +53,6 @@ func honestClient(addr string, workers int, jpeg []byte, stop <-chan struct{}) h
 	var mu sync.Mutex
 	var lat []time.Duration
 	var failed int
-	var seq atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range workers {
@@ -78,7 +81,7 @@ func honestClient(addr string, workers int, jpeg []byte, stop <-chan struct{}) h
 					}
 					conn, br = c, bufio.NewReader(c)
 				}
-				body := fmt.Appendf(slices.Clip(jpeg), "honest-%d", seq.Add(1))
+				body := fmt.Appendf(slices.Clip(jpeg), "honest-%d", honestSeq.Add(1))
 				t0 := time.Now()
 				conn.SetDeadline(t0.Add(30 * time.Second))
 				fmt.Fprintf(conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(body))
