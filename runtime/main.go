@@ -236,6 +236,11 @@ func serve(args []string) error {
 		Classes: mi.Classes, LabelSet: labelSet, Labels: labels,
 		MaxBatchSize: *maxBatch, ORTVersion: mi.ORTVersion, Threads: ef.threads,
 	}, AllowedUIDs: allowed, MaxConnections: *maxConns, HandshakeTimeout: *handshakeTimeout})
+	// Signals are caught from before "model loaded" is logged: whoever
+	// waits for that line (a test, an operator) may stop the runtime at
+	// once, and a SIGTERM then must still drain, not kill it.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	log.Info("model loaded", "model", *name, "path", ef.model, "sha256", mi.SHA256, "generated", generated, "variant", mi.Variant,
 		"ort_version", mi.ORTVersion, "threads", ef.threads, "from_cache", mi.FromCache,
 		"load_ms", mi.LoadTime.Milliseconds(), "rss_mb", rssMB(), "socket", *socket,
@@ -244,8 +249,6 @@ func serve(args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	// The warm-up goroutine runs the model outside the executor; it stops
 	// between batch sizes when warmCtx ends and closes warmDone on exit.
 	warmCtx, stopWarm := context.WithCancel(context.Background())
