@@ -72,8 +72,9 @@ type Config struct {
 	// minimum.
 	UploadMinRate   int64
 	UploadRateGrace time.Duration
-	// UploadsPerClient and UploadsPerKey bound the bodies read at once
-	// from one client address and with one API key; beyond them 429.
+	// UploadsPerClient and UploadsPerKey bound the bodies over 64 KiB
+	// read at once from one client address and with one API key; beyond
+	// them 429.
 	// Default 8 each; negative: no bound.
 	UploadsPerClient int
 	UploadsPerKey    int

@@ -88,9 +88,9 @@ type Config struct {
 	// has its own, so that no key can tell (from cached, coalesced or the
 	// answer's speed) that another sent the same image.
 	SharedCacheAcrossKeys bool
-	// UploadsPerClient and UploadsPerKey bound the bodies read at once
-	// from one client address and with one API key; beyond them 429.
-	// Zero: no bound.
+	// UploadsPerClient and UploadsPerKey bound the bodies over 64 KiB
+	// read at once from one client address and with one API key; beyond
+	// them 429. Zero: no bound.
 	UploadsPerClient int
 	UploadsPerKey    int
 	// MaxElements is the most images in one OIP request.
@@ -342,7 +342,7 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		if rctx.Err() != nil {
 			return nil, nil, errStatus(rctx.Err())
 		}
-		return nil, nil, &apiError{429, "server busy receiving other uploads, retry later", "upload_budget"}
+		return nil, nil, s.uploadError(&meteredBody{fail: errNoRoom})
 	}
 	span := childSpan(rctx, "read body")
 	body := &meteredBody{ctx: ctx, rctx: rctx, r: ctx.RequestBodyStream(), lease: lease, factor: factor, max: most,
