@@ -134,6 +134,15 @@ func startSoakStack(bins binaries, model, ortLibrary string) (*soakStack, error)
 
 // memoryCgroup creates a memory cgroup limited to limit bytes.
 func memoryCgroup(limit int64) (string, error) {
+	// A run killed before its stop leaves its cgroup behind: remove those
+	// (rmdir refuses a cgroup that still holds a process, so a run going
+	// on beside this one keeps its own).
+	for _, pattern := range []string{"/sys/fs/cgroup/memory/batchgate-soak-*", "/sys/fs/cgroup/batchgate-soak-*"} {
+		stale, _ := filepath.Glob(pattern)
+		for _, d := range stale {
+			os.Remove(d)
+		}
+	}
 	name := fmt.Sprintf("batchgate-soak-%d", os.Getpid())
 	for _, c := range []struct{ dir, file string }{
 		{"/sys/fs/cgroup/memory/" + name, "memory.limit_in_bytes"}, // v1
