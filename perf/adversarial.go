@@ -16,6 +16,7 @@ import (
 	"image"
 	"image/png"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -45,13 +46,17 @@ type soakConfig struct {
 	attack        time.Duration // each of issue 22's attacks runs this long (attacks.go)
 	scale         float64       // of the attacks' connection counts
 	honest        int           // honest clients' connections, beside every scenario
+	// honestShare, when above 0, paces the honest client beside every
+	// scenario at this share of what it got alone as fast as it could (an
+	// open loop: honestPaced); 0: it sends as fast as answered.
+	honestShare float64
 }
 
 var fullSoak = soakConfig{
 	heldUploads: 200, uploadBytes: 9 << 20, hold: 10 * time.Second,
 	bombs: 16, floodConns: 500, flood: 60 * time.Second,
 	idleConns: 5000, idle: 10 * time.Second, recoverWithin: 60 * time.Second,
-	attack: 20 * time.Second, scale: 1, honest: 2,
+	attack: 20 * time.Second, scale: 1, honest: 2, honestShare: 0.25,
 }
 
 const (
@@ -249,7 +254,7 @@ func heldUploads(addr string, n, size int, hold time.Duration, jpeg []byte) *out
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			conn, err := dialFrom(addr, attackerIP)
 			if err != nil {
 				out.add("dial error")
 				return
@@ -309,7 +314,7 @@ func postAll(addr string, bodies [][]byte, contentType string) *outcomes {
 }
 
 func post(addr string, body []byte, contentType string, timeout time.Duration) string {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	conn, err := dialFrom(addr, attackerIP)
 	if err != nil {
 		return "dial error"
 	}
@@ -332,7 +337,7 @@ func flood(addr string, conns int, d time.Duration, jpeg []byte) *outcomes {
 			var br *bufio.Reader
 			for time.Now().Before(end) {
 				if conn == nil {
-					c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+					c, err := dialFrom(addr, attackerIP)
 					if err != nil {
 						out.add("dial error")
 						time.Sleep(100 * time.Millisecond)
@@ -380,7 +385,7 @@ func idleConns(addr string, n int, d time.Duration) *outcomes {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			conn, err := dialFrom(addr, attackerIP)
 			if err != nil {
 				out.add("dial error")
 				return
@@ -429,16 +434,30 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 	quietStop := make(chan struct{})
 	time.AfterFunc(cfg.attack, func() { close(quietStop) })
 	quiet := honestClient(s.addr, cfg.honest, jpeg, quietStop)
-	logf("soak: honest clients alone: %.1f images/s, p50 %v", quiet.PerSec, quiet.P50)
-	results := []scenarioResult{{Name: "quiet: the honest clients alone", PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed,
+	logf("soak: honest clients alone, as fast as answered: %.1f images/s, p50 %v", quiet.PerSec, quiet.P50)
+	results := []scenarioResult{{Name: "quiet: the honest client alone, as fast as answered", PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed,
 		RecoverSec: -1, Honest: quiet, HonestRatio: 1}}
-	for _, sc := range scenarios {
+	honest := func(stop <-chan struct{}) honestResult { return honestClient(s.addr, cfg.honest, jpeg, stop) }
+	if rate := cfg.honestShare * quiet.PerSec; rate > 0 {
+		honest = func(stop <-chan struct{}) honestResult { return honestPaced(s.addr, rate, jpeg, stop) }
+		pacedStop := make(chan struct{})
+		time.AfterFunc(cfg.attack, func() { close(pacedStop) })
+		quiet = honest(pacedStop)
+		logf("soak: honest client alone, paced at %.1f/s: %.1f images/s, p50 %v, p99 %v", rate, quiet.PerSec, quiet.P50, quiet.P99)
+		results = append(results, scenarioResult{Name: fmt.Sprintf("quiet: the honest client alone, paced at %.0f%% of that (%.0f/s)", 100*cfg.honestShare, rate),
+			PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed, RecoverSec: -1, Honest: quiet, HonestRatio: 1})
+	}
+	for i, sc := range scenarios {
+		// Each attack from an address of its own, as separate attackers:
+		// what one owes (fairshare.Debt) does not slow the next. Set
+		// while no attack runs.
+		attackerIP = fmt.Sprintf("127.0.0.%d", 10+i)
 		logf("soak: %s ...", sc.name)
 		start := time.Now()
 		stop := peakSampler(pid)
 		honestStop := make(chan struct{})
 		honestDone := make(chan honestResult, 1)
-		go func() { honestDone <- honestClient(s.addr, cfg.honest, jpeg, honestStop) }()
+		go func() { honestDone <- honest(honestStop) }()
 		out := sc.run()
 		close(honestStop)
 		h := <-honestDone
@@ -457,8 +476,8 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
-		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s; honest %.1f/s (%.2f of quiet), p50 %v, %d failed",
-			sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds(), h.PerSec, r.HonestRatio, h.P50, h.Failed)
+		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s; honest %.1f/s (%.2f of quiet), p50 %v, p99 %v, failed %v",
+			sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds(), h.PerSec, r.HonestRatio, h.P50, h.P99, h.Why)
 		results = append(results, r)
 		if !s.alive() {
 			logf("soak: the proxy died (OOM kill?) during %q", sc.name)
@@ -473,30 +492,32 @@ func soakReport(results []scenarioResult, limited, machine string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Adversarial memory soak\n\n%s. Proxy with its default settings; %s; tiny model.\n", machine, limited)
 	fmt.Fprintf(&b, "Goal: peak RSS <= %d MiB (issue 22: <= %d), every connection answered (200/408/413/429/503) or closed cleanly, RSS < %d MiB within 60 s after, and the honest clients (from an address of their own) keep >= 90%% of their quiet goodput.\n\n", limitMiB, goalMiB, recoverMiB)
-	b.WriteString("| scenario | peak RSS MiB | outcomes | RSS after, MiB | back under 150 MiB after | honest images/s (of quiet) | honest p50 ms |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | peak RSS MiB | outcomes | RSS after, MiB | back under 150 MiB after | honest images/s (of quiet) | honest p50 / p99 ms | honest failures |\n|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		h := fmt.Sprintf("%.1f (%.2f)", r.Honest.PerSec, r.HonestRatio)
-		p50 := fmt.Sprintf("%.1f", float64(r.Honest.P50.Microseconds())/1000)
+		p50 := fmt.Sprintf("%.1f / %.1f", float64(r.Honest.P50.Microseconds())/1000, float64(r.Honest.P99.Microseconds())/1000)
+		p50 += " | " + outcomeList(r.Honest.Why)
 		if r.PeakRSSMiB < 0 {
 			fmt.Fprintf(&b, "| %s | | | | | %s | %s |\n", r.Name, h, p50)
 			continue
-		}
-		keys := make([]string, 0, len(r.Outcomes))
-		for k := range r.Outcomes {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s: %d", k, r.Outcomes[k]))
 		}
 		rec := "not within 60 s"
 		if r.RecoverSec >= 0 {
 			rec = fmt.Sprintf("%.1f s", r.RecoverSec)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %s |\n", r.Name, r.PeakRSSMiB, strings.Join(parts, ", "), r.AfterRSSMiB, rec, h, p50)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %s |\n", r.Name, r.PeakRSSMiB, outcomeList(r.Outcomes), r.AfterRSSMiB, rec, h, p50)
 	}
 	return b.String()
+}
+
+// outcomeList formats counts by outcome, sorted: "200: 8, 429: 192".
+func outcomeList(m map[string]int) string {
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // adversarialMain is `go run ./perf -adversarial`.
@@ -504,10 +525,12 @@ func adversarialMain(args []string) int {
 	fs := flag.NewFlagSet("perf -adversarial", flag.ContinueOnError)
 	out := fs.String("out", "perf/results", "parent folder of the results folder")
 	scale := fs.Float64("scale", 1, "scale the connection counts and durations (0.1: a quick look)")
+	share := fs.Float64("honest-share", fullSoak.honestShare, "pace the honest client beside each attack at this share of its quiet throughput (0: as fast as answered)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := fullSoak.scaled(*scale)
+	cfg.honestShare = *share
 	res, limited, err := adversarial(context.Background(), cfg, func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "perf -adversarial:", err)

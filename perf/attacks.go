@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,10 +23,11 @@ import (
 )
 
 // Client addresses: attackers and the honest client never share one.
-const (
-	attackerIP = "127.0.0.2"
-	honestIP   = "127.0.0.3"
-)
+// runSoak gives each scenario's attacker an address of its own, between
+// scenarios.
+var attackerIP = "127.0.0.2"
+
+const honestIP = "127.0.0.3"
 
 // dialFrom dials addr from the local IP from.
 func dialFrom(addr, from string) (net.Conn, error) {
@@ -35,88 +37,163 @@ func dialFrom(addr, from string) (net.Conn, error) {
 
 // honestResult is what the honest client got in one period.
 type honestResult struct {
-	OK      int           `json:"ok"`
-	Failed  int           `json:"failed"`
-	P50     time.Duration `json:"p50"`
-	PerSec  float64       `json:"per_s"`
-	Elapsed time.Duration `json:"elapsed"`
+	OK     int           `json:"ok"`
+	Failed int           `json:"failed"`
+	P50    time.Duration `json:"p50"`
+	P99    time.Duration `json:"p99"`
+	// Why requests failed: a status, "error" (no answer) or "late" (paced:
+	// every connection busy at its time).
+	Why     map[string]int `json:"why,omitempty"`
+	PerSec  float64        `json:"per_s"`
+	Elapsed time.Duration  `json:"elapsed"`
 }
 
 // honestSeq numbers the honest clients' images across every period, so that
 // none is ever answered from the cache.
 var honestSeq atomic.Int64
 
+// honestConn is one honest keep-alive connection from honestIP.
+type honestConn struct {
+	addr string
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// post sends a distinct copy of jpeg to /predict and returns the answer's
+// status ("200") or "error"; it reconnects as needed. Each request has 30 s.
+func (h *honestConn) post(jpeg []byte) (status string) {
+	if h.conn == nil {
+		c, err := dialFrom(h.addr, honestIP)
+		if err != nil {
+			return "error"
+		}
+		h.conn, h.br = c, bufio.NewReader(c)
+	}
+	body := fmt.Appendf(slices.Clip(jpeg), "honest-%d", honestSeq.Add(1))
+	h.conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(h.conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(body))
+	h.conn.Write(body)
+	resp, err := http.ReadResponse(h.br, nil)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if err != nil || resp.Close {
+		h.close()
+	}
+	if err != nil {
+		return "error"
+	}
+	return strconv.Itoa(resp.StatusCode)
+}
+
+func (h *honestConn) close() {
+	if h.conn != nil {
+		h.conn.Close()
+		h.conn = nil
+	}
+}
+
+// honestTally collects the honest requests' outcomes.
+type honestTally struct {
+	mu    sync.Mutex
+	lat   []time.Duration
+	why   map[string]int
+	start time.Time
+}
+
+func (t *honestTally) add(status string, took time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if status == "200" {
+		t.lat = append(t.lat, took)
+		return
+	}
+	if t.why == nil {
+		t.why = map[string]int{}
+	}
+	t.why[status]++
+}
+
+func (t *honestTally) result() honestResult {
+	r := honestResult{OK: len(t.lat), Elapsed: time.Since(t.start), Why: t.why}
+	for _, n := range t.why {
+		r.Failed += n
+	}
+	if len(t.lat) > 0 {
+		slices.Sort(t.lat)
+		r.P50 = t.lat[len(t.lat)/2]
+		r.P99 = t.lat[len(t.lat)*99/100]
+	}
+	r.PerSec = float64(r.OK) / r.Elapsed.Seconds()
+	return r
+}
+
 // honestClient sends distinct copies of jpeg to /predict from honestIP on
-// workers keep-alive connections, one request at a time each, until stop
-// is closed; each request has 30 s.
+// workers keep-alive connections, one request at a time each, as fast as
+// they are answered, until stop is closed: the most one client gets.
 func honestClient(addr string, workers int, jpeg []byte, stop <-chan struct{}) honestResult {
-	var mu sync.Mutex
-	var lat []time.Duration
-	var failed int
-	start := time.Now()
+	t := &honestTally{start: time.Now()}
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			var conn net.Conn
-			var br *bufio.Reader
-			defer func() {
-				if conn != nil {
-					conn.Close()
-				}
-			}()
+			h := &honestConn{addr: addr}
+			defer h.close()
 			for {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if conn == nil {
-					c, err := dialFrom(addr, honestIP)
-					if err != nil {
-						mu.Lock()
-						failed++
-						mu.Unlock()
-						time.Sleep(50 * time.Millisecond)
-						continue
-					}
-					conn, br = c, bufio.NewReader(c)
-				}
-				body := fmt.Appendf(slices.Clip(jpeg), "honest-%d", honestSeq.Add(1))
 				t0 := time.Now()
-				conn.SetDeadline(t0.Add(30 * time.Second))
-				fmt.Fprintf(conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(body))
-				conn.Write(body)
-				resp, err := http.ReadResponse(br, nil)
-				ok := err == nil && resp.StatusCode == 200
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				mu.Lock()
-				if ok {
-					lat = append(lat, time.Since(t0))
-				} else {
-					failed++
-				}
-				mu.Unlock()
-				if err != nil || resp.Close {
-					conn.Close()
-					conn = nil
-				}
-				if !ok {
+				status := h.post(jpeg)
+				t.add(status, time.Since(t0))
+				if status != "200" {
 					time.Sleep(50 * time.Millisecond) // as a client honouring Retry-After would, briefly
 				}
 			}
 		})
 	}
 	wg.Wait()
-	r := honestResult{OK: len(lat), Failed: failed, Elapsed: time.Since(start)}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		r.P50 = lat[len(lat)/2]
+	return t.result()
+}
+
+// honestPaced sends perSec distinct copies of jpeg a second to /predict
+// from honestIP, on schedule whatever the answers (an open loop, as many
+// independent users), over up to 64 connections, until stop is closed.
+// A request's latency counts from its scheduled time; one that finds all
+// 64 connections busy is a failure.
+func honestPaced(addr string, perSec float64, jpeg []byte, stop <-chan struct{}) honestResult {
+	const conns = 64
+	t := &honestTally{start: time.Now()}
+	due := make(chan time.Time, conns)
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			h := &honestConn{addr: addr}
+			defer h.close()
+			for at := range due {
+				t.add(h.post(jpeg), time.Since(at))
+			}
+		})
 	}
-	r.PerSec = float64(r.OK) / r.Elapsed.Seconds()
-	return r
+	tick := time.NewTicker(time.Duration(float64(time.Second) / perSec))
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+		case at := <-tick.C:
+			select {
+			case due <- at:
+			default:
+				t.add("late", 0)
+			}
+		}
+	}
+	close(due)
+	wg.Wait()
+	return t.result()
 }
 
 // repeat runs workers loops of attack, each sending one request at a time

@@ -116,6 +116,7 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	g.UploadRateGrace = dur("UPLOAD_RATE_GRACE", 5*time.Second, time.Millisecond, time.Hour)
 	g.UploadsPerClient = int(off(num("UPLOADS_PER_CLIENT", 8, 0, 1<<20)))
 	g.UploadsPerKey = int(off(num("UPLOADS_PER_KEY", 8, 0, 1<<20)))
+	g.UploadMemoryPerClient = off(num("UPLOAD_MEMORY_PER_CLIENT", g.UploadMemory/2, 0, 1<<40))
 	switch v := str("CACHE_SHARED_ACROSS_KEYS", "false"); v {
 	case "false", "0":
 	case "true", "1":
@@ -125,6 +126,10 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	}
 	g.DecodeQueue = int(num("DECODE_QUEUE_CAPACITY", int64(g.Batch.QueueCapacity+runtime.GOMAXPROCS(0)), 1, 1<<20))
 	g.DecodeMemory = num("DECODE_MEMORY_BYTES", 128<<20, 1<<20, 1<<40)
+	g.ImagesPerClient = int(off(num("IMAGES_PER_CLIENT", int64(max(g.DecodeQueue/4, runtime.GOMAXPROCS(0)+1)), 0, 1<<20)))
+	g.RefusedBytesPerSecond = off(num("REFUSED_BYTES_PER_SECOND", 8<<20, 0, 1<<40))
+	g.RefusedBytesAllowance = num("REFUSED_BYTES_ALLOWANCE", 64<<20, 1, 1<<40)
+	g.RefusedWait = dur("REFUSED_WAIT", 2*time.Second, time.Millisecond, time.Minute)
 	switch v := str("JPEG_DCT_SCALING", "true"); v {
 	case "true", "1":
 	case "false", "0":

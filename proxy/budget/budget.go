@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/semaphore"
@@ -94,49 +93,5 @@ func (l *Lease) Release() {
 		l.b.sem.Release(l.n)
 	case r < 0:
 		panic("budget: Lease released more often than retained")
-	}
-}
-
-// Slots bounds how many things each key (a client address, an API key)
-// holds at once: a counting semaphore per key, without waiting. The zero
-// limit means no bound. Keys at zero are forgotten, so the map holds only
-// the keys in use.
-type Slots struct {
-	limit int
-	mu    sync.Mutex
-	held  map[string]int
-}
-
-// NewSlots returns Slots of limit per key (0: unbounded).
-func NewSlots(limit int) *Slots { return &Slots{limit: limit, held: map[string]int{}} }
-
-// TryAcquire takes one of key's slots; false if key holds them all.
-func (s *Slots) TryAcquire(key string) bool {
-	if s == nil || s.limit <= 0 {
-		return true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held[key] >= s.limit {
-		return false
-	}
-	s.held[key]++
-	return true
-}
-
-// Release returns one of key's slots.
-func (s *Slots) Release(key string) {
-	if s == nil || s.limit <= 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch n := s.held[key]; {
-	case n > 1:
-		s.held[key] = n - 1
-	case n == 1:
-		delete(s.held, key)
-	default:
-		panic("budget: Slots released more often than acquired")
 	}
 }

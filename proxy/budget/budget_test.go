@@ -72,28 +72,3 @@ func TestLeaseGrow(t *testing.T) {
 		}
 	})
 }
-
-func TestSlots(t *testing.T) {
-	s := NewSlots(2)
-	for i, want := range []bool{true, true, false} {
-		if got := s.TryAcquire("a"); got != want {
-			t.Errorf("TryAcquire(a) #%d = %v, want %v", i+1, got, want)
-		}
-	}
-	if !s.TryAcquire("b") {
-		t.Error("TryAcquire(b) = false while b holds nothing")
-	}
-	s.Release("a")
-	if !s.TryAcquire("a") {
-		t.Error("TryAcquire(a) = false after a release")
-	}
-	s.Release("a")
-	s.Release("a")
-	s.Release("b")
-	if len(s.held) != 0 {
-		t.Errorf("held %v after every release, want empty", s.held)
-	}
-	if u := NewSlots(0); !u.TryAcquire("a") || !u.TryAcquire("a") || !u.TryAcquire("a") {
-		t.Error("limit 0 must not bound")
-	}
-}

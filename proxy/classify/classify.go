@@ -22,13 +22,13 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/stats"
@@ -68,6 +68,9 @@ var (
 	ErrUnavailable = errors.New("model runtime unavailable")
 	// ErrDecodeBusy: too many requests wait to be decoded.
 	ErrDecodeBusy = errors.New("decode queue full")
+	// ErrClientBusy: the service is busy and the client has its part of
+	// it in progress (Config.ImagesPerClient).
+	ErrClientBusy = errors.New("too many of the client's images in progress")
 )
 
 // MemoryError is an image whose decoding needs more memory than the whole
@@ -90,6 +93,14 @@ type Config struct {
 	// DecodeQueue is the most requests waiting for or holding a decode
 	// worker; beyond it ErrDecodeBusy. Zero means 64.
 	DecodeQueue int
+	// ImagesPerClient is the most images of one client (WithClient) in
+	// progress, being decoded or run, while the service is busy (half of
+	// DecodeQueue in progress); beyond it ErrClientBusy. A client alone
+	// may use everything. Zero means a quarter of DecodeQueue, at least
+	// DecodeWorkers+1; negative, no bound. Decode workers are shared
+	// between clients too: a freed worker goes to the waiting client
+	// holding the fewest (fairshare.Gate).
+	ImagesPerClient int
 	// DecodeMemory bounds the memory of the images being decoded and
 	// preprocessed at once (imageprep.Header.MemoryBytes). Zero means
 	// 128 MiB.
@@ -105,8 +116,9 @@ type Service struct {
 	metrics *stats.Metrics
 	cache   *cache
 	flights flight.Group[string, *Outcome]
-	decode  chan struct{} // semaphore: one slot per decode worker
-	waiting atomic.Int64  // requests waiting for or holding a decode slot
+	decode  *fairshare.Gate  // decode workers, shared between clients
+	large   *fairshare.Gate  // all the workers but one, for large images
+	quota   *fairshare.Quota // images in progress, per client
 	mem     *budget.Budget
 }
 
@@ -121,10 +133,15 @@ func New(cfg Config, be Backend, m *stats.Metrics) *Service {
 	if cfg.DecodeMemory <= 0 {
 		cfg.DecodeMemory = 128 << 20
 	}
+	if cfg.ImagesPerClient == 0 {
+		cfg.ImagesPerClient = max(cfg.DecodeQueue/4, cfg.DecodeWorkers+1)
+	}
 	return &Service{
 		cfg: cfg, be: be, metrics: m,
 		cache:  newCache(cfg.CacheEntries, cfg.CacheBytes),
-		decode: make(chan struct{}, cfg.DecodeWorkers),
+		decode: fairshare.NewGate(fairshare.GateConfig{Slots: cfg.DecodeWorkers, Room: cfg.DecodeQueue}),
+		large:  fairshare.NewGate(fairshare.GateConfig{Slots: max(cfg.DecodeWorkers-1, 1), Room: cfg.DecodeQueue}),
+		quota:  fairshare.NewQuota(cfg.ImagesPerClient, cfg.DecodeQueue/2),
 		mem:    budget.New(cfg.DecodeMemory),
 	}
 }
@@ -157,6 +174,16 @@ func (s *Service) Classify(ctx context.Context, data []byte, lease *budget.Lease
 }
 
 type partitionKey struct{}
+
+type clientKey struct{}
+
+// WithClient returns a context whose classifications share the decode
+// workers and the queues with other clients' fairly (Config.ImagesPerClient):
+// client names who sent the request, a remote address. Without it, every
+// request is of the one client "".
+func WithClient(ctx context.Context, client string) context.Context {
+	return context.WithValue(ctx, clientKey{}, client)
+}
 
 // WithPartition returns a context whose classifications share cache
 // entries and coalesced work only with those of the same partition (an API
@@ -220,6 +247,11 @@ func (s *Service) ClassifyOn(ctx context.Context, t Target, data []byte, lease *
 	}
 	out, shared, err := s.flights.DoNotify(ctx, key, func(fctx context.Context) (*Outcome, error) {
 		defer release()
+		leave, err := s.enter(fctx)
+		if err != nil {
+			return nil, err
+		}
+		defer leave()
 		start := time.Now()
 		tensor, err := s.preprocess(fctx, data, info, release)
 		if err != nil {
@@ -260,7 +292,12 @@ func (s *Service) InferTensorOn(ctx context.Context, t Target, tensor []float32)
 	if !ready {
 		return nil, ErrUnavailable
 	}
+	leave, err := s.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
 	inf, err := t.Backend.Infer(ctx, tensor, info.ModelSHA256)
+	leave()
 	if err == nil && t.Mirror != nil {
 		t.Mirror(ctx, slices.Clone(tensor), info, inf.Scores)
 	}
@@ -268,6 +305,16 @@ func (s *Service) InferTensorOn(ctx context.Context, t Target, tensor []float32)
 		return nil, err
 	}
 	return &Outcome{Scores: inf.Scores, Model: info, Inference: inf}, nil
+}
+
+// enter counts an image of ctx's client in progress, or refuses it with
+// ErrClientBusy; leave counts it out.
+func (s *Service) enter(ctx context.Context) (leave func(), err error) {
+	client, _ := ctx.Value(clientKey{}).(string)
+	if !s.quota.Enter(client) {
+		return nil, ErrClientBusy
+	}
+	return func() { s.quota.Leave(client) }, nil
 }
 
 // preprocess decodes and transforms data on the bounded decode pool within
@@ -288,10 +335,27 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 	if need > s.mem.Size() { // never decodable here, busy or not
 		return nil, &MemoryError{Need: need, Budget: s.mem.Size()}
 	}
-	defer s.waiting.Add(-1)
-	if s.waiting.Add(1) > int64(s.cfg.DecodeQueue) {
-		return nil, ErrDecodeBusy
+	// A decode worker first, then the memory. Workers go to the waiting
+	// client holding the fewest, so a client's own queue never delays
+	// another's requests by more than the decodes already running. Large
+	// images (over an eighth of the budget: seconds of CPU, not
+	// milliseconds) take all the workers but one at most, so that photos
+	// never wait behind them for a worker; and as only holders of a
+	// worker wait for memory (the budget is first come first served), a
+	// photo waits there behind at most workers-1 of them.
+	client, _ := ctx.Value(clientKey{}).(string)
+	if need > s.mem.Size()/largeDecode {
+		release, err := s.large.Acquire(ctx, client)
+		if err != nil {
+			return nil, decodeErr(err)
+		}
+		defer release()
 	}
+	release, err := s.decode.Acquire(ctx, client)
+	if err != nil {
+		return nil, decodeErr(err)
+	}
+	defer release()
 	mem, err := s.mem.Acquire(ctx, need)
 	if errors.Is(err, budget.ErrTooLarge) {
 		return nil, &MemoryError{Need: need, Budget: s.mem.Size()}
@@ -300,12 +364,6 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 		return nil, err
 	}
 	defer mem.Release()
-	select {
-	case s.decode <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-s.decode }()
 	span.AddEvent("decode slot taken")
 	tensor := make([]float32, info.ImageSize())
 	err = imageprep.Tensor(data, h, p, tensor)
@@ -314,6 +372,20 @@ func (s *Service) preprocess(ctx context.Context, data []byte, info wire.Info, d
 		return nil, err
 	}
 	return tensor, nil
+}
+
+// largeDecode: an image needing more than 1/largeDecode of the decode
+// budget is large (16 MiB of the default 128: a 5 MP PNG, or a JPEG of
+// hundreds of megapixels at its DCT scale).
+const largeDecode = 8
+
+// decodeErr is a failed wait for a decode worker: ErrDecodeBusy when the
+// queue is full.
+func decodeErr(err error) error {
+	if errors.Is(err, fairshare.ErrBusy) {
+		return ErrDecodeBusy
+	}
+	return err
 }
 
 // releaser returns a function that releases lease once, however often it

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/batchgate/batchgate/internal/testenv"
 	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
@@ -449,7 +451,10 @@ func TestLeaseOfCancelledCaller(t *testing.T) {
 		s, _ := newService(Config{DecodeWorkers: 1, CacheEntries: 10, CacheBytes: 1 << 20}, be)
 		data := testenv.Image(t, "small.png")
 		uploads := budget.New(1 << 20)
-		s.decode <- struct{}{} // the only decode worker is busy
+		busy, err := s.decode.Acquire(context.Background(), "other") // the only decode worker is busy
+		if err != nil {
+			t.Fatal(err)
+		}
 
 		ctx, cancel := context.WithCancel(context.Background())
 		first := lease(t, uploads, data)
@@ -477,7 +482,7 @@ func TestLeaseOfCancelledCaller(t *testing.T) {
 		if got, want := uploads.InUse(), int64(2*len(data)); got != want {
 			t.Errorf("before the decode: %d bytes in use, want %d: the first caller's lease was released while its bytes were still needed", got, want)
 		}
-		<-s.decode // the worker is free: the decode runs
+		busy() // the worker is free: the decode runs
 		out := <-secondOut
 		if out == nil || !out.Coalesced || be.calls.Load() != 1 {
 			t.Errorf("the caller that stayed got %+v after %d inferences, want the shared one", out, be.calls.Load())
@@ -596,8 +601,11 @@ func TestDecodeMemory(t *testing.T) {
 func TestDecodeBusy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()
-		s, _ := newService(Config{DecodeWorkers: 1, DecodeQueue: 1}, be)
-		s.decode <- struct{}{} // hold the only worker
+		s, _ := newService(Config{DecodeWorkers: 1, DecodeQueue: 2, ImagesPerClient: -1}, be)
+		hold, err := s.decode.Acquire(context.Background(), "other") // the only worker, one place of two
+		if err != nil {
+			t.Fatal(err)
+		}
 		uploads := budget.New(1 << 20)
 
 		a := testenv.UniquePNG(1)
@@ -613,7 +621,7 @@ func TestDecodeBusy(t *testing.T) {
 		}
 		checkReleasedOnce(t, "refused", uploads, lb, len(b), len(a)) // a's is held
 
-		<-s.decode // let a decode
+		hold() // let a decode
 		if err := <-aDone; err != nil {
 			t.Errorf("the queued image: %v", err)
 		}
@@ -623,8 +631,131 @@ func TestDecodeBusy(t *testing.T) {
 		if _, err := s.Classify(context.Background(), b, nil, false); err != nil {
 			t.Errorf("once the queue emptied: %v", err)
 		}
-		if got := s.waiting.Load(); got != 0 {
-			t.Errorf("%d requests still counted in the decode queue", got)
+		if got := s.decode.Stats(); got != (fairshare.Stats{}) {
+			t.Errorf("still counted in the decode queue: %+v", got)
+		}
+	})
+}
+
+// recorder is a backend that notes which client each inference was for.
+type recorder struct {
+	*fakeBackend
+	mu      sync.Mutex
+	clients []string
+}
+
+func (r *recorder) Infer(ctx context.Context, tensor []float32, modelSHA string) (*Inference, error) {
+	c, _ := ctx.Value(clientKey{}).(string)
+	r.mu.Lock()
+	r.clients = append(r.clients, c)
+	r.mu.Unlock()
+	return r.fakeBackend.Infer(ctx, tensor, modelSHA)
+}
+
+// A client with many images queued for the decode worker does not make
+// another client's image wait behind all of them: the worker takes turns.
+func TestDecodeWorkersSharedBetweenClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		be := &recorder{fakeBackend: newFake()}
+		s, _ := newService(Config{DecodeWorkers: 1, ImagesPerClient: -1}, be)
+		hold, err := s.decode.Acquire(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		send := func(client string, i int) {
+			wg.Go(func() {
+				ctx := WithClient(context.Background(), client)
+				if _, err := s.Classify(ctx, testenv.UniquePNG(i), nil, false); err != nil {
+					t.Errorf("%s: %v", client, err)
+				}
+			})
+			synctest.Wait()
+		}
+		for i := range 5 {
+			send("flood", i)
+		}
+		send("honest", 99)
+		hold()
+		wg.Wait()
+		want := []string{"flood", "honest", "flood", "flood", "flood", "flood"}
+		if !slices.Equal(be.clients, want) {
+			t.Errorf("inference order %q, want %q: the honest image waited behind the flood's queue", be.clients, want)
+		}
+	})
+}
+
+// While the service is busy, a client with its part of it in progress is
+// refused, and another client is not; alone, a client may use more.
+func TestImagesPerClient(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		be := newFake()
+		be.gate = make(chan struct{}) // inferences wait
+		s, _ := newService(Config{DecodeWorkers: 2, DecodeQueue: 8, ImagesPerClient: 2}, be)
+		results := make(chan error, 16)
+		send := func(client string, i int) {
+			go func() {
+				_, err := s.Classify(WithClient(context.Background(), client), testenv.UniquePNG(i), nil, false)
+				results <- err
+			}()
+			synctest.Wait()
+		}
+		// Alone, "flood" takes 4 (past its part of 2, until half of 8 are
+		// in progress), then is refused.
+		for i := range 6 {
+			send("flood", i)
+		}
+		var refused []error
+		for len(results) > 0 {
+			refused = append(refused, <-results)
+		}
+		if len(refused) != 2 || !errors.Is(refused[0], ErrClientBusy) || !errors.Is(refused[1], ErrClientBusy) {
+			t.Errorf("flood's 5th and 6th: %v, want two ErrClientBusy", refused)
+		}
+		// Another client still gets in.
+		send("honest", 100)
+		if len(results) != 0 {
+			t.Errorf("honest refused: %v", <-results)
+		}
+		close(be.gate)
+		for range 5 {
+			if err := <-results; err != nil {
+				t.Errorf("admitted image: %v", err)
+			}
+		}
+		if got := s.quota.Total(); got != 0 {
+			t.Errorf("%d images still counted in progress", got)
+		}
+	})
+}
+
+// Large images never take the last decode worker: a photo sent while one
+// is decoded and another waits is decoded at once.
+func TestLargeImagesLeaveAWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _ := newService(Config{DecodeWorkers: 2, Limits: imageprep.Limits{MaxPixelsPerByte: -1}}, newFake())
+		hold, err := s.large.Acquire(context.Background(), "bombs") // one large image decoding
+		if err != nil {
+			t.Fatal(err)
+		}
+		large := make(chan error, 1)
+		go func() {
+			_, err := s.Classify(context.Background(), pngHeader(4000, 4000, 8, 2), nil, false) // 48 MB decoded
+			large <- err
+		}()
+		synctest.Wait()
+		if len(large) != 0 {
+			t.Fatalf("a second large image did not wait: %v", <-large)
+		}
+		if _, err := s.Classify(context.Background(), testenv.UniquePNG(1), nil, false); err != nil {
+			t.Errorf("a photo while large images hold the rest: %v", err)
+		}
+		if st := s.decode.Stats(); st.Held != 0 {
+			t.Errorf("the waiting large image holds a worker: %+v", st)
+		}
+		hold()
+		if err := <-large; !errors.Is(err, imageprep.ErrCorrupt) {
+			t.Errorf("the large image, once its turn came: %v, want it decoded (a corrupt header-only PNG)", err)
 		}
 	})
 }

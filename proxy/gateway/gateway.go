@@ -28,6 +28,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/auth"
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 	"github.com/batchgate/batchgate/proxy/httpapi"
 	"github.com/batchgate/batchgate/proxy/imageprep"
 	"github.com/batchgate/batchgate/proxy/routing"
@@ -78,6 +79,10 @@ type Config struct {
 	// Default 8 each; negative: no bound.
 	UploadsPerClient int
 	UploadsPerKey    int
+	// UploadMemoryPerClient bounds the part of UploadMemory held by one
+	// client address's bodies being read; beyond it 429. Default half of
+	// UploadMemory; negative: no bound.
+	UploadMemoryPerClient int64
 	// SharedCacheAcrossKeys lets different API keys share cached answers
 	// and coalesced work. Default false: one cache partition per key.
 	SharedCacheAcrossKeys bool
@@ -85,6 +90,21 @@ type Config struct {
 	// worker; beyond it 429. Default QueueCapacity + GOMAXPROCS: as many
 	// may wait for decoding as for a batch.
 	DecodeQueue int
+	// ImagesPerClient is the most images of one client address in
+	// progress (decoding or waiting for the model) while the proxy is busy
+	// (half of DecodeQueue in progress); beyond it 429 client_busy. A
+	// client alone may use everything. Default DecodeQueue/4; negative: no
+	// bound.
+	ImagesPerClient int
+	// RefusedBytesPerSecond and RefusedBytesAllowance: each refused
+	// request (4xx) costs its client address its body and 64 KiB; a debt
+	// past the allowance holds that address's requests, bodies unread,
+	// for up to RefusedWait before they are served or answered 429
+	// (client_refusals); debts are forgiven at RefusedBytesPerSecond.
+	// Defaults 8 MiB/s, 64 MiB, 2s; negative RefusedBytesPerSecond: off.
+	RefusedBytesPerSecond int64
+	RefusedBytesAllowance int64
+	RefusedWait           time.Duration
 	// DecodeMemory bounds the images being decoded at once (their decoded
 	// size, estimated from the header). Default 128 MiB.
 	DecodeMemory int64
@@ -182,6 +202,9 @@ func (c *Config) defaults() {
 	set(&c.UploadsPerClient, 8)
 	set(&c.UploadsPerKey, 8)
 	set(&c.MaxElements, min(max(c.Batch.QueueCapacity/4, 1), 64))
+	set64(&c.RefusedBytesPerSecond, 8<<20)
+	set64(&c.RefusedBytesAllowance, 64<<20)
+	setDur(&c.RefusedWait, 2*time.Second)
 	setDur(&c.RoutingPoll, 2*time.Second)
 }
 
@@ -237,10 +260,14 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 	}
 	svc = classify.New(classify.Config{
 		CacheEntries: max(cfg.CacheEntries, 0), CacheBytes: cfg.CacheBytes,
-		DecodeQueue:  cfg.DecodeQueue,
+		DecodeQueue: cfg.DecodeQueue, ImagesPerClient: cfg.ImagesPerClient,
 		DecodeMemory: cfg.DecodeMemory,
 		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, MaxPixelsPerByte: cfg.MaxPixelsPerByte, FullSizeJPEG: cfg.FullSizeJPEG},
 	}, be, m)
+	var refusals *fairshare.Debt // nil: off
+	if cfg.RefusedBytesPerSecond > 0 {
+		refusals = fairshare.NewDebt(fairshare.DebtConfig{Rate: cfg.RefusedBytesPerSecond, Allowance: cfg.RefusedBytesAllowance, MaxWait: cfg.RefusedWait})
+	}
 	var authn *auth.Authenticator
 	if cfg.Auth != nil {
 		authn = auth.New(cfg.Auth, cfg.AuthSHA256, auth.Config{File: cfg.AuthFile, Poll: cfg.AuthPoll, Log: log, Metrics: set})
@@ -264,8 +291,10 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
 		UploadMinRate: max(cfg.UploadMinRate, 0), UploadRateGrace: cfg.UploadRateGrace,
 		UploadsPerClient: max(cfg.UploadsPerClient, 0), UploadsPerKey: max(cfg.UploadsPerKey, 0),
+		UploadMemoryPerClient: cfg.UploadMemoryPerClient,
 		SharedCacheAcrossKeys: cfg.SharedCacheAcrossKeys,
 		Tracing:               cfg.Tracing, TrustRemoteSampling: cfg.TrustRemoteSampling, Auth: authn,
+		Refusals: refusals,
 	})
 	p.server = &fasthttp.Server{
 		Handler:       p.api.Handler,

@@ -507,9 +507,9 @@ func TestBatchesUnderLoad(t *testing.T) {
 func TestDecodeOverload(t *testing.T) {
 	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
 	cfg := testConfig(rt.socket)
-	// A roomy batch queue and a decode queue of 2: what rejects must be the
-	// decode limit.
-	cfg.Batch.QueueCapacity, cfg.DecodeQueue = 64, 2
+	// A roomy batch queue and a decode queue of 2, no bound per client:
+	// what rejects must be the decode limit.
+	cfg.Batch.QueueCapacity, cfg.DecodeQueue, cfg.ImagesPerClient = 64, 2, -1
 	tp := startProxy(t, cfg)
 	big := testenv.Image(t, "grace_hopper.jpg")
 	const n = 24

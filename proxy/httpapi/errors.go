@@ -33,6 +33,8 @@ func errStatus(err error) *apiError {
 		return &apiError{400, oe.Msg, "bad_request"}
 	case errors.As(err, &qf):
 		return &apiError{429, "server overloaded: the batch queue is full, retry later", "queue_full"}
+	case errors.Is(err, classify.ErrClientBusy):
+		return &apiError{429, "server busy, and this client address already has its share of the images in progress: retry later, or once its other requests are answered", "client_busy"}
 	case errors.Is(err, classify.ErrDecodeBusy):
 		return &apiError{429, "server overloaded: too many images wait to be decoded, retry later", "decode_queue_full"}
 	case errors.Is(err, context.DeadlineExceeded):

@@ -34,6 +34,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/docs"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
@@ -93,6 +94,10 @@ type Config struct {
 	// them 429. Zero: no bound.
 	UploadsPerClient int
 	UploadsPerKey    int
+	// UploadMemoryPerClient bounds the part of Uploads that one client
+	// address's bodies being read hold; beyond it 429. Zero means half of
+	// Uploads; negative, no bound.
+	UploadMemoryPerClient int64
 	// MaxElements is the most images in one OIP request.
 	MaxElements int
 	// Tracing makes a span of each request (docs/tracing.md), continuing
@@ -106,19 +111,29 @@ type Config struct {
 	// Auth, if set, checks API keys (docs/auth.md) before a request's body
 	// is read; nil serves everyone, as the replaced server did.
 	Auth *auth.Authenticator
+	// Refusals, if set, charges each client address for the requests it
+	// gets refused (4xx) and holds its next requests, their bodies unread,
+	// while it owes more than its allowance (docs/memory.md); nil: off.
+	Refusals *fairshare.Debt
 }
 
 // Server is the HTTP API.
 type Server struct {
 	cfg           Config
 	draining      atomic.Bool
-	clientUploads *budget.Slots // bodies being read, per client address
-	keyUploads    *budget.Slots // and per API key
+	clientUploads *fairshare.Shares // bodies being read, per client address
+	keyUploads    *fairshare.Shares // and per API key
+	clientBytes   *fairshare.Shares // their part of Uploads, per client address
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	return &Server{cfg: cfg, clientUploads: budget.NewSlots(cfg.UploadsPerClient), keyUploads: budget.NewSlots(cfg.UploadsPerKey)}
+	perClient := cfg.UploadMemoryPerClient
+	if perClient == 0 && cfg.Uploads != nil {
+		perClient = cfg.Uploads.Size() / 2
+	}
+	return &Server{cfg: cfg, clientUploads: fairshare.NewShares(int64(cfg.UploadsPerClient)), keyUploads: fairshare.NewShares(int64(cfg.UploadsPerKey)),
+		clientBytes: fairshare.NewShares(perClient)}
 }
 
 // SetDraining makes readiness fail and every response close its
@@ -174,6 +189,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		}
 		took := time.Since(start)
 		status := ctx.Response.StatusCode()
+		s.chargeRefusal(ctx, route, status)
 		s.cfg.Metrics.Request(route, status, took)
 		if rep.done != nil {
 			rep.done(status, took)
@@ -191,6 +207,9 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		}
 		s.cfg.Log.Info("request", args...)
 	}()
+	if !s.owes(ctx, route) {
+		return // held, then answered 429
+	}
 	keyID, ok := s.authorize(ctx, route, false)
 	if rep.keyID = keyID; !ok {
 		return // answered 401, 403 or 429
@@ -299,6 +318,7 @@ func (s *Server) deadline(ctx *fasthttp.RequestCtx) (context.Context, context.Ca
 		return nil, nil, ae
 	}
 	c, cancel := context.WithTimeout(baseContext(ctx), timeout)
+	c = classify.WithClient(c, ctx.RemoteIP().String()) // decode workers and queues shared fairly
 	if key, _ := ctx.UserValue(keyIDKey{}).(string); key != "" && !s.cfg.SharedCacheAcrossKeys {
 		c = classify.WithPartition(c, key) // keys never learn what other keys sent
 	}
@@ -334,10 +354,16 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 	// small budget for the body limit) grows to all of it: one such
 	// request at a time.
 	most := min(factor*int64(n), s.cfg.Uploads.Size())
+	first, client := min(factor*uploadChunk, most), ctx.RemoteIP().String()
+	if !s.clientBytes.Take(client, first) {
+		skipBody(ctx, n)
+		return nil, nil, s.uploadError(&meteredBody{fail: errClientShare})
+	}
 	wctx, cancel := context.WithTimeout(rctx, s.cfg.UploadWait)
-	lease, err := s.cfg.Uploads.Acquire(wctx, min(factor*uploadChunk, most))
+	lease, err := s.cfg.Uploads.Acquire(wctx, first)
 	cancel()
 	if err != nil {
+		s.clientBytes.Give(client, first)
 		skipBody(ctx, n)
 		if rctx.Err() != nil {
 			return nil, nil, errStatus(rctx.Err())
@@ -346,8 +372,12 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 	}
 	span := childSpan(rctx, "read body")
 	body := &meteredBody{ctx: ctx, rctx: rctx, r: ctx.RequestBodyStream(), lease: lease, factor: factor, max: most,
-		start: time.Now(), grace: s.cfg.UploadRateGrace, rate: s.cfg.UploadMinRate, wait: s.cfg.UploadWait}
+		start: time.Now(), grace: s.cfg.UploadRateGrace, rate: s.cfg.UploadMinRate, wait: s.cfg.UploadWait,
+		client: client, shares: s.clientBytes, taken: first}
 	b, ae := read(body, n, nil)
+	// The share bounds bodies being read: once read, the bytes are
+	// processed at the server's pace, not the client's.
+	s.clientBytes.Give(client, body.taken)
 	if ue := s.uploadError(body); ue != nil {
 		ae = ue // the read was stopped, not the body malformed: say why
 	}

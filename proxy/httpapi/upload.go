@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 )
 
 // How a body's upload memory is held (docs/memory.md): no client can hold
@@ -26,7 +28,9 @@ import (
 //     the request's deadline.
 //   - UploadsPerClient and UploadsPerKey bound the bodies over uploadChunk
 //     being read at once from one client address and one API key; beyond
-//     them, 429.
+//     them, 429. UploadMemoryPerClient bounds what one client address's
+//     bodies being read hold of the budget (half of it by default), so
+//     that the other half is always there for everyone else.
 //
 // Before the handler runs, fasthttp reads the body's first 8 KiB itself
 // (into its own buffer, not the budget's): HeaderReceived gives that the
@@ -62,13 +66,21 @@ type meteredBody struct {
 	rate     int64 // bytes a second; 0: no minimum
 	wait     time.Duration
 	deadline time.Time // the read deadline set last
+	// client's share of the budget (shares) holds taken of the lease.
+	client string
+	shares *fairshare.Shares
+	taken  int64
 	// fail is why the read stopped short, when the body was not at fault:
-	// errNoRoom, errTooSlow or the request's context error.
+	// errNoRoom, errClientShare, errTooSlow or the request's context error.
 	fail error
 }
 
-// errNoRoom is a lease that could not grow within the wait.
-var errNoRoom = errors.New("no room in the upload budget")
+// errNoRoom is a lease that could not grow within the wait;
+// errClientShare one that would pass its client's share.
+var (
+	errNoRoom      = errors.New("no room in the upload budget")
+	errClientShare = errors.New("client's share of the upload budget taken")
+)
 
 func (m *meteredBody) Read(p []byte) (int, error) {
 	if len(p) == 0 {
@@ -80,10 +92,17 @@ func (m *meteredBody) Read(p []byte) (int, error) {
 	cover := max(uploadChunk, 2*m.read)
 	p = p[:min(int64(len(p)), cover-m.read)]
 	if grow := min(m.factor*cover, m.max) - m.lease.Size(); grow > 0 {
+		if !m.shares.Take(m.client, grow) {
+			m.fail = errClientShare
+			return 0, m.fail
+		}
 		wctx, cancel := context.WithTimeout(m.rctx, m.wait)
 		err := m.lease.Grow(wctx, grow)
 		cancel()
-		if err != nil {
+		if err == nil {
+			m.taken += grow
+		} else {
+			m.shares.Give(m.client, grow)
 			m.fail = errNoRoom
 			if m.rctx.Err() != nil {
 				m.fail = m.rctx.Err()
@@ -126,6 +145,8 @@ func (s *Server) uploadError(m *meteredBody) *apiError {
 		return nil
 	case err == errNoRoom:
 		return &apiError{429, "server busy receiving other uploads, retry later", "upload_budget"}
+	case err == errClientShare:
+		return &apiError{429, fmt.Sprintf("this client address's uploads being received hold their share of the upload memory (%d MiB): retry once they are sent", s.clientBytes.Limit()>>20), "upload_client_limit"}
 	case err == errTooSlow:
 		return &apiError{408, fmt.Sprintf("request body arrived slower than %d bytes a second after the first %v; send it faster or in a smaller image",
 			s.cfg.UploadMinRate, s.cfg.UploadRateGrace), "upload_too_slow"}
@@ -137,18 +158,18 @@ func (s *Server) uploadError(m *meteredBody) *apiError {
 // upload slots; ok false answers 429. release returns them.
 func (s *Server) uploadSlots(ctx *fasthttp.RequestCtx) (release func(), ae *apiError) {
 	addr := ctx.RemoteIP().String()
-	if !s.clientUploads.TryAcquire(addr) {
+	if !s.clientUploads.Take(addr, 1) {
 		return nil, &apiError{429, fmt.Sprintf("more than %d uploads at once from one client address; retry later", s.cfg.UploadsPerClient), "upload_client_limit"}
 	}
 	key, _ := ctx.UserValue(keyIDKey{}).(string)
-	if key != "" && !s.keyUploads.TryAcquire(key) {
-		s.clientUploads.Release(addr)
+	if key != "" && !s.keyUploads.Take(key, 1) {
+		s.clientUploads.Give(addr, 1)
 		return nil, &apiError{429, fmt.Sprintf("more than %d uploads at once with API key %q; retry later", s.cfg.UploadsPerKey, key), "upload_key_limit"}
 	}
 	return func() {
-		s.clientUploads.Release(addr)
+		s.clientUploads.Give(addr, 1)
 		if key != "" {
-			s.keyUploads.Release(key)
+			s.keyUploads.Give(key, 1)
 		}
 	}, nil
 }
@@ -170,4 +191,44 @@ func (s *Server) HeaderReceived(*fasthttp.RequestHeader) fasthttp.RequestConfig 
 		d = min(d, s.cfg.UploadRateGrace+time.Duration(float64(preRead)/float64(s.cfg.UploadMinRate)*float64(time.Second)))
 	}
 	return fasthttp.RequestConfig{ReadTimeout: d}
+}
+
+// refusalCost is what every refused request costs its client on top of its
+// body: the work of reading and answering it.
+const refusalCost = 64 << 10
+
+// exempt are the routes never held or charged: the probes, which come from
+// the kubelet and must be answered at once.
+func exempt(route string) bool { return route == "/healthz" || route == "/readyz" }
+
+// owes holds a request while its client address owes more than its
+// allowance for refused requests (Config.Refusals), its body unread. False:
+// it was held as long as allowed and answered 429, its connection closed,
+// so that nothing more of the body is read.
+func (s *Server) owes(ctx *fasthttp.RequestCtx, route string) bool {
+	if s.cfg.Refusals == nil || exempt(route) {
+		return true
+	}
+	c, cancel := context.WithTimeout(baseContext(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	retry, err := s.cfg.Refusals.Wait(c, ctx.RemoteIP().String())
+	if err == nil {
+		return true
+	}
+	secs := retryAfterSeconds(retry)
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(secs))
+	ctx.SetConnectionClose()
+	s.fail(ctx, &apiError{429, fmt.Sprintf("too many refused requests from this client address: retry after %d s, and fix the requests that were refused", secs), "client_refusals"})
+	return false
+}
+
+// chargeRefusal charges a refused request (any 4xx but 499, the client's
+// own cancel) to its client address: its declared body, within what the
+// server reads, and refusalCost.
+func (s *Server) chargeRefusal(ctx *fasthttp.RequestCtx, route string, status int) {
+	if s.cfg.Refusals == nil || status < 400 || status >= 500 || status == 499 || exempt(route) {
+		return
+	}
+	n := min(max(ctx.Request.Header.ContentLength(), 0), s.MaxRequestBody())
+	s.cfg.Refusals.Charge(ctx.RemoteIP().String(), int64(n)+refusalCost)
 }

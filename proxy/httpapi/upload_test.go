@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/batchgate/batchgate/proxy/budget"
+	"github.com/batchgate/batchgate/proxy/fairshare"
 )
 
 // trickle opens a connection from the local address from (an IP of
@@ -132,6 +133,66 @@ func TestUploadsPerClient(t *testing.T) {
 		t.Errorf("small upload from the same address: %d %s, want 200", r.status, r.raw)
 	}
 	other := trickle(t, ts.addr, "127.0.0.2", head("/predict", "image/png", size), size)
+	if r := answerOn(t, other); r.status != 200 {
+		t.Errorf("upload from another address: %d %s, want 200", r.status, r.raw)
+	}
+}
+
+// TestRefusedClientIsHeld: a refused request is charged to its client
+// address; an address owing more than its allowance is held before its
+// next request is read, then answered 429 with Retry-After on a closed
+// connection; other addresses, and the probes, are served at once.
+func TestRefusedClientIsHeld(t *testing.T) {
+	const hold = 300 * time.Millisecond
+	debt := fairshare.NewDebt(fairshare.DebtConfig{Rate: 1 << 20, Allowance: 256 << 10, MaxWait: hold})
+	ts := startServer(t, func(c *Config) { c.Refusals = debt })
+	bad := trickle(t, ts.addr, "127.0.0.2", head("/v2/models/resnet50/infer", "application/json", 10_000), 10_000)
+	if r := answerOn(t, bad); r.status != 400 {
+		t.Fatalf("garbage JSON: %d %s, want 400", r.status, r.raw)
+	}
+	if got, want := debt.Owed("127.0.0.2"), int64(10_000+refusalCost-100<<10); got < want { // 100 ms of forgiving
+		t.Errorf("after a refused 10 KB body: owes %d, want at least %d", got, want)
+	}
+	good := trickle(t, ts.addr, "127.0.0.3", head("/predict", "image/png", 5000), 5000)
+	if r := answerOn(t, good); r.status != 200 || debt.Owed("127.0.0.3") != 0 {
+		t.Errorf("a served request: %d, owes %d; want 200 and nothing owed", r.status, debt.Owed("127.0.0.3"))
+	}
+
+	debt.Charge("127.0.0.2", 10<<20) // 10 s to forgive
+	start := time.Now()
+	next := trickle(t, ts.addr, "127.0.0.2", head("/predict", "image/png", 5000), 5000)
+	r := answerOn(t, next)
+	if took := time.Since(start); r.status != 429 || r.header.Get("Retry-After") == "" || !r.close || took < hold ||
+		ts.rejections("client_refusals") != 1 {
+		t.Errorf("owing 10 MiB: %d %s after %v, Retry-After %q, close %v; want 429 client_refusals after at least %v, Retry-After, connection closed",
+			r.status, r.raw, took, r.header.Get("Retry-After"), r.close, hold)
+	}
+	probe := trickle(t, ts.addr, "127.0.0.2", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 0)
+	if r := answerOn(t, probe); r.status != 200 {
+		t.Errorf("probe from the held address: %d, want 200", r.status)
+	}
+	other := trickle(t, ts.addr, "127.0.0.3", head("/predict", "image/png", 5000), 5000)
+	if r := answerOn(t, other); r.status != 200 {
+		t.Errorf("upload from another address: %d %s, want 200", r.status, r.raw)
+	}
+}
+
+// TestUploadMemoryPerClient: one client address's bodies being read hold
+// at most half the upload budget (1 MiB here): two 400 KB uploads, 120 KB
+// sent, hold 240 KB each; a third from the same address is refused at
+// once, and another address's upload is served.
+func TestUploadMemoryPerClient(t *testing.T) {
+	const size = 400_000
+	ts := startServer(t, func(c *Config) { c.MaxBodyBytes = size })
+	for range 2 {
+		trickle(t, ts.addr, "127.0.0.1", head("/predict", "image/png", size), 120_000)
+	}
+	waitInUse(t, ts, 480_000)
+	third := trickle(t, ts.addr, "127.0.0.1", head("/predict", "image/png", size), size)
+	if r := answerOn(t, third); r.status != 429 || ts.rejections("upload_client_limit") != 1 {
+		t.Errorf("a third upload while two hold half the budget: %d %s; want 429 upload_client_limit", r.status, r.raw)
+	}
+	other := trickle(t, ts.addr, "127.0.0.2", head("/predict", "image/png", 90_000), 90_000)
 	if r := answerOn(t, other); r.status != 200 {
 		t.Errorf("upload from another address: %d %s, want 200", r.status, r.raw)
 	}

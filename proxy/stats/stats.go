@@ -24,7 +24,7 @@ var Routes = []string{
 
 // Reasons are the values of inference_rejections_total's reason label.
 var Reasons = []string{
-	"queue_full", "decode_queue_full", "upload_budget", "upload_too_slow", "upload_client_limit", "upload_key_limit", "slow_request", "decode_memory", "deadline", "unavailable",
+	"queue_full", "decode_queue_full", "upload_budget", "upload_too_slow", "upload_client_limit", "upload_key_limit", "client_busy", "client_refusals", "slow_request", "decode_memory", "deadline", "unavailable",
 	"unsupported_format", "too_many_pixels", "body_too_large", "length_required", "corrupt_image",
 	"bad_request", "bad_tensor", "not_found", "method_not_allowed", "cancelled", "internal",
 	"auth_missing", "auth_invalid", "auth_scope", "auth_rate", "auth_concurrency",
