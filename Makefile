@@ -14,6 +14,7 @@ export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 10s
 # Every parser a client (or the runtime's socket) reaches: package:target.
 FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep:FuzzInspect \
+                proxy/imageprep:FuzzVP8LHuffmanCost \
                 proxy/imageprep/turbojpeg:FuzzDecode \
                 proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler \
                 proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck

@@ -62,7 +62,14 @@ func TestEstimateCoversDecode(t *testing.T) {
 		{"webp lossless 16 colors (indexed, 2 a byte)", riffWebP(webpChunk("VP8L", vp8lFlat(w, h, 16, false)))},
 		{"webp lossless predicted", riffWebP(webpChunk("VP8L", vp8lFlat(w, h, 0, true)))},
 		{"webp lossless 16 colors predicted in VP8X", riffWebP(vp8xChunk(0, w, h), webpChunk("VP8L", vp8lFlat(w, h, 16, true)))},
+		{"webp lossless photo (testdata, cwebp -z 9)", readLocal(t, "lossless_photo_z9.webp")},
+		{"webp lossless, 200 groups of the largest codes (crafted)", riffWebP(webpChunk("VP8L", vp8lBomb(w, h, vp8lSeq(200), 11)))},
+		{"webp lossless, groups 0 and 1500 used of 1501 (crafted)", riffWebP(webpChunk("VP8L", vp8lBomb(w, h, []int{0, 1500}, 11)))},
+		{"webp lossless, 100 groups, failing once they are built (crafted)", riffWebP(webpChunk("VP8L", vp8lBomb(w, h, vp8lSeq(100), 0)))},
 		{"webp lossy (testdata)", readLocal(t, "lossy.webp")},
+		{"webp lossy, lossless alpha (testdata, cwebp)", readLocal(t, "lossy_lossless_alpha.webp")},
+		{"webp lossy, lossless alpha of 200 groups (crafted)", riffWebP(vp8xChunk(0x10, 512, 384),
+			webpChunk("ALPH", append([]byte{1}, vp8lBomb(512, 384, vp8lSeq(200), 11)[5:]...)), readLocal(t, "lossy.webp")[12:])},
 		{"webp lossy, lossless alpha (testdata)", lossyAlpha},
 		{"webp lossy, raw alpha", rawAlpha(t, lossyAlpha)},
 	} {
@@ -158,9 +165,11 @@ func TestInspectWebP(t *testing.T) {
 		bytes  int64 // decodeBytes
 		direct bool
 	}{
-		{"VP8L", riffWebP(vp8l), nil, vp8lBytes(w, h), true},
-		{"VP8X, VP8L", riffWebP(vp8xChunk(0, w, h), vp8l), nil, vp8lBytes(w, h), true},
-		{"VP8X with alpha, VP8L", riffWebP(vp8xChunk(0x10, w, h), vp8l), nil, vp8lBytes(w, h), true},
+		{"VP8L", riffWebP(vp8l), nil, vp8lBytes(w, h) + vp8lFlatCodes, true},
+		{"VP8X, VP8L", riffWebP(vp8xChunk(0, w, h), vp8l), nil, vp8lBytes(w, h) + vp8lFlatCodes, true},
+		{"VP8X with alpha, VP8L", riffWebP(vp8xChunk(0x10, w, h), vp8l), nil, vp8lBytes(w, h) + vp8lFlatCodes, true},
+		{"VP8X, VP8L of another size", riffWebP(vp8xChunk(0, w, h+1), vp8l), ErrCorrupt, 0, false},
+		{"VP8L, codes cut short", riffWebP(webpChunk("VP8L", vp8lFlat(w, h, 0, false)[:7])), ErrCorrupt, 0, false},
 		{"VP8X with alpha, ALPH raw, VP8", rawAlpha, nil, 512*384 + vp8Bytes(512, 384, chunkLen(t, rawAlpha, "VP8 ")), false},
 		{"VP8", lossy, nil, vp8Bytes(512, 384, chunkLen(t, lossy, "VP8 ")), true},
 		{"VP8 cut short", lossy[:len(lossy)-10], ErrCorrupt, 0, false},

@@ -18,7 +18,8 @@ type Header struct {
 	// decodeBytes is the memory Go's decoder allocates for the image: the
 	// decoded pixels in the form it returns them, and its working buffers
 	// that grow with the image (progressive JPEG coefficients, interlaced
-	// PNG passes and rows, WebP transforms and frame data). The fixed ones
+	// PNG passes and rows, WebP transforms, frame data and the Huffman
+	// codes of a lossless bitstream, read from it). The fixed ones
 	// are in goDecodeBytes. TestEstimateCoversDecode checks it against what
 	// each decoder allocates.
 	decodeBytes int64
@@ -380,7 +381,10 @@ func gifFirstFrame(data []byte, width, height int) (w, h int, interlaced, ok boo
 // inspectWebP walks the RIFF chunks as golang.org/x/image/webp decodes
 // them, up to the image chunk it decodes, and sums what each allocates:
 // an alpha plane (ALPH, raw or itself lossless-coded), then the lossy
-// (VP8) or lossless (VP8L) image. A VP8X chunk only declares the canvas:
+// (VP8) or lossless (VP8L) image; a lossless bitstream's Huffman codes
+// are sized by reading it up to its pixels (vp8lCodeBytes), and one it
+// finds malformed there, which the decoder would fail on, is refused. A
+// VP8X chunk only declares the canvas:
 // its size is the image's, but what it holds decides the cost. An
 // animated WebP (frames in ANMF chunks) is refused: x/image/webp decodes
 // no frame of it. So is a VP8 or ALPH chunk cut short, which the decoder
@@ -438,7 +442,11 @@ chunks:
 			case body[0]&3 == 0: // raw
 				h.decodeBytes += px
 			case body[0]&3 == 1: // lossless: an NRGBA image, its green copied out
-				h.decodeBytes += vp8lBytes(w, ht) + px
+				codes, err := vp8lAlphaCodeBytes(body[1:], h.Width, h.Height)
+				if err != nil {
+					return Header{}, fmt.Errorf("webp: ALPH chunk: %w", err)
+				}
+				h.decodeBytes += vp8lBytes(w, ht) + codes + px
 			}
 			alpha = true
 		case "VP8 ":
@@ -452,7 +460,16 @@ chunks:
 			h.direct = !alpha // with alpha, NYCbCrA: converted to NRGBA
 			return h, nil
 		case "VP8L":
-			h.decodeBytes += vp8lBytes(w, ht)
+			// x/image/webp decodes what the chunk holds of the file,
+			// and checks its size against a VP8X chunk's.
+			vw, vh, codes, err := vp8lCodeBytes(body)
+			if err != nil {
+				return Header{}, fmt.Errorf("webp: VP8L chunk: %w", err)
+			}
+			if vw != h.Width || vh != h.Height {
+				return Header{}, fmt.Errorf("webp: VP8L image of %dx%d in a %dx%d canvas", vw, vh, h.Width, h.Height)
+			}
+			h.decodeBytes += vp8lBytes(w, ht) + codes
 			return h, nil
 		}
 		total -= n
@@ -480,11 +497,9 @@ func vp8Bytes(w, h, n int64) int64 {
 // the predictor, cross-color and Huffman-group images, 4 bytes for each
 // tile of 4x4 pixels or more. Real files take 4.1 to 5 bytes a pixel.
 //
-// Not counted: the Huffman codes, which the file sizes, not the header:
-// up to 2600 groups of five codes, each group up to 53 KB, bounded by
-// the number of tiles. Files from libwebp fit in the allowance above, but
-// a crafted 80 KB 208x208 file makes the decoder allocate 183 MiB of
-// codes; bounding that needs a VP8L parser or a decoder change.
+// The Huffman codes, which the file sizes, not the header (up to 2600
+// groups of five codes, each group up to 82 KB), are counted apart:
+// vp8lCodeBytes reads them from the bitstream (vp8l.go).
 func vp8lBytes(w, h int64) int64 {
 	tiles := ((w + 3) / 4) * ((h + 3) / 4)
 	return 4*w*h + 4*((w+1)/2)*h + 3*4*tiles

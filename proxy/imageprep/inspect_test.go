@@ -219,6 +219,11 @@ func FuzzInspect(f *testing.F) {
 		riffWebP(webpChunk("VP8L", vp8lFlat(w, h, 16, true))),
 		riffWebP(vp8xChunk(0, w, h), webpChunk("VP8L", vp8lFlat(w, h, 2, false))),
 		riffWebP(vp8xChunk(0x02, w, h), webpChunk("ANIM", make([]byte, 6)), webpChunk("ANMF", append(make([]byte, 16), vp8l...))),
+		riffWebP(webpChunk("VP8L", vp8lBomb(w, h, vp8lSeq(40), 11))),
+		riffWebP(webpChunk("VP8L", vp8lBomb(w, h, []int{0, 500}, 2))), // remapped: 500 is over the 384 tiles
+		riffWebP(vp8xChunk(0x10, 512, 384), webpChunk("ALPH", append([]byte{1}, vp8lBomb(512, 384, vp8lSeq(20), 11)[5:]...)), readLocal(f, "lossy.webp")[12:]),
+		readLocal(f, "lossless_photo_z9.webp"),
+		readLocal(f, "lossy_lossless_alpha.webp"),
 		readLocal(f, "lossy.webp"),
 		readLocal(f, "lossy_alpha.webp"),
 		progressiveJPEG(w, h, 1),
