@@ -96,7 +96,8 @@ type Config struct {
 	// ImagesPerClient is the most images of one client (WithClient) in
 	// progress, being decoded or run, while the service is busy (half of
 	// DecodeQueue in progress); beyond it ErrClientBusy. A client alone
-	// may use everything. Zero means a quarter of DecodeQueue, at least
+	// may have up to half of DecodeQueue in progress (a deeper queue from
+	// one client only adds latency). Zero means a quarter of DecodeQueue, at least
 	// DecodeWorkers+1; negative, no bound. Decode workers are shared
 	// between clients too: a freed worker goes to the waiting client
 	// holding the fewest (fairshare.Gate).

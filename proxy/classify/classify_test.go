@@ -686,7 +686,7 @@ func TestDecodeWorkersSharedBetweenClients(t *testing.T) {
 }
 
 // While the service is busy, a client with its part of it in progress is
-// refused, and another client is not; alone, a client may use more.
+// refused, and another client is not; alone, a client may take more than its part.
 func TestImagesPerClient(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()

@@ -185,9 +185,10 @@ func (g *Gate) Stats() Stats {
 }
 
 // Quota counts each client's requests in progress. A client holding
-// PerClient or more is refused while the total is at least Busy: alone, a
-// client may use all the capacity; once the service is busy, each client
-// only its part, and a newcomer finds room. Its mutex guards the counts; a
+// PerClient or more is refused while the total is at least Busy: while
+// the service is quiet a client may take more than its part (alone, up to
+// Busy); once it is busy, each client only its part, and a newcomer finds
+// room. Its mutex guards the counts; a
 // client at zero is forgotten.
 type Quota struct {
 	perClient, busy int

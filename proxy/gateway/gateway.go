@@ -93,7 +93,7 @@ type Config struct {
 	// ImagesPerClient is the most images of one client address in
 	// progress (decoding or waiting for the model) while the proxy is busy
 	// (half of DecodeQueue in progress); beyond it 429 client_busy. A
-	// client alone may use everything. Default DecodeQueue/4; negative: no
+	// client alone may have up to half of DecodeQueue. Default DecodeQueue/4; negative: no
 	// bound.
 	ImagesPerClient int
 	// RefusedBytesPerSecond and RefusedBytesAllowance: each refused

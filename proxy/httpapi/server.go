@@ -375,6 +375,7 @@ func (s *Server) readBody(rctx context.Context, ctx *fasthttp.RequestCtx, limit 
 		start: time.Now(), grace: s.cfg.UploadRateGrace, rate: s.cfg.UploadMinRate, wait: s.cfg.UploadWait,
 		client: client, shares: s.clientBytes, taken: first}
 	b, ae := read(body, n, nil)
+	countRead(ctx, body.read)
 	// The share bounds bodies being read: once read, the bytes are
 	// processed at the server's pace, not the client's.
 	s.clientBytes.Give(client, body.taken)
@@ -433,7 +434,9 @@ func skipBody(ctx *fasthttp.RequestCtx, n int) {
 		return
 	}
 	ctx.SetReadDeadline(time.Now().Add(skipTimeout))
-	if _, err := io.CopyN(io.Discard, ctx.RequestBodyStream(), int64(n)); err != nil {
+	skipped, err := io.CopyN(io.Discard, ctx.RequestBodyStream(), int64(n))
+	countRead(ctx, skipped)
+	if err != nil {
 		ctx.SetConnectionClose()
 	}
 }

@@ -223,12 +223,24 @@ func (s *Server) owes(ctx *fasthttp.RequestCtx, route string) bool {
 }
 
 // chargeRefusal charges a refused request (any 4xx but 499, the client's
-// own cancel) to its client address: its declared body, within what the
-// server reads, and refusalCost.
+// own cancel) to its client address: the body bytes the server read (at
+// least what fasthttp read before the handler), and refusalCost. A body
+// refused from its headers costs little, however large it claimed to be.
 func (s *Server) chargeRefusal(ctx *fasthttp.RequestCtx, route string, status int) {
 	if s.cfg.Refusals == nil || status < 400 || status >= 500 || status == 499 || exempt(route) {
 		return
 	}
-	n := min(max(ctx.Request.Header.ContentLength(), 0), s.MaxRequestBody())
-	s.cfg.Refusals.Charge(ctx.RemoteIP().String(), int64(n)+refusalCost)
+	read, _ := ctx.UserValue(bodyReadKey{}).(int64)
+	read = max(read, int64(min(max(ctx.Request.Header.ContentLength(), 0), preRead)))
+	s.cfg.Refusals.Charge(ctx.RemoteIP().String(), read+refusalCost)
+}
+
+// bodyReadKey is the RequestCtx user value counting the body bytes the
+// handler read or skipped (an int64), for chargeRefusal.
+type bodyReadKey struct{}
+
+// countRead adds n to the request's body bytes read.
+func countRead(ctx *fasthttp.RequestCtx, n int64) {
+	read, _ := ctx.UserValue(bodyReadKey{}).(int64)
+	ctx.SetUserValue(bodyReadKey{}, read+n)
 }
