@@ -407,7 +407,7 @@ func idleConns(addr string, n int, d time.Duration) *outcomes {
 }
 
 // runSoak runs every scenario against s and returns their results.
-func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any)) []scenarioResult {
+func runSoak(s *soakStack, k *keyedStack, cfg soakConfig, jpeg []byte, logf func(string, ...any)) []scenarioResult {
 	pid := s.px.Process.Pid
 	gray, rgba := bombPNG(true), bombPNG(false)
 	scenarios := []scenario{
@@ -439,7 +439,7 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 		RecoverSec: -1, Honest: quiet, HonestRatio: 1}}
 	honest := func(stop <-chan struct{}) honestResult { return honestClient(s.addr, cfg.honest, jpeg, stop) }
 	if rate := cfg.honestShare * quiet.PerSec; rate > 0 {
-		honest = func(stop <-chan struct{}) honestResult { return honestPaced(s.addr, rate, jpeg, stop) }
+		honest = func(stop <-chan struct{}) honestResult { return honestPaced(s.addr, "", rate, jpeg, stop) }
 		pacedStop := make(chan struct{})
 		time.AfterFunc(cfg.attack, func() { close(pacedStop) })
 		quiet = honest(pacedStop)
@@ -447,11 +447,34 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 		results = append(results, scenarioResult{Name: fmt.Sprintf("quiet: the honest client alone, paced at %.0f%% of that (%.0f/s)", 100*cfg.honestShare, rate),
 			PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed, RecoverSec: -1, Honest: quiet, HonestRatio: 1})
 	}
-	for i, sc := range scenarios {
+	more, ok := runScenarios(scenarios, 0, pid, s.alive, honest, quiet, cfg, logf)
+	results = append(results, more...)
+	if !ok || k == nil || cfg.honestShare <= 0 {
+		return results
+	}
+	// The keyed proxy: its honest client (with its key) alone, then the
+	// per-key attacks.
+	honest = k.honest(cfg.honestShare*results[0].Honest.PerSec, jpeg)
+	pacedStop := make(chan struct{})
+	time.AfterFunc(cfg.attack, func() { close(pacedStop) })
+	quiet = honest(pacedStop)
+	logf("soak: keyed proxy, honest client alone: %.1f images/s, p50 %v, p99 %v", quiet.PerSec, quiet.P50, quiet.P99)
+	results = append(results, scenarioResult{Name: "keyed proxy, quiet: the honest client alone, paced as above, with its key",
+		PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed, RecoverSec: -1, Honest: quiet, HonestRatio: 1})
+	more, _ = runScenarios(keyedScenarios(k, cfg.attack, jpeg), len(scenarios), k.px.Process.Pid, k.alive, honest, quiet, cfg, logf)
+	return append(results, more...)
+}
+
+// runScenarios runs scs in turn against the proxy of pid, the attacker of
+// the i-th from 127.0.0.(10+first+i), honest beside each, its goodput
+// compared with quiet's. ok is false if the proxy died.
+func runScenarios(scs []scenario, first, pid int, alive func() bool, honest func(stop <-chan struct{}) honestResult,
+	quiet honestResult, cfg soakConfig, logf func(string, ...any)) (results []scenarioResult, ok bool) {
+	for i, sc := range scs {
 		// Each attack from an address of its own, as separate attackers:
 		// what one owes (fairshare.Debt) does not slow the next. Set
 		// while no attack runs.
-		attackerIP = fmt.Sprintf("127.0.0.%d", 10+i)
+		attackerIP = fmt.Sprintf("127.0.0.%d", 10+first+i)
 		logf("soak: %s ...", sc.name)
 		start := time.Now()
 		stop := peakSampler(pid)
@@ -479,12 +502,12 @@ func runSoak(s *soakStack, cfg soakConfig, jpeg []byte, logf func(string, ...any
 		logf("soak: %s: peak RSS %.0f MiB, outcomes %v, RSS %.0f MiB after %.1f s; honest %.1f/s (%.2f of quiet), p50 %v, p99 %v, failed %v",
 			sc.name, peak, out.m, r.AfterRSSMiB, time.Since(t0).Seconds(), h.PerSec, r.HonestRatio, h.P50, h.P99, h.Why)
 		results = append(results, r)
-		if !s.alive() {
+		if !alive() {
 			logf("soak: the proxy died (OOM kill?) during %q", sc.name)
-			break
+			return results, false
 		}
 	}
-	return results
+	return results, true
 }
 
 // soakReport formats results as Markdown.
@@ -589,5 +612,10 @@ func adversarial(ctx context.Context, cfg soakConfig, logf func(string, ...any))
 	}
 	defer s.stop()
 	logf("soak: proxy pid %d; %s", s.px.Process.Pid, s.limited)
-	return runSoak(s, cfg, jpeg, logf), s.limited, nil
+	k, err := startKeyedProxy(bins, filepath.Join(s.dir, "rt.sock"), model, ort)
+	if err != nil {
+		return nil, "", fmt.Errorf("cannot start the keyed proxy: %w", err)
+	}
+	defer k.stop()
+	return runSoak(s, k, cfg, jpeg, logf), s.limited, nil
 }

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -52,11 +53,12 @@ type honestResult struct {
 // none is ever answered from the cache.
 var honestSeq atomic.Int64
 
-// honestConn is one honest keep-alive connection from honestIP.
+// honestConn is one honest keep-alive connection from honestIP; extra
+// is header lines its requests carry ("Authorization: ...\r\n").
 type honestConn struct {
-	addr string
-	conn net.Conn
-	br   *bufio.Reader
+	addr, extra string
+	conn        net.Conn
+	br          *bufio.Reader
 }
 
 // post sends a distinct copy of jpeg to /predict and returns the answer's
@@ -71,11 +73,12 @@ func (h *honestConn) post(jpeg []byte) (status string) {
 	}
 	body := fmt.Appendf(slices.Clip(jpeg), "honest-%d", honestSeq.Add(1))
 	h.conn.SetDeadline(time.Now().Add(30 * time.Second))
-	fmt.Fprintf(h.conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n", len(body))
+	fmt.Fprintf(h.conn, "POST /predict HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\n%sContent-Length: %d\r\n\r\n", h.extra, len(body))
 	h.conn.Write(body)
 	resp, err := http.ReadResponse(h.br, nil)
+	var msg []byte
 	if err == nil {
-		io.Copy(io.Discard, resp.Body)
+		msg, _ = io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
 	}
 	if err != nil || resp.Close {
@@ -84,7 +87,14 @@ func (h *honestConn) post(jpeg []byte) (status string) {
 	if err != nil {
 		return "error"
 	}
-	return strconv.Itoa(resp.StatusCode)
+	if resp.StatusCode == 200 {
+		return "200"
+	}
+	// The error's first words say which limit refused it.
+	var e struct{ Error string }
+	json.Unmarshal(msg, &e)
+	words := strings.Fields(e.Error)
+	return strconv.Itoa(resp.StatusCode) + " " + strings.Join(words[:min(len(words), 4)], " ")
 }
 
 func (h *honestConn) close() {
@@ -159,18 +169,18 @@ func honestClient(addr string, workers int, jpeg []byte, stop <-chan struct{}) h
 }
 
 // honestPaced sends perSec distinct copies of jpeg a second to /predict
-// from honestIP, on schedule whatever the answers (an open loop, as many
-// independent users), over up to 64 connections, until stop is closed.
-// A request's latency counts from its scheduled time; one that finds all
-// 64 connections busy is a failure.
-func honestPaced(addr string, perSec float64, jpeg []byte, stop <-chan struct{}) honestResult {
+// from honestIP, with the header lines extra, on schedule whatever the
+// answers (an open loop, as many independent users), over up to 64
+// connections, until stop is closed. A request's latency counts from its
+// scheduled time; one that finds all 64 connections busy is a failure.
+func honestPaced(addr, extra string, perSec float64, jpeg []byte, stop <-chan struct{}) honestResult {
 	const conns = 64
 	t := &honestTally{start: time.Now()}
 	due := make(chan time.Time, conns)
 	var wg sync.WaitGroup
 	for range conns {
 		wg.Go(func() {
-			h := &honestConn{addr: addr}
+			h := &honestConn{addr: addr, extra: extra}
 			defer h.close()
 			for at := range due {
 				t.add(h.post(jpeg), time.Since(at))

@@ -68,8 +68,8 @@ var (
 	ErrUnavailable = errors.New("model runtime unavailable")
 	// ErrDecodeBusy: too many requests wait to be decoded.
 	ErrDecodeBusy = errors.New("decode queue full")
-	// ErrClientBusy: the service is busy and the client has its part of
-	// it in progress (Config.ImagesPerClient).
+	// ErrClientBusy: other clients are present and the client has its
+	// part in progress (Config.ImagesPerClient).
 	ErrClientBusy = errors.New("too many of the client's images in progress")
 )
 
@@ -94,10 +94,9 @@ type Config struct {
 	// worker; beyond it ErrDecodeBusy. Zero means 64.
 	DecodeQueue int
 	// ImagesPerClient is the most images of one client (WithClient) in
-	// progress, being decoded or run, while the service is busy (half of
-	// DecodeQueue in progress); beyond it ErrClientBusy. A client alone
-	// may have up to half of DecodeQueue in progress (a deeper queue from
-	// one client only adds latency). Zero means a quarter of DecodeQueue, at least
+	// progress, being decoded or run, while another client is present
+	// (fairshare.Quota); beyond it ErrClientBusy. A client alone may use
+	// everything. Zero means a quarter of DecodeQueue, at least
 	// DecodeWorkers+1; negative, no bound. Decode workers are shared
 	// between clients too: a freed worker goes to the waiting client
 	// holding the fewest (fairshare.Gate).
@@ -142,7 +141,7 @@ func New(cfg Config, be Backend, m *stats.Metrics) *Service {
 		cache:  newCache(cfg.CacheEntries, cfg.CacheBytes),
 		decode: fairshare.NewGate(fairshare.GateConfig{Slots: cfg.DecodeWorkers, Room: cfg.DecodeQueue}),
 		large:  fairshare.NewGate(fairshare.GateConfig{Slots: max(cfg.DecodeWorkers-1, 1), Room: cfg.DecodeQueue}),
-		quota:  fairshare.NewQuota(cfg.ImagesPerClient, cfg.DecodeQueue/2),
+		quota:  fairshare.NewQuota(cfg.ImagesPerClient),
 		mem:    budget.New(cfg.DecodeMemory),
 	}
 }

@@ -685,13 +685,13 @@ func TestDecodeWorkersSharedBetweenClients(t *testing.T) {
 	})
 }
 
-// While the service is busy, a client with its part of it in progress is
-// refused, and another client is not; alone, a client may take more than its part.
+// While another client is present, a client with its part in progress is
+// refused, and the other is not; alone, a client may take more.
 func TestImagesPerClient(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		be := newFake()
 		be.gate = make(chan struct{}) // inferences wait
-		s, _ := newService(Config{DecodeWorkers: 2, DecodeQueue: 8, ImagesPerClient: 2}, be)
+		s, _ := newService(Config{DecodeWorkers: 2, DecodeQueue: 16, ImagesPerClient: 2}, be)
 		results := make(chan error, 16)
 		send := func(client string, i int) {
 			go func() {
@@ -700,25 +700,22 @@ func TestImagesPerClient(t *testing.T) {
 			}()
 			synctest.Wait()
 		}
-		// Alone, "flood" takes 4 (past its part of 2, until half of 8 are
-		// in progress), then is refused.
-		for i := range 6 {
+		for i := range 6 { // alone: all six, past its part of 2
 			send("flood", i)
 		}
-		var refused []error
-		for len(results) > 0 {
-			refused = append(refused, <-results)
+		if len(results) != 0 {
+			t.Fatalf("a client alone refused: %v", <-results)
 		}
-		if len(refused) != 2 || !errors.Is(refused[0], ErrClientBusy) || !errors.Is(refused[1], ErrClientBusy) {
-			t.Errorf("flood's 5th and 6th: %v, want two ErrClientBusy", refused)
-		}
-		// Another client still gets in.
 		send("honest", 100)
 		if len(results) != 0 {
-			t.Errorf("honest refused: %v", <-results)
+			t.Fatalf("another client refused: %v", <-results)
+		}
+		send("flood", 7)
+		if err := <-results; !errors.Is(err, ErrClientBusy) {
+			t.Errorf("the flood's 7th with another client present: %v, want ErrClientBusy", err)
 		}
 		close(be.gate)
-		for range 5 {
+		for range 7 {
 			if err := <-results; err != nil {
 				t.Errorf("admitted image: %v", err)
 			}

@@ -5,9 +5,9 @@
 //     by arrival: a freed slot goes to the waiting client holding the fewest
 //     slots, so a newcomer waits for the next slot to free, however many
 //     requests another client has queued.
-//   - Quota counts each client's requests in progress: a client may use
-//     the whole capacity while it is quiet, but only its part while the
-//     service is busy, so that a newcomer always finds room.
+//   - Quota counts each client's requests in progress: a client alone may
+//     use the whole capacity, but only its part while other clients are
+//     present, so that a newcomer finds room.
 //   - Shares bounds what each client holds of a budget (upload memory), so
 //     that one client's slow bodies never hold all of it.
 //   - Debt makes a client pay for the requests it gets refused: every
@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // ErrBusy is a request refused because the waiting room is full (Gate) or
@@ -185,35 +186,64 @@ func (g *Gate) Stats() Stats {
 }
 
 // Quota counts each client's requests in progress. A client holding
-// PerClient or more is refused while the total is at least Busy: while
-// the service is quiet a client may take more than its part (alone, up to
-// Busy); once it is busy, each client only its part, and a newcomer finds
-// room. Its mutex guards the counts; a
-// client at zero is forgotten.
+// PerClient or more is refused while another client is present (has a
+// request in progress, or sent one within the last Presence): alone, a
+// client may use all the capacity; with others, only its part, so that a
+// newcomer finds room by its next request. Its mutex guards the counts; a
+// client with nothing in progress and not seen for Presence is forgotten.
 type Quota struct {
-	perClient, busy int
-	mu              sync.Mutex
-	total           int
-	held            map[string]int
+	perClient int
+	mu        sync.Mutex
+	total     int
+	held      map[string]int
+	seen      map[string]time.Time // each client's last Enter
+	swept     time.Time
 }
 
-// NewQuota returns a Quota that holds a client to perClient while busy or
-// more requests are in progress. perClient <= 0: no bound.
-func NewQuota(perClient, busy int) *Quota {
-	return &Quota{perClient: perClient, busy: busy, held: map[string]int{}}
+// Presence is how long a client counts as present after its last request.
+const Presence = 2 * time.Second
+
+// NewQuota returns a Quota that holds a client to perClient while others
+// are present. perClient <= 0: no bound.
+func NewQuota(perClient int) *Quota {
+	return &Quota{perClient: perClient, held: map[string]int{}, seen: map[string]time.Time{}}
 }
 
 // Enter counts a request of name's in; false (nothing counted) when the
-// client holds its part and the service is busy.
+// client holds its part and another client is present.
 func (q *Quota) Enter(name string) bool {
+	now := time.Now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.perClient > 0 && q.held[name] >= q.perClient && q.total >= q.busy {
+	if now.Sub(q.swept) > Presence { // forget the clients gone
+		q.swept = now
+		for k, t := range q.seen {
+			if now.Sub(t) > Presence {
+				delete(q.seen, k)
+			}
+		}
+	}
+	q.seen[name] = now
+	if q.perClient > 0 && q.held[name] >= q.perClient && q.others(name, now) {
 		return false
 	}
 	q.held[name]++
 	q.total++
 	return true
+}
+
+// others reports whether a client other than name is present. q.mu is
+// held.
+func (q *Quota) others(name string, now time.Time) bool {
+	if q.total > q.held[name] {
+		return true
+	}
+	for k, t := range q.seen {
+		if k != name && now.Sub(t) <= Presence {
+			return true
+		}
+	}
+	return false
 }
 
 // Leave counts a request of name's out.

@@ -86,43 +86,56 @@ func TestGateRoom(t *testing.T) {
 }
 
 func TestQuota(t *testing.T) {
-	tests := []struct {
-		name       string
-		perClient  int
-		busy       int
-		flood      int // requests of "flood" entered first
-		wantFlood  int // how many were let in
-		wantOthers bool
-	}{
-		{"alone, a client uses everything", 4, 16, 12, 12, true},
-		{"busy: held to its part", 4, 8, 12, 8, true},
-		{"its part when busy at once", 4, 0, 12, 4, true},
-		{"no bound", 0, 0, 100, 100, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			q := NewQuota(tt.perClient, tt.busy)
-			got := 0
-			for range tt.flood {
-				if q.Enter("flood") {
+	synctest.Test(t, func(t *testing.T) {
+		q := NewQuota(4)
+		enter := func(name string, n int) (got int) {
+			for range n {
+				if q.Enter(name) {
 					got++
 				}
 			}
-			if got != tt.wantFlood {
-				t.Errorf("flood let in: got %d, want %d", got, tt.wantFlood)
+			return got
+		}
+		steps := []struct {
+			what  string
+			name  string
+			n     int
+			want  int
+			sleep time.Duration // before the step
+		}{
+			{"alone, a client uses everything", "flood", 12, 12, 0},
+			{"another client gets in", "other", 1, 1, 0},
+			{"with another present, the flood is held to its part", "flood", 5, 0, 0},
+			{"the other leaves but stays present for a while", "", 0, 0, 0},
+			{"still held", "flood", 1, 0, Presence / 2},
+			{"the other gone: everything again", "flood", 3, 3, Presence},
+		}
+		for _, st := range steps {
+			time.Sleep(st.sleep)
+			if st.what == "the other leaves but stays present for a while" {
+				q.Leave("other")
+				continue
 			}
-			if ok := q.Enter("other"); ok != tt.wantOthers {
-				t.Errorf("another client: got %v, want %v", ok, tt.wantOthers)
+			if got := enter(st.name, st.n); got != st.want {
+				t.Errorf("%s: %s let in %d of %d, want %d", st.what, st.name, got, st.n, st.want)
 			}
-			q.Leave("other")
-			for range got {
-				q.Leave("flood")
-			}
-			if q.Total() != 0 || len(q.held) != 0 {
-				t.Errorf("after leaving: total %d, %d clients", q.Total(), len(q.held))
-			}
-		})
-	}
+		}
+		for range 15 {
+			q.Leave("flood")
+		}
+		if q.Total() != 0 || len(q.held) != 0 {
+			t.Errorf("after leaving: total %d, %d clients", q.Total(), len(q.held))
+		}
+		time.Sleep(2 * Presence)
+		q.Enter("x")
+		q.Leave("x")
+		if len(q.seen) != 1 {
+			t.Errorf("%d clients remembered, want only the last one", len(q.seen))
+		}
+		if NewQuota(0).Enter("a") != true {
+			t.Error("no bound refused")
+		}
+	})
 }
 
 // A waiter whose context ends leaves the room; a slot granted as it ended
