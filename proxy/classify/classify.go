@@ -95,11 +95,12 @@ type Config struct {
 	DecodeQueue int
 	// ImagesPerClient is the most images of one client (WithClient) in
 	// progress, being decoded or run, while another client is present
-	// (fairshare.Quota); beyond it ErrClientBusy. A client alone may use
-	// everything. Zero means a quarter of DecodeQueue, at least
-	// DecodeWorkers+1; negative, no bound. Decode workers are shared
-	// between clients too: a freed worker goes to the waiting client
-	// holding the fewest (fairshare.Gate).
+	// (fairshare.Quota); beyond it ErrClientBusy. A client alone may have
+	// up to DecodeQueue - ImagesPerClient, so that a newcomer finds room.
+	// Zero means a quarter of DecodeQueue, at least DecodeWorkers+1;
+	// negative, no bound. Decode workers are shared between clients too: a
+	// freed worker goes to the waiting client holding the fewest
+	// (fairshare.Gate).
 	ImagesPerClient int
 	// DecodeMemory bounds the memory of the images being decoded and
 	// preprocessed at once (imageprep.Header.MemoryBytes). Zero means
@@ -141,7 +142,7 @@ func New(cfg Config, be Backend, m *stats.Metrics) *Service {
 		cache:  newCache(cfg.CacheEntries, cfg.CacheBytes),
 		decode: fairshare.NewGate(fairshare.GateConfig{Slots: cfg.DecodeWorkers, Room: cfg.DecodeQueue}),
 		large:  fairshare.NewGate(fairshare.GateConfig{Slots: max(cfg.DecodeWorkers-1, 1), Room: cfg.DecodeQueue}),
-		quota:  fairshare.NewQuota(cfg.ImagesPerClient),
+		quota:  fairshare.NewQuota(cfg.ImagesPerClient, cfg.DecodeQueue-cfg.ImagesPerClient),
 		mem:    budget.New(cfg.DecodeMemory),
 	}
 }

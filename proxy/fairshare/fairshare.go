@@ -6,8 +6,8 @@
 //     slots, so a newcomer waits for the next slot to free, however many
 //     requests another client has queued.
 //   - Quota counts each client's requests in progress: a client alone may
-//     use the whole capacity, but only its part while other clients are
-//     present, so that a newcomer finds room.
+//     use all but a part of the capacity, and only its part while other
+//     clients are present, so that a newcomer always finds room.
 //   - Shares bounds what each client holds of a budget (upload memory), so
 //     that one client's slow bodies never hold all of it.
 //   - Debt makes a client pay for the requests it gets refused: every
@@ -187,30 +187,33 @@ func (g *Gate) Stats() Stats {
 
 // Quota counts each client's requests in progress. A client holding
 // PerClient or more is refused while another client is present (has a
-// request in progress, or sent one within the last Presence): alone, a
-// client may use all the capacity; with others, only its part, so that a
-// newcomer finds room by its next request. Its mutex guards the counts; a
-// client with nothing in progress and not seen for Presence is forgotten.
+// request in progress, or sent one within the last Presence), and, alone,
+// past Alone: the room left (capacity - Alone) is there for a newcomer's
+// first request, and from its arrival every client is held to its part.
+// Its mutex guards the counts; a client with nothing in progress and not
+// seen for Presence is forgotten.
 type Quota struct {
-	perClient int
-	mu        sync.Mutex
-	total     int
-	held      map[string]int
-	seen      map[string]time.Time // each client's last Enter
-	swept     time.Time
+	perClient, alone int
+	mu               sync.Mutex
+	total            int
+	held             map[string]int
+	seen             map[string]time.Time // each client's last Enter
+	swept            time.Time
 }
 
 // Presence is how long a client counts as present after its last request.
 const Presence = 2 * time.Second
 
 // NewQuota returns a Quota that holds a client to perClient while others
-// are present. perClient <= 0: no bound.
-func NewQuota(perClient int) *Quota {
-	return &Quota{perClient: perClient, held: map[string]int{}, seen: map[string]time.Time{}}
+// are present and to alone (at least perClient) while none is.
+// perClient <= 0: no bound.
+func NewQuota(perClient, alone int) *Quota {
+	return &Quota{perClient: perClient, alone: max(alone, perClient), held: map[string]int{}, seen: map[string]time.Time{}}
 }
 
 // Enter counts a request of name's in; false (nothing counted) when the
-// client holds its part and another client is present.
+// client holds its part and another client is present, or holds what a
+// client alone may.
 func (q *Quota) Enter(name string) bool {
 	now := time.Now()
 	q.mu.Lock()
@@ -224,7 +227,7 @@ func (q *Quota) Enter(name string) bool {
 		}
 	}
 	q.seen[name] = now
-	if q.perClient > 0 && q.held[name] >= q.perClient && q.others(name, now) {
+	if n := q.held[name]; q.perClient > 0 && n >= q.perClient && (n >= q.alone || q.others(name, now)) {
 		return false
 	}
 	q.held[name]++

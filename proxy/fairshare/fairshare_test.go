@@ -87,7 +87,7 @@ func TestGateRoom(t *testing.T) {
 
 func TestQuota(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := NewQuota(4)
+		q := NewQuota(4, 16)
 		enter := func(name string, n int) (got int) {
 			for range n {
 				if q.Enter(name) {
@@ -103,24 +103,32 @@ func TestQuota(t *testing.T) {
 			want  int
 			sleep time.Duration // before the step
 		}{
-			{"alone, a client uses everything", "flood", 12, 12, 0},
+			{"alone, a client takes up to what one may alone", "flood", 20, 16, 0},
 			{"another client gets in", "other", 1, 1, 0},
 			{"with another present, the flood is held to its part", "flood", 5, 0, 0},
 			{"the other leaves but stays present for a while", "", 0, 0, 0},
 			{"still held", "flood", 1, 0, Presence / 2},
-			{"the other gone: everything again", "flood", 3, 3, Presence},
+			{"the other gone: alone again", "flood", 3, 0, Presence},
+			{"the flood down to 12: up to 16 again", "", 0, 0, 0},
+			{"alone: 4 more", "flood", 5, 4, 0},
 		}
 		for _, st := range steps {
 			time.Sleep(st.sleep)
-			if st.what == "the other leaves but stays present for a while" {
+			switch st.what {
+			case "the other leaves but stays present for a while":
 				q.Leave("other")
+				continue
+			case "the flood down to 12: up to 16 again":
+				for range 4 {
+					q.Leave("flood")
+				}
 				continue
 			}
 			if got := enter(st.name, st.n); got != st.want {
 				t.Errorf("%s: %s let in %d of %d, want %d", st.what, st.name, got, st.n, st.want)
 			}
 		}
-		for range 15 {
+		for range 16 {
 			q.Leave("flood")
 		}
 		if q.Total() != 0 || len(q.held) != 0 {
@@ -132,7 +140,7 @@ func TestQuota(t *testing.T) {
 		if len(q.seen) != 1 {
 			t.Errorf("%d clients remembered, want only the last one", len(q.seen))
 		}
-		if NewQuota(0).Enter("a") != true {
+		if NewQuota(0, 0).Enter("a") != true {
 			t.Error("no bound refused")
 		}
 	})
