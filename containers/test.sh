@@ -5,7 +5,13 @@
 # loopback port, reads /metrics on the proxy's metrics port (METRICS_PORT, a
 # second loopback port; a 404 on the API port), and tears everything down.
 # Prints the image sizes and the pod's time from `kube play` to ready.
+#
+# containers/test.sh --build-only: installs, makes the bases and builds the
+# two images (localhost/batchgate-{proxy,runtime}:test), then stops: the
+# real-node chart test (helm/realnode_test.go) imports them into its node.
 set -euo pipefail
+build_only=0
+[ "${1:-}" = --build-only ] && build_only=1
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF=$PWD/containers/containers.conf
 images=.deps/images
@@ -15,12 +21,21 @@ check() { # check NAME CONDITION...
   if "$@"; then pass=$((pass + 1)); echo "ok   $name"; else fail=$((fail + 1)); echo "FAIL $name"; fi
 }
 
+# Checked by package, not by command: podman installed without its
+# recommended packages has no catatonit, and `podman kube play` then cannot
+# build its pause image (exec: "catatonit": executable file not found).
+# podman runs rootful with runc (containers.conf); conmon is a dependency of
+# podman but listed so a broken install is repaired; uidmap and
+# containernetworking-plugins are what podman's recommended/dependency set
+# brings for the builds; curl and python3 are used below.
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 need=()
-command -v podman >/dev/null || need+=(podman runc)
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+for p in podman runc conmon catatonit uidmap containernetworking-plugins mmdebstrap curl python3; do
+  installed "$p" || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "containers: apt-get install ${need[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" uidmap >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 # Local bases: no registry. The Go base carries this machine's Go toolchain
@@ -48,6 +63,7 @@ start=$(date +%s)
 "${build[@]}" --build-arg BASE_IMAGE=localhost/debian:bookworm --build-arg MODEL_SOURCE=generated \
   -f Dockerfile.runtime -t localhost/batchgate-runtime:test . >/dev/null
 echo "containers: images built in $(( $(date +%s) - start ))s"
+[ $build_only = 1 ] && exit 0
 proxy_mb=$(podman image inspect localhost/batchgate-proxy:test --format '{{.Size}}' | awk '{printf "%.1f", $1/1e6}')
 runtime_mb=$(podman image inspect localhost/batchgate-runtime:test --format '{{.Size}}' | awk '{printf "%.1f", $1/1e6}')
 echo "containers: proxy image $proxy_mb MB, runtime image $runtime_mb MB"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# build-k8s-tools.sh DEST: builds kube-apiserver, kube-controller-manager and
-# kubectl (k8s.io/kubernetes v1.37.2) and etcd (go.etcd.io/etcd/server/v3
+# build-k8s-tools.sh DEST: builds kube-apiserver, kube-controller-manager,
+# kubectl, and for the real-node tests (internal/kubenode) kube-scheduler,
+# kube-proxy and kubelet (k8s.io/kubernetes v1.37.2), etcd (go.etcd.io/etcd/server/v3
 # v3.7.0), pinned by the wrapper module helm/k8stools, and KEDA's operator and
 # metrics adapter (github.com/kedacore/keda/v2 v2.21.0), pinned by the wrapper
 # module helm/kedatools, into DEST for the chart's API-server and control-loop
@@ -14,7 +15,9 @@ cd "$(dirname "$0")/../helm/k8stools"
 ver="-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1"
 ver="$ver -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2"
 for t in kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver kubectl:k8s.io/kubernetes/cmd/kubectl etcd:go.etcd.io/etcd/server/v3 \
-  kube-controller-manager:k8s.io/kubernetes/cmd/kube-controller-manager; do
+  kube-controller-manager:k8s.io/kubernetes/cmd/kube-controller-manager \
+  kube-scheduler:k8s.io/kubernetes/cmd/kube-scheduler kube-proxy:k8s.io/kubernetes/cmd/kube-proxy \
+  kubelet:k8s.io/kubernetes/cmd/kubelet; do
   name=${t%%:*} pkg=${t#*:}
   if [ ! -x "$dest/$name" ]; then
     echo "build-k8s-tools: go build $pkg (minutes)" >&2

@@ -3,13 +3,24 @@
 # fresh machine may lack (Debian's apt, as root). Quiet when all are there.
 set -euo pipefail
 need=()
+# Checked by package (dpkg), not by the presence of one command: a package
+# installed without what it needs is not enough. npm is the exception: any
+# npm can `npm pack` (scripts/npm-pack.sh), whatever installed it.
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 command -v npm >/dev/null || need+=(npm)
-command -v git >/dev/null || need+=(git)
-command -v curl >/dev/null || need+=(curl) # containers/test.sh talks to the pod with it
-command -v promtool >/dev/null || need+=(prometheus) # the chart's tests run a real Prometheus
-command -v chromium >/dev/null || need+=(chromium) # proxy/docs_browser_test.go drives Swagger UI in it
-[ -f /usr/include/turbojpeg.h ] || need+=(libturbojpeg0-dev) # the proxy's JPEG decoder (cgo, static)
-/usr/bin/python3 -c 'import PIL, numpy' 2>/dev/null || need+=(python3-pil python3-numpy) # the PIL reference (parity tests)
+# git; curl (containers/test.sh talks to the pod with it); prometheus (the
+# chart's tests run a real Prometheus and promtool); chromium
+# (proxy/docs_browser_test.go drives Swagger UI in it); libturbojpeg0-dev
+# (the proxy's JPEG decoder, cgo, static); python3-pil and python3-numpy (the
+# PIL reference of the parity tests). The real-node tests (internal/kubenode,
+# helm/realnode_test.go): containerd, runc and the CNI plugins from Debian
+# bookworm (containerd 1.6.20, runc 1.1.5, plugins 1.1.1), iptables for
+# kube-proxy and the CNI bridge, and gcc with glibc's static libraries for
+# the pause image.
+for p in git curl prometheus chromium libturbojpeg0-dev python3-pil python3-numpy \
+  containerd runc containernetworking-plugins iptables gcc libc6-dev; do
+  installed "$p" || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-tools: please install: ${need[*]}" >&2
