@@ -219,6 +219,17 @@ type Snapshot struct {
 	// time, that is the backend's time per item, without the wait behind
 	// the other batch. Zero until a batch succeeded.
 	ItemTime time.Duration
+	// Demand is the runtime work offered so far: the sum, over every
+	// Submit that reached the queue (refused for a full queue or not), of
+	// ItemTime at that moment. Its rate is the offered load in runners
+	// (1 = one runner busy all the time), not capped at 1 like Busy's; it
+	// grows only with items sent to the Runner (a cache hit never gets
+	// here). Zero-cost items are not counted until a batch succeeded.
+	Demand time.Duration
+	// Busy is the Runner's busy time so far, every batch counted (failed
+	// ones too) as ItemTime counts it: from its start, or the end of the
+	// batch before it if later, to its end. Its rate is the busy fraction.
+	Busy time.Duration
 }
 
 // Batcher groups items into batches for a Runner.
@@ -243,6 +254,8 @@ type Batcher[In, Out any] struct {
 	waiting  atomic.Int64 // admitted, still queued (state reqQueued)
 	inFlight atomic.Int64 // items in running batches
 	itemTime atomic.Int64 // EWMA of busy nanoseconds per item; written under timeMu
+	demand   atomic.Int64 // Snapshot.Demand, nanoseconds
+	busy     atomic.Int64 // Snapshot.Busy, nanoseconds; written under timeMu
 
 	timeMu  sync.Mutex
 	lastEnd time.Time // when the last batch ended, for ItemTime
@@ -318,6 +331,7 @@ func (b *Batcher[In, Out]) Submit(ctx context.Context, item In) (Out, error) {
 		b.mu.RUnlock()
 		return zero, ErrClosed
 	}
+	b.demand.Add(b.itemTime.Load())
 	if b.waiting.Add(1) > int64(b.cfg.QueueCapacity) {
 		b.mu.RUnlock()
 		return zero, b.full()
@@ -378,6 +392,8 @@ func (b *Batcher[In, Out]) Snapshot() Snapshot {
 		Waiting:  int(b.waiting.Load()),
 		InFlight: int(b.inFlight.Load()),
 		ItemTime: time.Duration(b.itemTime.Load()),
+		Demand:   time.Duration(b.demand.Load()),
+		Busy:     time.Duration(b.busy.Load()),
 	}
 }
 
@@ -603,12 +619,13 @@ func (b *Batcher[In, Out]) observe(start, end time.Time, results []Result[Out], 
 	if end.After(b.lastEnd) {
 		b.lastEnd = end
 	}
-	if !ok {
-		return
-	}
 	// Negative only if another batch that ended later took timeMu first:
 	// it was charged for the time they shared.
 	busy := max(end.Sub(from), 0)
+	b.busy.Add(int64(busy))
+	if !ok {
+		return
+	}
 	per := float64(busy) / float64(len(results))
 	if old := b.itemTime.Load(); old != 0 {
 		per = 0.8*float64(old) + 0.2*per

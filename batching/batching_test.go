@@ -766,3 +766,37 @@ func TestRetryAfter(t *testing.T) {
 		})
 	}
 }
+
+// Snapshot's Demand counts the measured time per item of every Submit that
+// reached the queue, refused ones included; Busy counts the runner's time.
+func TestDemandAndBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &recorder{exec: fixed(time.Second)}
+		b := New(r, Config{MaxBatchSize: 1, QueueCapacity: 1})
+		defer b.Close(context.Background())
+		ctx := context.Background()
+		b.Submit(ctx, 100) // no time per item known yet: no demand; 1 s busy
+		for _, tc := range []struct {
+			step         string
+			submit       int
+			demand, busy time.Duration
+		}{
+			{"after the first batch", 0, 0, time.Second},
+			{"one running, one waiting", 2, 2 * time.Second, time.Second},
+			{"one refused (queue full) counts too", 1, 3 * time.Second, time.Second},
+		} {
+			for i := range tc.submit {
+				go b.Submit(ctx, i)
+				synctest.Wait()
+			}
+			if got := b.Snapshot(); got.Demand != tc.demand || got.Busy != tc.busy {
+				t.Errorf("%s: Demand %v, Busy %v; want %v, %v", tc.step, got.Demand, got.Busy, tc.demand, tc.busy)
+			}
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if got := b.Snapshot(); got.Busy != 3*time.Second || got.Demand != 3*time.Second {
+			t.Errorf("drained: Demand %v, Busy %v; want 3s, 3s", got.Demand, got.Busy)
+		}
+	})
+}

@@ -938,7 +938,9 @@ func (l *controlLoop) install(release string) {
 		"--set", fmt.Sprintf("keda.targetQueueDepth=%d", loopTarget),
 		"--set", fmt.Sprintf("keda.minReplicas=%d,keda.maxReplicas=%d", loopMin, loopMax),
 		"--set", "keda.pollingInterval=5",
-		"--set", "keda.scaleDown.stabilizationWindowSeconds=10,keda.scaleDown.periodSeconds=10")
+		// One pod per period (the default goes straight to the
+		// recommendation): the scale-down policy is rendered and honoured.
+		"--set", "keda.scaleDown.stabilizationWindowSeconds=10,keda.scaleDown.periodSeconds=10,keda.scaleDown.pods=1,keda.scaleDown.percent=0")
 	fb := get(l.scaledObject(fullnameOf(release)), "spec", "fallback")
 	l.t.Logf("installed %s: fallback %v", release, fb)
 	// Prometheus scrapes the proxy's METRICS_PORT (setTargets): the port

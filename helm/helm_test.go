@@ -471,12 +471,36 @@ func TestTwoNamespaces(t *testing.T) {
 // before the sum), a missing series as an error, and a fallback that never
 // shrinks a busy deployment.
 func TestScaledObjectQuery(t *testing.T) {
-	docs := render(t, "rel", "ns1")
+	// The default: the load triggers (docs/autoscaling.md), each pod
+	// counted once; the largest proposal wins.
+	sel := `{namespace="ns1",pod=~"rel-batchgate-[a-z0-9]+-[a-z0-9]+"}`
+	demand := `sum(max by (namespace, pod) (rate(inference_runtime_demand_seconds_total` + sel + `[30s])))`
+	def := find(render(t, "rel", "ns1"), "ScaledObject")
+	for i, want := range []struct{ name, query, threshold string }{
+		{"utilization", demand, "0.7"},
+		{"utilization-ahead", `clamp_min(predict_linear((` + demand + `)[120s:15s], 60), 0)`, "0.7"},
+		{"expected-wait", `sum(max by (namespace, pod) (inference_expected_wait_seconds` + sel + `))`, "1"},
+	} {
+		tr := get(def, "spec", "triggers", i)
+		if get(tr, "name") != want.name || get(tr, "metadata", "query") != want.query || get(tr, "metadata", "threshold") != want.threshold ||
+			get(tr, "metadata", "ignoreNullValues") != "false" || get(tr, "metricType") != "AverageValue" {
+			t.Errorf("default trigger %d = %v\nwant %s: %s, threshold %s", i, tr, want.name, want.query, want.threshold)
+		}
+	}
+	if n := len(get(def, "spec", "triggers").([]any)); n != 3 {
+		t.Errorf("%d default triggers, want 3", n)
+	}
+
+	// targetQueueDepth set: the queue trigger alone, as before.
+	docs := render(t, "rel", "ns1", "--set", "keda.targetQueueDepth=8")
 	so := find(docs, "ScaledObject")
 	q := queryOf(t, docs)
 	want := `sum(max by (namespace, pod) (inference_queue_depth{namespace="ns1",pod=~"rel-batchgate-[a-z0-9]+-[a-z0-9]+"}))`
 	if q != want {
 		t.Errorf("query\n %s\nwant\n %s", q, want)
+	}
+	if n := len(get(so, "spec", "triggers").([]any)); n != 1 {
+		t.Errorf("with targetQueueDepth: %d triggers, want the queue trigger alone", n)
 	}
 	re := podRegex(t, q)
 	for pod, match := range map[string]bool{

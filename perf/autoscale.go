@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,10 @@ type autoscaleOptions struct {
 	cpuTarget, cpuRequest        float64
 	maxReplicas                  int
 	outDir                       string
+	valuesPath                   string // the chart's values.yaml: its keda block is the "chart default" row
+	chart                        chartKEDA
+	scenarioNames                []string // ramp, step, sawtooth
+	candidates                   bool     // also run loadCandidates (the frontier)
 }
 
 // measureServiceTimes is set by autoscale_measure.go (build tag
@@ -116,13 +121,28 @@ func parseAutoscaleFlags(args []string) (autoscaleOptions, error) {
 	cpuTarget := fs.Float64("cpu-target", 50, "the seed's CPU utilization target, percent")
 	cpuRequest := fs.Float64("cpu-request", 1, "CPU cores in the seed's HPA denominator (its usage: runtime + proxy)")
 	maxRepl := fs.Int("max-replicas", 5, "maxReplicas (the chart's keda.maxReplicas and hpa.maxReplicas); minReplicas is 1")
+	values := fs.String("values", "helm/batchgate/values.yaml", "the chart's values: its keda block is the \"chart default\" policy (trigger, targets, behavior)")
+	scen := fs.String("scenarios", "ramp,step,sawtooth", "load scenarios: ramp (-low, -peak, -ramp-up, -hold, -ramp-down, -tail), step (-low to -peak within 10 s) and sawtooth (1.5x to 3x, 2-min period)")
+	cands := fs.Bool("candidates", true, "also run the load-proportional candidates (the frontier in tradeoff.png)")
 	out := fs.String("out", "perf/results", "parent folder of the autoscale-<timestamp> results folder")
 	if err := fs.Parse(args); err != nil {
 		return autoscaleOptions{}, err
 	}
 	o := autoscaleOptions{seed: *seed, seeds: *seeds, rampUp: up.Seconds(), hold: hold.Seconds(), rampDown: down.Seconds(), tail: tail.Seconds(),
 		low: *low, peak: *peak, serviceTimes: *svc, serviceScale: *scale, lb: *lb, cpuWindow: cpuWindow.Seconds(), cpuTarget: *cpuTarget / 100,
-		cpuRequest: *cpuRequest, maxReplicas: *maxRepl, outDir: *out}
+		cpuRequest: *cpuRequest, maxReplicas: *maxRepl, outDir: *out, valuesPath: *values, candidates: *cands}
+	for s := range strings.SplitSeq(*scen, ",") {
+		s = strings.TrimSpace(s)
+		if s != "ramp" && s != "step" && s != "sawtooth" {
+			return o, fmt.Errorf("-scenarios: want ramp, step or sawtooth, got %q", s)
+		}
+		o.scenarioNames = append(o.scenarioNames, s)
+	}
+	k, err := readChartKEDA(o.valuesPath)
+	if err != nil {
+		return o, fmt.Errorf("-values: %w", err)
+	}
+	o.chart = k
 	for s := range strings.SplitSeq(*delays, ",") {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
 		if err != nil || d < 0 {
@@ -173,19 +193,25 @@ func (o autoscaleOptions) policies() []scalePolicy {
 	// +100% and +4 pods per 15 s): the metric apart from the rate limit.
 	fast := chartBehavior
 	fast.up = defaultBehavior.up
-	return append(ps,
+	ps = append(ps,
 		scalePolicy{name: "queue depth 8, up +4 pods", kind: queuePolicy, target: 8, behavior: fast},
+		o.chart.policy(),
 		scalePolicy{name: fmt.Sprintf("CPU %g%% (seed)", o.cpuTarget*100), kind: cpuPolicy, target: o.cpuTarget,
 			cpuRequest: o.cpuRequest, proxyCPU: true, behavior: defaultBehavior},
 		scalePolicy{name: "runtime CPU 80% (chart, KEDA off)", kind: cpuPolicy, target: 0.8, cpuRequest: 1, behavior: defaultBehavior},
 	)
+	if o.candidates {
+		ps = append(ps, loadCandidates()...)
+	}
+	return ps
 }
 
 // autoscaleRun is one policy at one start delay.
 type autoscaleRun struct {
-	delay  float64
-	policy scalePolicy
-	res    simResult // the first seed's run: the plots and time series
+	scenario string
+	delay    float64
+	policy   scalePolicy
+	res      simResult // the first seed's run: the plots and time series
 	// Over every seed: latencies pooled, counts summed, cost and time to
 	// the first scale-up averaged.
 	p50, p99           float64 // seconds
@@ -194,10 +220,12 @@ type autoscaleRun struct {
 	replicaSeconds     float64
 	firstScaleUp       float64 // -1: never
 	maxReplicas        int
+	drops              int // replicas removed while arrivals were flat, summed over the seeds
 }
 
 type autoscaleSweep struct {
-	profile  []loadPoint
+	profile  []loadPoint // the ramp's
+	scens    []loadScenario
 	capacity float64
 	runs     []autoscaleRun
 	steady   []steadyPoint
@@ -223,12 +251,15 @@ func runSweep(o autoscaleOptions, dist *serviceDist) autoscaleSweep {
 		sw.steady = append(sw.steady, steadyPoint{load: load, depth: r.depthArea / r.end, p50: pctSeconds(r.latencies, 50),
 			p99: pctSeconds(r.latencies, 99), reject: float64(r.rejected) / float64(max(r.arrivals, 1))})
 	}
-	type job struct{ delay, policy int }
+	type job struct{ scen, delay, policy int }
 	policies := o.policies()
+	sw.scens = o.scenarios()
 	var jobs []job
-	for d := range o.delays {
-		for p := range policies {
-			jobs = append(jobs, job{d, p})
+	for s := range sw.scens {
+		for d := range o.delays {
+			for p := range policies {
+				jobs = append(jobs, job{s, d, p})
+			}
 		}
 	}
 	sw.runs = make([]autoscaleRun, len(jobs))
@@ -239,9 +270,10 @@ func runSweep(o autoscaleOptions, dist *serviceDist) autoscaleSweep {
 			for i := range next {
 				j := jobs[i]
 				cfg := base
-				cfg.profile, cfg.policy, cfg.startDelay, cfg.lb, cfg.cpuWindow = sw.profile, policies[j.policy], o.delays[j.delay], o.lb, o.cpuWindow
+				sc := sw.scens[j.scen]
+				cfg.profile, cfg.policy, cfg.startDelay, cfg.lb, cfg.cpuWindow = sc.profile, policies[j.policy], o.delays[j.delay], o.lb, o.cpuWindow
 				cfg.maxReplicas = o.maxReplicas
-				sw.runs[i] = runSeeds(cfg, o.seed, o.seeds)
+				sw.runs[i] = runSeeds(cfg, o.seed, o.seeds, sc)
 			}
 		})
 	}
@@ -254,8 +286,8 @@ func runSweep(o autoscaleOptions, dist *serviceDist) autoscaleSweep {
 }
 
 // runSeeds runs cfg with seeds seed, seed+1, ... and pools the results.
-func runSeeds(cfg simConfig, seed uint64, seeds int) autoscaleRun {
-	run := autoscaleRun{delay: cfg.startDelay, policy: cfg.policy, p99Lo: math.Inf(1), firstScaleUp: -1}
+func runSeeds(cfg simConfig, seed uint64, seeds int, sc loadScenario) autoscaleRun {
+	run := autoscaleRun{scenario: sc.name, delay: cfg.startDelay, policy: cfg.policy, p99Lo: math.Inf(1), firstScaleUp: -1}
 	var all []time.Duration
 	ups, upSum := 0, 0.0
 	for k := range seeds {
@@ -271,6 +303,7 @@ func runSeeds(cfg simConfig, seed uint64, seeds int) autoscaleRun {
 		run.rejected += r.rejected
 		run.replicaSeconds += r.replicaSeconds / float64(seeds)
 		run.maxReplicas = max(run.maxReplicas, r.maxReplicas)
+		run.drops += dropsDuring(r.steps, sc.flatFrom, sc.flatTo)
 		if r.firstScaleUp >= 0 {
 			ups++
 			upSum += r.firstScaleUp
@@ -315,10 +348,13 @@ func autoscaleTables(o autoscaleOptions, dist *serviceDist, sw autoscaleSweep) s
 		sw.capacity, o.low, o.peak, o.rampUp, o.hold, o.peak, o.low, o.rampDown, o.tail, total, o.seed, o.lb, o.cpuWindow)
 	fmt.Fprintf(&b, "Seeds %d to %d: latencies and 429s pooled over the %d runs of each row, replica-seconds and the first scale-up averaged; the per-seed p99s span the range shown.\n\n",
 		o.seed, o.seed+uint64(o.seeds)-1, o.seeds)
-	b.WriteString("| start delay | policy | p50 ms | p99 ms | p99 per seed, ms | 429 share | replica-seconds | mean replicas | first scale-up s | max replicas |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString(scenarioText(sw))
+	b.WriteString(goalTable(sw))
+	b.WriteString("\nEvery run. Replicas dropped at plateau: removed while arrivals were flat (the ramp's and the step's hold, the sawtooth's teeth), summed over the seeds.\n\n")
+	b.WriteString("| scenario | start delay | policy | p50 ms | p99 ms | p99 per seed, ms | 429 share | replica-seconds | mean replicas | first scale-up s | max replicas | replica drops at plateau |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range sw.runs {
-		fmt.Fprintf(&b, "| %.0f s | %s | %.0f | %.0f | %.0f-%.0f | %.2f%% | %.0f | %.2f | %s | %d |\n", r.delay, r.policy.name, r.p50*1000, r.p99*1000,
-			r.p99Lo*1000, r.p99Hi*1000, 100*r.rejectShare(), r.replicaSeconds, r.replicaSeconds/total, fmtSeconds(r.firstScaleUp), r.maxReplicas)
+		fmt.Fprintf(&b, "| %s | %.0f s | %s | %.0f | %.0f | %.0f-%.0f | %.2f%% | %.0f | %.2f | %s | %d | %d |\n", r.scenario, r.delay, r.policy.name, r.p50*1000, r.p99*1000,
+			r.p99Lo*1000, r.p99Hi*1000, 100*r.rejectShare(), r.replicaSeconds, r.replicaSeconds/r.res.end, fmtSeconds(r.firstScaleUp), r.maxReplicas, r.drops)
 	}
 	b.WriteString("\nOne pod at a steady load (an hour of Poisson arrivals): the mean of inference_queue_depth it shows, and its latency. The queue trigger settles where each pod shows about targetQueueDepth.\n\n| load | mean queue depth | p50 ms | p99 ms | 429 share |\n|---|---|---|---|---|\n")
 	for _, s := range sw.steady {
@@ -354,13 +390,13 @@ func writeAutoscaleCSV(dir string, sw autoscaleSweep, seeds int) error {
 		return err
 	}
 	w := csv.NewWriter(f)
-	w.Write([]string{"start_delay_s", "policy", "seeds", "arrivals", "rejected", "p50_ms", "p99_ms", "p99_min_ms", "p99_max_ms", "reject_share",
-		"replica_seconds", "first_scale_up_s", "max_replicas"})
+	w.Write([]string{"scenario", "start_delay_s", "policy", "seeds", "arrivals", "rejected", "p50_ms", "p99_ms", "p99_min_ms", "p99_max_ms", "reject_share",
+		"replica_seconds", "first_scale_up_s", "max_replicas", "replica_drops_at_plateau"})
 	g := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	for _, r := range sw.runs {
-		w.Write([]string{g(r.delay), r.policy.name, strconv.Itoa(seeds), strconv.Itoa(r.arrivals), strconv.Itoa(r.rejected),
+		w.Write([]string{r.scenario, g(r.delay), r.policy.name, strconv.Itoa(seeds), strconv.Itoa(r.arrivals), strconv.Itoa(r.rejected),
 			g(r.p50 * 1000), g(r.p99 * 1000), g(r.p99Lo * 1000), g(r.p99Hi * 1000), g(r.rejectShare()), g(r.replicaSeconds),
-			g(r.firstScaleUp), strconv.Itoa(r.maxReplicas)})
+			g(r.firstScaleUp), strconv.Itoa(r.maxReplicas), strconv.Itoa(r.drops)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
@@ -378,8 +414,11 @@ func writeAutoscaleCSV(dir string, sw autoscaleSweep, seeds int) error {
 		return err
 	}
 	w = csv.NewWriter(f)
-	w.Write([]string{"start_delay_s", "policy", "window_start_s", "arrivals_per_s", "rejected", "p99_ms", "ready_replicas", "replicas"})
+	w.Write([]string{"scenario", "start_delay_s", "policy", "window_start_s", "arrivals_per_s", "rejected", "p99_ms", "ready_replicas", "replicas"})
 	for _, r := range sw.runs {
+		if !r.policy.chart && r.policy.kind == loadPolicy {
+			continue // the candidates: summary.csv only
+		}
 		win := simWindow
 		for i, ws := range r.res.windows {
 			at := float64(i+1) * win
@@ -388,7 +427,7 @@ func writeAutoscaleCSV(dir string, sw autoscaleSweep, seeds int) error {
 			if len(ws.lat) > 0 {
 				p99 = g(pctSeconds(ws.lat, 99) * 1000)
 			}
-			w.Write([]string{g(r.delay), r.policy.name, g(float64(i) * win), g(float64(ws.arrivals) / win), strconv.Itoa(ws.rejected),
+			w.Write([]string{r.scenario, g(r.delay), r.policy.name, g(float64(i) * win), g(float64(ws.arrivals) / win), strconv.Itoa(ws.rejected),
 				p99, strconv.Itoa(s.ready), strconv.Itoa(s.total)})
 		}
 	}
@@ -398,6 +437,21 @@ func writeAutoscaleCSV(dir string, sw autoscaleSweep, seeds int) error {
 		return err
 	}
 	return f.Close()
+}
+
+// stepLine plots y of each step against minutes, held until end seconds.
+func stepLine(steps []stepPoint, end float64, y func(stepPoint) float64) (*plotter.Line, error) {
+	var xy plotter.XYs
+	for _, st := range steps {
+		xy = append(xy, plotter.XY{X: st.at / 60, Y: y(st)})
+	}
+	xy = append(xy, plotter.XY{X: end / 60, Y: xy[len(xy)-1].Y})
+	l, err := plotter.NewLine(xy)
+	if err != nil {
+		return nil, err
+	}
+	l.StepStyle = plotter.PostStep
+	return l, nil
 }
 
 // stepAt is the replica state in force at t.
@@ -416,133 +470,118 @@ func stepAt(steps []stepPoint, t float64) stepPoint {
 // capacity, replicas, and p99 per window over time for the chart's queue
 // policy (target 8, or the first target) and the seed's CPU policy.
 func timelinePlot(path string, o autoscaleOptions, sw autoscaleSweep) error {
-	queueTarget := o.targets[0]
-	for _, t := range o.targets {
-		if t == 8 {
-			queueTarget = 8
-		}
-	}
 	type series struct {
 		run   autoscaleRun
 		color color.Color
 		dash  []vg.Length
 	}
 	cols := len(o.delays)
-	rows := 3
+	rows := 3 * len(sw.scens)
 	grid := make([][]*plot.Plot, rows)
 	for i := range grid {
 		grid[i] = make([]*plot.Plot, cols)
 	}
-	end := sw.profile[len(sw.profile)-1].at
-	for c, d := range o.delays {
-		var ss []series
-		for _, r := range sw.runs {
-			if r.delay != d {
-				continue
-			}
-			switch {
-			case r.policy.sweep && r.policy.target == queueTarget:
-				ss = append(ss, series{r, color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 255}, nil})
-			case r.policy.kind == cpuPolicy && r.policy.proxyCPU:
-				ss = append(ss, series{r, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 255}, []vg.Length{vg.Points(4), vg.Points(2)}})
-			}
-		}
-		// Row 0: offered arrivals and the capacity of ready pods.
-		p := plot.New()
-		p.Title.Text = fmt.Sprintf("start delay %.0f s", d)
-		p.Y.Label.Text = "images/s"
-		var offered plotter.XYs
-		win := simWindow
-		for i, ws := range ss[0].run.res.windows {
-			offered = append(offered, plotter.XY{X: (float64(i) + 0.5) * win / 60, Y: float64(ws.arrivals) / win})
-		}
-		l, err := plotter.NewLine(offered)
-		if err != nil {
-			return err
-		}
-		l.Color = color.Gray{Y: 0x60}
-		l.Width = vg.Points(1.5)
-		p.Add(l)
-		p.Legend.Add("arrivals", l)
-		for _, s := range ss {
-			var xy plotter.XYs
-			for _, st := range s.run.res.steps {
-				xy = append(xy, plotter.XY{X: st.at / 60, Y: float64(st.ready) * sw.capacity})
-			}
-			xy = append(xy, plotter.XY{X: end / 60, Y: xy[len(xy)-1].Y})
-			l, err := plotter.NewLine(xy)
-			if err != nil {
-				return err
-			}
-			l.StepStyle = plotter.PostStep
-			l.Color, l.Dashes = s.color, s.dash
-			p.Add(l)
-			p.Legend.Add("capacity, "+s.run.policy.name, l)
-		}
-		p.Legend.Top = true
-		p.Legend.TextStyle.Font.Size = vg.Points(7)
-		p.Y.Min = 0
-		grid[0][c] = p
-
-		// Row 1: replicas (started or not).
-		p = plot.New()
-		p.Y.Label.Text = "replicas"
-		for _, s := range ss {
-			var xy plotter.XYs
-			for _, st := range s.run.res.steps {
-				xy = append(xy, plotter.XY{X: st.at / 60, Y: float64(st.total)})
-			}
-			xy = append(xy, plotter.XY{X: end / 60, Y: xy[len(xy)-1].Y})
-			l, err := plotter.NewLine(xy)
-			if err != nil {
-				return err
-			}
-			l.StepStyle = plotter.PostStep
-			l.Color, l.Dashes = s.color, s.dash
-			p.Add(l)
-			p.Legend.Add(s.run.policy.name, l)
-		}
-		p.Legend.Top = true
-		p.Legend.TextStyle.Font.Size = vg.Points(7)
-		p.Y.Min, p.Y.Max = 0, float64(o.maxReplicas)+1.5
-		grid[1][c] = p
-
-		// Row 2: p99 per window, log scale.
-		p = plot.New()
-		p.Y.Label.Text = fmt.Sprintf("p99 per %.0f s, s", win)
-		p.X.Label.Text = "minutes"
-		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = ticks125{}
-		for _, s := range ss {
-			var xy plotter.XYs
-			for i, ws := range s.run.res.windows {
-				if len(ws.lat) > 0 {
-					xy = append(xy, plotter.XY{X: (float64(i) + 0.5) * win / 60, Y: pctSeconds(ws.lat, 99)})
+	for si, sc := range sw.scens {
+		end := sc.profile[len(sc.profile)-1].at
+		row := 3 * si
+		for c, d := range o.delays {
+			var ss []series
+			for _, r := range sw.runs {
+				if r.delay != d || r.scenario != sc.name {
+					continue
+				}
+				switch {
+				case r.policy.chart:
+					ss = append(ss, series{r, color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 255}, nil})
+				case r.policy.kind == cpuPolicy && r.policy.proxyCPU:
+					ss = append(ss, series{r, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 255}, []vg.Length{vg.Points(4), vg.Points(2)}})
 				}
 			}
-			l, err := plotter.NewLine(xy)
+			// Row 0: offered arrivals and the capacity of ready pods.
+			p := plot.New()
+			p.Title.Text = fmt.Sprintf("%s, start delay %.0f s", sc.name, d)
+			p.Y.Label.Text = "images/s"
+			var offered plotter.XYs
+			win := simWindow
+			for i, ws := range ss[0].run.res.windows {
+				offered = append(offered, plotter.XY{X: (float64(i) + 0.5) * win / 60, Y: float64(ws.arrivals) / win})
+			}
+			l, err := plotter.NewLine(offered)
 			if err != nil {
 				return err
 			}
-			l.Color, l.Dashes = s.color, s.dash
+			l.Color = color.Gray{Y: 0x60}
+			l.Width = vg.Points(1.5)
 			p.Add(l)
-			p.Legend.Add(s.run.policy.name, l)
+			p.Legend.Add("arrivals", l)
+			for _, s := range ss {
+				l, err := stepLine(s.run.res.steps, end, func(st stepPoint) float64 { return float64(st.ready) * sw.capacity })
+				if err != nil {
+					return err
+				}
+				l.Color, l.Dashes = s.color, s.dash
+				p.Add(l)
+				p.Legend.Add("capacity, "+s.run.policy.name, l)
+			}
+			p.Legend.Top = true
+			p.Legend.TextStyle.Font.Size = vg.Points(7)
+			p.Y.Min = 0
+			grid[row][c] = p
+
+			// Row 1: replicas (started or not).
+			p = plot.New()
+			p.Y.Label.Text = "replicas"
+			for _, s := range ss {
+				l, err := stepLine(s.run.res.steps, end, func(st stepPoint) float64 { return float64(st.total) })
+				if err != nil {
+					return err
+				}
+				l.Color, l.Dashes = s.color, s.dash
+				p.Add(l)
+				p.Legend.Add(s.run.policy.name, l)
+			}
+			p.Legend.Top = true
+			p.Legend.TextStyle.Font.Size = vg.Points(7)
+			p.Y.Min, p.Y.Max = 0, float64(o.maxReplicas)+1.5
+			grid[row+1][c] = p
+
+			// Row 2: p99 per window, log scale.
+			p = plot.New()
+			p.Y.Label.Text = fmt.Sprintf("p99 per %.0f s, s", win)
+			p.X.Label.Text = "minutes"
+			p.Y.Scale = plot.LogScale{}
+			p.Y.Tick.Marker = ticks125{}
+			for _, s := range ss {
+				var xy plotter.XYs
+				for i, ws := range s.run.res.windows {
+					if len(ws.lat) > 0 {
+						xy = append(xy, plotter.XY{X: (float64(i) + 0.5) * win / 60, Y: pctSeconds(ws.lat, 99)})
+					}
+				}
+				l, err := plotter.NewLine(xy)
+				if err != nil {
+					return err
+				}
+				l.Color, l.Dashes = s.color, s.dash
+				p.Add(l)
+				p.Legend.Add(s.run.policy.name, l)
+			}
+			p.Legend.Top = true
+			p.Legend.TextStyle.Font.Size = vg.Points(7)
+			p.Y.Min, p.Y.Max = 0.05, 20
+			grid[row+2][c] = p
 		}
-		p.Legend.Top = true
-		p.Legend.TextStyle.Font.Size = vg.Points(7)
-		p.Y.Min, p.Y.Max = 0.05, 20
-		grid[2][c] = p
-	}
-	for _, row := range grid {
-		for _, p := range row {
-			p.X.Min, p.X.Max = 0, end/60
-			p.X.Tick.Marker = minuteTicks{}
+		for _, r := range grid[row : row+3] {
+			for _, p := range r {
+				p.X.Min, p.X.Max = 0, end/60
+				p.X.Tick.Marker = minuteTicks{}
+			}
+		}
+		for c := range grid[row] {
+			grid[row][c].Y.Max = float64(o.maxReplicas) * sw.capacity * 1.45 // room for the legend
 		}
 	}
-	for c := range grid[0] {
-		grid[0][c].Y.Max = float64(o.maxReplicas) * sw.capacity * 1.45 // room for the legend
-	}
-	img := vgimg.NewWith(vgimg.UseWH(vg.Length(4*cols)*vg.Inch, 7.5*vg.Inch), vgimg.UseDPI(80))
+	img := vgimg.NewWith(vgimg.UseWH(vg.Length(4*cols)*vg.Inch, vg.Length(7.5*float64(len(sw.scens)))*vg.Inch), vgimg.UseDPI(80))
 	dc := draw.New(img)
 	t := draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter, PadY: vg.Millimeter,
 		PadTop: vg.Points(2), PadBottom: vg.Points(2), PadLeft: vg.Points(2), PadRight: vg.Points(2)}
@@ -563,31 +602,47 @@ func timelinePlot(path string, o autoscaleOptions, sw autoscaleSweep) error {
 	return f.Close()
 }
 
-// tradeoffPlot draws p99 against replica-seconds: one line per start delay
-// through the queue targets, and the CPU policies as labelled points.
+// tradeoffPlot draws p99 against replica-seconds over the first scenario
+// (the ramp): one line per start delay through the queue targets, the
+// load-proportional candidates as dots (the frontier), and the chart's
+// default and the CPU policies as labelled crosses.
 func tradeoffPlot(path string, sw autoscaleSweep) error {
 	p := plot.New()
-	p.Title.Text = "p99 vs cost over the ramp (queue targets labelled)"
+	first := sw.scens[0].name
+	p.Title.Text = fmt.Sprintf("p99 vs cost, %s (queue targets labelled; dots: load-proportional candidates)", first)
 	p.X.Label.Text, p.Y.Label.Text = "replica-seconds", "p99 latency, s"
 	delays := []float64{}
 	for _, r := range sw.runs {
-		if len(delays) == 0 || delays[len(delays)-1] != r.delay {
+		if r.scenario == first && !slices.Contains(delays, r.delay) {
 			delays = append(delays, r.delay)
 		}
 	}
 	for i, d := range delays {
-		var q, cpu plotter.XYs
+		var q, cpu, cand plotter.XYs
 		var ql, cl []string
 		for _, r := range sw.runs {
-			if r.delay != d {
+			if r.delay != d || r.scenario != first {
 				continue
 			}
 			pt := plotter.XY{X: r.replicaSeconds, Y: r.p99}
-			if r.policy.sweep {
+			switch {
+			case r.policy.sweep:
 				q, ql = append(q, pt), append(ql, fmt.Sprintf("%g", r.policy.target))
-			} else {
+			case r.policy.kind == loadPolicy && !r.policy.chart:
+				cand = append(cand, pt)
+			case r.policy.chart:
+				cpu, cl = append(cpu, pt), append(cl, "chart default")
+			default:
 				cpu, cl = append(cpu, pt), append(cl, strings.TrimPrefix(r.policy.name, "CPU "))
 			}
+		}
+		if len(cand) > 0 {
+			dots, err := plotter.NewScatter(cand)
+			if err != nil {
+				return err
+			}
+			dots.Color, dots.Radius = plotutil.Color(i), vg.Points(1.5)
+			p.Add(dots)
 		}
 		l, pts, err := plotter.NewLinePoints(q)
 		if err != nil {

@@ -32,7 +32,7 @@ type scalingRules struct {
 // hpaBehavior is spec.behavior.
 type hpaBehavior struct{ up, down scalingRules }
 
-// chartBehavior is helm/batchgate/templates/scaledobject.yaml's: scale up
+// chartBehavior was helm/batchgate/templates/scaledobject.yaml's before issue 24 (keda.targetQueueDepth 8; the chart default is now read from values.yaml, autoscale_load.go): scale up
 // +100% per 15 s with no stabilization; scale down after a 300 s
 // stabilization window, 1 pod per 60 s.
 var chartBehavior = hpaBehavior{

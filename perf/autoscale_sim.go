@@ -37,6 +37,7 @@ const (
 	fixedReplicas policyKind = iota // no autoscaler: minReplicas pods
 	queuePolicy                     // KEDA Prometheus trigger on sum(inference_queue_depth)
 	cpuPolicy                       // HPA on CPU utilization
+	loadPolicy                      // KEDA Prometheus triggers on runtime load and expected wait (autoscale_load.go)
 )
 
 // scalePolicy is one autoscaling configuration.
@@ -47,7 +48,9 @@ type scalePolicy struct {
 	cpuRequest float64 // cores a pod requests (CPU policy's denominator)
 	proxyCPU   bool    // CPU policy: the proxy's CPU counts (a pod Resource metric); else the runtime container's alone
 	behavior   hpaBehavior
-	sweep      bool // one of the swept queue targets (plots)
+	sweep      bool       // one of the swept queue targets (plots)
+	load       loadSignal // loadPolicy: the signal; target is the utilization per replica
+	chart      bool       // the chart's default (read from values.yaml)
 }
 
 // proxyCPUShare is the proxy's CPU per request as a share of the runtime's
@@ -108,6 +111,9 @@ type simPod struct {
 	cpuSampleAt      float64
 	area             float64 // integral of depth over time
 	areaAt           float64
+	itemTime         float64 // the batcher's moving average of busy time per item (0 until a batch ran)
+	demand           float64 // cumulative itemTime of the requests routed to it, 429s included
+	samples          []podSample
 }
 
 func (p *simPod) depth() int { return len(p.waiting) - p.head + len(p.batch) }
@@ -196,6 +202,7 @@ func simulate(cfg simConfig) simResult {
 	}
 
 	var lastQueueSum float64
+	var sig loadState
 	rr := 0
 	ai := 0
 	nextScrape, nextSync, nextCPU := 0.0, cfg.syncPhase, cfg.cpuWindow
@@ -242,6 +249,11 @@ func simulate(cfg simConfig) simResult {
 			}
 			res.served += len(p.batch)
 			p.busy += t - p.serviceStart
+			per := (t - p.serviceStart) / float64(len(p.batch))
+			if p.itemTime != 0 {
+				per = 0.8*p.itemTime + 0.2*per
+			}
+			p.itemTime = per
 			p.batch = p.batch[:0]
 			if len(p.waiting) > p.head {
 				startBatch(p, t)
@@ -277,6 +289,9 @@ func simulate(cfg simConfig) simResult {
 				rr++
 				p = readyList[rr%len(readyList)]
 			}
+			if p != nil {
+				p.demand += p.itemTime
+			}
 			if p == nil || len(p.waiting)-p.head >= cfg.queueCap {
 				res.rejected++
 				w.rejected++
@@ -299,6 +314,9 @@ func simulate(cfg simConfig) simResult {
 				if p.goneAt < 0 && t >= p.readyAt {
 					lastQueueSum += float64(p.depth())
 				}
+			}
+			if cfg.policy.kind == loadPolicy {
+				sig.scrape(t, pods, cfg.policy.load)
 			}
 		case 5: // metrics-server: CPU over the last window
 			cpuN++
@@ -324,6 +342,8 @@ func simulate(cfg simConfig) simResult {
 			switch cfg.policy.kind {
 			case queuePolicy:
 				desired = externalReplicas(lastQueueSum, cfg.policy.target, current)
+			case loadPolicy:
+				desired = sig.replicas(cfg.policy, current)
 			case cpuPolicy:
 				var in []podCPU
 				for _, p := range pods {

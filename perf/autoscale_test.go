@@ -266,3 +266,46 @@ func TestAutoscaleServiceDist(t *testing.T) {
 		t.Errorf("cpu_ms 200 and 220: quantiles %v from %d runs", got, d.runs[4])
 	}
 }
+
+// The "chart default" row is what values.yaml sets: the load triggers
+// with their targets and behavior, or the queue trigger if
+// targetQueueDepth is set.
+func TestAutoscaleChartDefault(t *testing.T) {
+	k, err := readChartKEDA("../helm/batchgate/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := k.policy()
+	if p.kind != loadPolicy || !p.chart || p.target != k.TargetUtilization || p.load.waitTarget != k.TargetWaitSeconds ||
+		p.load.window != k.UtilizationWindowSeconds || p.load.lead != k.ScaleAheadSeconds || p.behavior.down.stabilizationS != k.ScaleDown.StabilizationWindowSeconds {
+		t.Errorf("chart default %+v does not follow values.yaml's keda %+v", p, k)
+	}
+	q := 8.0
+	k.TargetQueueDepth = &q
+	if p := k.policy(); p.kind != queuePolicy || p.target != 8 {
+		t.Errorf("with targetQueueDepth 8: %+v, want the queue trigger at 8", p)
+	}
+}
+
+// The chart's default, on the ramp and the step at each start delay,
+// never removes a replica at the plateau and ends the plateau at the
+// maximum.
+func TestAutoscaleChartDefaultPlateau(t *testing.T) {
+	k, err := readChartKEDA("../helm/batchgate/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := autoscaleOptions{rampUp: 300, hold: 600, rampDown: 300, tail: 600, low: 0.2, peak: 4, scenarioNames: []string{"ramp", "step"}}
+	for _, sc := range o.scenarios() {
+		for _, delay := range []float64{10, 60} {
+			cfg := testSimConfig(k.policy(), delay, sc.profile)
+			r := simulate(cfg)
+			if d := dropsDuring(r.steps, sc.flatFrom, sc.flatTo); d != 0 {
+				t.Errorf("%s, start delay %v: %d replicas removed at the plateau", sc.name, delay, d)
+			}
+			if s := stepAt(r.steps, sc.flatTo); s.total != cfg.maxReplicas {
+				t.Errorf("%s, start delay %v: %d replicas at the end of the plateau, want %d", sc.name, delay, s.total, cfg.maxReplicas)
+			}
+		}
+	}
+}

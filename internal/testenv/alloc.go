@@ -1,13 +1,9 @@
 package testenv
 
 import (
-	"bytes"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
-
-	"github.com/VictoriaMetrics/metrics"
 )
 
 // AllocatedBy is the bytes f allocates, garbage included
@@ -40,18 +36,4 @@ func RaceEnabled() bool {
 		}
 	}
 	return false
-}
-
-// MetricValue reads one series of set by its full name with labels; ok is
-// false when set has no such series.
-func MetricValue(set *metrics.Set, name string) (v float64, ok bool) {
-	var buf bytes.Buffer
-	set.WritePrometheus(&buf)
-	for l := range strings.SplitSeq(buf.String(), "\n") {
-		if s, found := strings.CutPrefix(l, name+" "); found {
-			v, err := strconv.ParseFloat(s, 64)
-			return v, err == nil
-		}
-	}
-	return 0, false
 }

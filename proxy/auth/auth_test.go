@@ -69,13 +69,11 @@ var (
 	}
 )
 
-// metricValue reads one series of set, by its full name with labels; -1 if
-// it is absent.
-func metricValue(set *metrics.Set, name string) float64 {
-	if v, ok := testenv.MetricValue(set, name); ok {
-		return v
-	}
-	return -1
+// metricValue reads one series of set, by its full name with labels; a
+// series the set lacks fails the test.
+func metricValue(t testing.TB, set *metrics.Set, name string) float64 {
+	t.Helper()
+	return testenv.SetMetrics(t, set).Value(t, name)
 }
 
 func TestParse(t *testing.T) {
@@ -311,14 +309,21 @@ func TestCheck(t *testing.T) {
 		`auth_rejected_total{reason="scope",key="team-c"}`: 1,
 		`auth_rejected_total{reason="rate",key="team-c"}`:  1,
 		`auth_rejected_total{reason="rate",key="team-a"}`:  0,
-		`auth_keys`:                                         3,
-		`auth_reloads_total{result="applied"}`:              0,
-		`auth_requests_total{key="team-z"}`:                 -1, // no series for a key not in the file
-		`auth_rejected_total{reason="scope",key="team-z"}`:  -1,
-		`auth_rejected_total{reason="unknown_key",key="z"}`: -1,
+		`auth_keys`:                            3,
+		`auth_reloads_total{result="applied"}`: 0,
 	} {
-		if got := metricValue(set, name); got != want {
+		if got := metricValue(t, set, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	m := testenv.SetMetrics(t, set)
+	for _, name := range []string{ // no series for a key not in the file
+		`auth_requests_total{key="team-z"}`,
+		`auth_rejected_total{reason="scope",key="team-z"}`,
+		`auth_rejected_total{reason="unknown_key",key="z"}`,
+	} {
+		if got, ok := m.Lookup(name); ok {
+			t.Errorf("%s = %v; want no such series", name, got)
 		}
 	}
 }
@@ -358,7 +363,7 @@ func TestCheckWithoutTake(t *testing.T) {
 		if d := a.Check(nil, key, Predict, true); !d.Allowed() {
 			t.Errorf("taking the refilled token: %+v", d)
 		}
-		if got := metricValue(set, `auth_requests_total{key="k"}`); got != 2 {
+		if got := metricValue(t, set, `auth_requests_total{key="k"}`); got != 2 {
 			t.Errorf("auth_requests_total = %v, want 2 (only the requests that took a token)", got)
 		}
 	})
@@ -436,8 +441,8 @@ func TestRateLimit(t *testing.T) {
 		if math.Abs(float64(allowed-want)) > want/10 {
 			t.Errorf("%d allowed in 10 s; want %d ±10%%", allowed, want)
 		}
-		if allowed+refused != 2000 || metricValue(set, `auth_rejected_total{reason="rate",key="k"}`) != float64(refused) {
-			t.Errorf("%d allowed, %d refused (%v counted)", allowed, refused, metricValue(set, `auth_rejected_total{reason="rate",key="k"}`))
+		if allowed+refused != 2000 || metricValue(t, set, `auth_rejected_total{reason="rate",key="k"}`) != float64(refused) {
+			t.Errorf("%d allowed, %d refused (%v counted)", allowed, refused, metricValue(t, set, `auth_rejected_total{reason="rate",key="k"}`))
 		}
 		// Retry-After is honest: waiting it gets a token.
 		for a.Check(key, nil, Predict, true).Allowed() {
@@ -561,7 +566,7 @@ func TestReload(t *testing.T) {
 		}
 		writeFile(t, dir, keysFile(next...))
 		wait()
-		if got := metricValue(set, `auth_reloads_total{result="applied"}`); got != 1 || a.Keys().Len() != 3 {
+		if got := metricValue(t, set, `auth_reloads_total{result="applied"}`); got != 1 || a.Keys().Len() != 3 {
 			t.Fatalf("after a new file: %v applied, %d keys", got, a.Keys().Len())
 		}
 		check("a lost predict", keyA, Predict, 403)
@@ -573,10 +578,10 @@ func TestReload(t *testing.T) {
 			check(fmt.Sprintf("c with the new burst, %d", i), keyC, Predict, 0)
 		}
 		check("c over the new burst", keyC, Predict, 429)
-		if got := metricValue(set, `auth_requests_total{key="team-b"}`); got != -1 {
+		if got, ok := testenv.SetMetrics(t, set).Lookup(`auth_requests_total{key="team-b"}`); ok {
 			t.Errorf("the removed key's series is still there: %v", got)
 		}
-		if got := metricValue(set, "auth_keys"); got != 3 {
+		if got := metricValue(t, set, "auth_keys"); got != 3 {
 			t.Errorf("auth_keys = %v", got)
 		}
 
@@ -588,7 +593,7 @@ func TestReload(t *testing.T) {
 		os.Remove(path)
 		wait()
 		wait()
-		if got := metricValue(set, `auth_reloads_total{result="rejected"}`); got != 2 {
+		if got := metricValue(t, set, `auth_reloads_total{result="rejected"}`); got != 2 {
 			t.Errorf("%v rejected; want 2 (the bad file, the missing one: each once)", got)
 		}
 		check("after the bad files, a", keyA, Metadata, 0)
@@ -601,7 +606,7 @@ func TestReload(t *testing.T) {
 		os.Symlink(filepath.Join("..data", "keys.yaml"), path)
 		writeFile(t, dir, keysFile(testKeys...))
 		wait()
-		if got := metricValue(set, `auth_reloads_total{result="applied"}`); got != 2 {
+		if got := metricValue(t, set, `auth_reloads_total{result="applied"}`); got != 2 {
 			t.Errorf("%v applied, want 2", got)
 		}
 		check("b is back", keyB, Metadata, 0)
@@ -635,8 +640,8 @@ func TestRotation(t *testing.T) {
 	oldKey, newKey := []byte("Bearer "+keyA), []byte("Bearer team-a."+newSecret)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	results := make([][2]int, 4) // per checker: old key allowed, refused
-	for g := range results {
+	var allowed, refused [4]atomic.Int64 // per checker, the old key's
+	for g := range refused {
 		wg.Go(func() {
 			rejected := false
 			for i := 0; i < 1_000_000; i++ {
@@ -648,12 +653,12 @@ func TestRotation(t *testing.T) {
 				d := a.Check(oldKey, nil, Predict, true)
 				switch {
 				case d.Allowed() && !rejected:
-					results[g][0]++
+					allowed[g].Add(1)
 				case d.Status == 401 && d.Reason == ReasonSecret:
 					rejected = true
-					results[g][1]++
+					refused[g].Add(1)
 				default:
-					t.Errorf("checker %d: %+v after %d refusals", g, d, results[g][1])
+					t.Errorf("checker %d: %+v after %d refusals", g, d, refused[g].Load())
 					return
 				}
 			}
@@ -679,9 +684,21 @@ func TestRotation(t *testing.T) {
 	if d := a.Check(newKey, nil, Predict, true); !d.Allowed() || d.KeyID != "team-a" {
 		t.Errorf("the new secret after the reload: %+v", d)
 	}
-	time.Sleep(5 * time.Millisecond)
+	// Every checker goes on until it has seen the reload: its own 401.
+	for g := range refused {
+		for refused[g].Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	close(stop)
 	wg.Wait()
+	var results [][2]int64
+	for g := range refused {
+		results = append(results, [2]int64{allowed[g].Load(), refused[g].Load()})
+		if refused[g].Load() == 0 {
+			t.Errorf("checker %d never got 401 for the old secret (%d allowed): it did not see the reload", g, allowed[g].Load())
+		}
+	}
 	t.Logf("old key per checker (allowed, refused): %v", results)
 }
 

@@ -37,7 +37,7 @@ func TestCheckAll(t *testing.T) {
 		if d := a.Check(nil, plain, Predict, true); !d.Allowed() {
 			t.Errorf("the limited key's token after its 403: %+v", d)
 		}
-		if got := metricValue(set, `auth_rejected_total{reason="scope",key="plain"}`); got != 1 {
+		if got := metricValue(t, set, `auth_rejected_total{reason="scope",key="plain"}`); got != 1 {
 			t.Errorf("scope rejections of plain = %v, want 1", got)
 		}
 	})
@@ -99,7 +99,7 @@ func TestTakeImages(t *testing.T) {
 			`auth_rejected_total{reason="rate",key="four"}`: 2,
 			`auth_requests_total{key="four"}`:               3, // passed Check, one of them refused for its images
 		} {
-			if got := metricValue(set, name); got != want {
+			if got := metricValue(t, set, name); got != want {
 				t.Errorf("%s = %v, want %v", name, got, want)
 			}
 		}
@@ -150,7 +150,7 @@ func TestAcquireImages(t *testing.T) {
 		t.Errorf("2 of the new 2: %+v", d)
 	}
 	r4()
-	if got := metricValue(set, `auth_rejected_total{reason="concurrency",key="k"}`); got != 3 {
+	if got := metricValue(t, set, `auth_rejected_total{reason="concurrency",key="k"}`); got != 3 {
 		t.Errorf("concurrency rejections = %v, want 3", got)
 	}
 	// Unlimited, or unknown: nothing held.

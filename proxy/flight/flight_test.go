@@ -3,6 +3,7 @@ package flight
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -165,29 +166,58 @@ func TestFnErrorShared(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var g Group[int, int]
 		boom := errors.New("boom")
+		var runs atomic.Int32
 		var wg sync.WaitGroup
-		for range 3 {
+		const n = 3
+		for i := range n {
 			wg.Go(func() {
-				_, _, err := g.Do(context.Background(), 1, func(context.Context) (int, error) {
+				_, shared, err := g.Do(context.Background(), 1, func(context.Context) (int, error) {
+					runs.Add(1)
 					time.Sleep(time.Second)
 					return 0, boom
 				})
 				if !errors.Is(err, boom) {
-					t.Errorf("got %v, want boom", err)
+					t.Errorf("caller %d got %v, want boom", i, err)
+				}
+				if shared != (i > 0) {
+					t.Errorf("caller %d: shared=%v, want %v", i, shared, i > 0)
 				}
 			})
+			synctest.Wait() // caller i has started or joined the call
 		}
 		wg.Wait()
+		if runs.Load() != 1 {
+			t.Errorf("fn ran %d times for %d identical calls, want 1: its error must be shared, not reached by each caller alone", runs.Load(), n)
+		}
 	})
 }
 
 func ExampleGroup() {
 	var g Group[string, int]
-	v, shared, err := g.Do(context.Background(), "sha256:ab12", func(ctx context.Context) (int, error) {
-		return 42, nil // the expensive work, run once for every identical caller
-	})
-	_, _, _ = v, shared, err
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	first := make(chan string)
+	go func() {
+		v, shared, err := g.Do(context.Background(), "sha256:ab12", func(ctx context.Context) (int, error) {
+			close(started)
+			<-release // the expensive work, run once for every identical caller
+			return 42, nil
+		})
+		first <- fmt.Sprintf("first:  %d shared=%v err=%v", v, shared, err)
+	}()
+	<-started
+	// An identical call while the first is in flight joins it and gets
+	// its result: its own fn (which would return 7) does not run.
+	v, shared, err := g.DoNotify(context.Background(), "sha256:ab12", func(context.Context) (int, error) {
+		once.Do(func() { close(release) })
+		return 7, nil
+	}, func() { once.Do(func() { close(release) }) })
+	fmt.Println(<-first)
+	fmt.Printf("second: %d shared=%v err=%v\n", v, shared, err)
 	// Output:
+	// first:  42 shared=false err=<nil>
+	// second: 42 shared=true err=<nil>
 }
 
 // A panic in fn, on the call's own goroutine, comes back to every caller as

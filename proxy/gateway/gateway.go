@@ -91,10 +91,9 @@ type Config struct {
 	// may wait for decoding as for a batch.
 	DecodeQueue int
 	// ImagesPerClient is the most images of one client address in
-	// progress (decoding or waiting for the model) while the proxy is busy
-	// (half of DecodeQueue in progress); beyond it 429 client_busy. A
-	// client alone may have up to half of DecodeQueue. Default DecodeQueue/4; negative: no
-	// bound.
+	// progress (decoding or waiting for the model) while another address
+	// is present, and DecodeQueue minus it while none is; beyond it 429
+	// client_busy. Default DecodeQueue/4; negative: no bound.
 	ImagesPerClient int
 	// RefusedBytesPerSecond and RefusedBytesAllowance: each refused
 	// request (4xx) costs its client address its body and 64 KiB; a debt
@@ -232,7 +231,10 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		uploads = budget.New(cfg.UploadMemory)
 	)
 	m := stats.New(set, stats.Gauges{
-		QueueDepth: p.queueDepth,
+		QueueDepth:    p.queueDepth,
+		RuntimeDemand: func() float64 { return p.load().Demand.Seconds() },
+		RuntimeBusy:   func() float64 { return p.load().Busy.Seconds() },
+		ExpectedWait:  func() float64 { return p.load().Wait.Seconds() },
 		RuntimeConnected: func() float64 {
 			if p.router != nil {
 				return b2f(p.router.ready())
@@ -424,6 +426,26 @@ func (p *Proxy) queueDepth() float64 {
 	}
 	s := p.batcher.Snapshot()
 	return float64(s.Waiting + s.InFlight)
+}
+
+// runtimeLoad is the runtime's load as the autoscaling series export it
+// (stats.Gauges): work offered and done so far, and the expected wait.
+type runtimeLoad struct{ Demand, Busy, Wait time.Duration }
+
+// loadOf reads a batcher's snapshot: the expected wait is every waiting
+// and running item times the measured runtime time per item (the runtime
+// runs one batch at a time; ItemTime excludes the pipelined overlap).
+func loadOf(s batching.Snapshot) runtimeLoad {
+	return runtimeLoad{Demand: s.Demand, Busy: s.Busy, Wait: time.Duration(s.Waiting+s.InFlight) * s.ItemTime}
+}
+
+// load is the runtime's load; with a routing file, work summed over the
+// versions (retired ones included) and the longest wait of any version.
+func (p *Proxy) load() runtimeLoad {
+	if p.router != nil {
+		return p.router.load()
+	}
+	return loadOf(p.batcher.Snapshot())
 }
 
 // backend is classify's view of the runtime: the connection's handshake and

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -82,7 +81,7 @@ type testProxy struct {
 	*Proxy
 	url        string
 	metricsURL string // the metrics port's
-	log        *syncWriter
+	log        *testenv.SyncBuffer
 }
 
 // testConfig is the defaults, with the runtime at socket and no drain delay.
@@ -98,7 +97,7 @@ func startProxy(t testing.TB, cfg Config) *testProxy {
 // startProxyNoWait starts the proxy without waiting for it to be ready.
 func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
-	logBuf := &syncWriter{w: &bytes.Buffer{}}
+	logBuf := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})) // fasthttp's own messages too
 	set := metrics.NewSet()
 	metrics.RegisterSet(set)
@@ -121,23 +120,6 @@ func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
 		metrics.UnregisterSet(set, true)
 	})
 	return tp
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
 }
 
 // waitReady polls /readyz until it answers as wanted (bounded: 60 s).
@@ -205,21 +187,28 @@ func get(t *testing.T, url string) response {
 	return do(t, req)
 }
 
-// metricValue sums the samples of name (with any labels) on /metrics.
+// metricValue reads a series on /metrics: name with its labels, or a bare
+// name for the sum of its series whatever their labels. A series /metrics
+// lacks fails the test (at once: call it on the test's goroutine).
 func metricValue(t *testing.T, url, name string) float64 {
 	t.Helper()
-	r := get(t, url+"/metrics")
-	var sum float64
-	sc := bufio.NewScanner(bytes.NewReader(r.raw))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			sum += v
-		}
+	m := testenv.MustParseMetrics(t, get(t, url+"/metrics").raw)
+	if _, ok := m.Lookup(name); ok || strings.Contains(name, "{") {
+		return m.Value(t, name)
 	}
-	return sum
+	return m.Sum(t, name, "")
+}
+
+// waitIdle waits (at most 10 s) until the proxy holds no upload, no
+// decode and no queued or running item: whatever a request left behind
+// has reached the runtime or been dropped.
+func waitIdle(t *testing.T, tp *testProxy) {
+	t.Helper()
+	waitFor(t, "the proxy idle", 1000, func() bool {
+		return metricValue(t, tp.metricsURL, "inference_upload_bytes_reserved") == 0 &&
+			metricValue(t, tp.metricsURL, "inference_decode_bytes_reserved") == 0 &&
+			metricValue(t, tp.metricsURL, "inference_queue_depth") == 0
+	})
 }
 
 func TestPredictFormats(t *testing.T) {
@@ -510,6 +499,10 @@ func TestDecodeOverload(t *testing.T) {
 	// A roomy batch queue and a decode queue of 2, no bound per client:
 	// what rejects must be the decode limit.
 	cfg.Batch.QueueCapacity, cfg.DecodeQueue, cfg.ImagesPerClient = 64, 2, -1
+	// Full-size decodes (tens of ms, not a few): 24 requests at once always
+	// find the two places taken, even when the race detector slows the
+	// clients more than the decodes.
+	cfg.FullSizeJPEG = true
 	tp := startProxy(t, cfg)
 	big := testenv.Image(t, "grace_hopper.jpg")
 	const n = 24
@@ -555,9 +548,15 @@ func TestDeadlineAndQueueFull(t *testing.T) {
 	if r := do(t, req); r.status != 504 || r.body["error"] == nil {
 		t.Errorf("1ms deadline: %d %s, want 504", r.status, r.raw)
 	}
-	time.Sleep(200 * time.Millisecond) // let a wrongly surviving inference show up
-	if got := rt.Stats().Items - before; got != 0 {
-		t.Errorf("an expired request reached the runtime (%d inferences)", got)
+	// Once the proxy is idle, a wrongly surviving inference has reached
+	// the runtime; a request after it (the runtime runs batches in order)
+	// is then the only one counted.
+	waitIdle(t, tp)
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(1999))); r.status != 200 {
+		t.Fatalf("the request after the expired one: %d %s", r.status, r.raw)
+	}
+	if got := rt.Stats().Items - before; got != 1 {
+		t.Errorf("an expired request reached the runtime: %d inferences, want 1 (the request sent after it)", got)
 	}
 
 	// One running and one queued (~53 ms each): the others get 429.
@@ -639,11 +638,24 @@ func TestDrain(t *testing.T) {
 	tp := startProxy(t, cfg)
 	const n = 6
 	results := make([]response, n)
-	var wg sync.WaitGroup
+	var wg, sent sync.WaitGroup
+	sent.Add(n)
 	for i := range n {
-		wg.Go(func() { results[i] = do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(3000+i))) })
+		wg.Go(func() {
+			req := rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(3000+i))
+			req.Body = &eofSignal{r: req.Body, done: sent.Done}
+			results[i] = do(t, req)
+		})
 	}
-	time.Sleep(20 * time.Millisecond) // the requests are accepted
+	// The requests are accepted: each is on the wire, body and all,
+	// before the drain starts.
+	allSent := make(chan struct{})
+	go func() { sent.Wait(); close(allSent) }()
+	select {
+	case <-allSent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the requests were not all sent in 10 s")
+	}
 	done := make(chan error, 1)
 	go func() { done <- tp.Shutdown(context.Background()) }()
 	time.Sleep(50 * time.Millisecond)
@@ -665,6 +677,24 @@ func TestDrain(t *testing.T) {
 }
 
 var execCommand = exec.Command
+
+// eofSignal is a request body that calls done once the client has read
+// all of it.
+type eofSignal struct {
+	r    io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (e *eofSignal) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		e.once.Do(e.done)
+	}
+	return n, err
+}
+
+func (e *eofSignal) Close() error { return e.r.Close() }
 
 // TestHostileRequests: requests an attacker would send get a clean JSON
 // error, and the server keeps serving with nothing leaked to the runtime.
@@ -853,5 +883,37 @@ func TestDrainKeepAlive(t *testing.T) {
 	}
 	if len(movedAt) == 0 {
 		t.Error("no response from the draining proxy said Connection: close")
+	}
+}
+
+// Cost guard of the autoscaling signal: cache hits send nothing to the
+// runtime, so they add no runtime demand and cannot scale the deployment
+// up; a miss does. The expected wait is 0 when idle.
+func TestCacheHitsAddNoDemand(t *testing.T) {
+	rt := startRuntime(t, testenv.ResNet50Model(t), 4, "")
+	tp := startProxy(t, testConfig(rt.socket))
+	demand := func() float64 { return metricValue(t, tp.metricsURL, "inference_runtime_demand_seconds_total") }
+	img := testenv.UniquePNG(4242)
+	do(t, rawReq(tp.url+"/predict", "image/png", img)) // a miss: the batcher learns the time per item
+	if r := do(t, rawReq(tp.url+"/predict", "image/png", testenv.UniquePNG(4243))); r.status != 200 {
+		t.Fatalf("second miss: %d %s", r.status, r.raw)
+	}
+	d0 := demand()
+	if d0 <= 0 {
+		t.Fatalf("inference_runtime_demand_seconds_total %v after two misses, want > 0", d0)
+	}
+	for i := range 20 {
+		if r := do(t, rawReq(tp.url+"/predict", "image/png", img)); r.body["cached"] != true {
+			t.Fatalf("request %d: not a cache hit: %d %s", i, r.status, r.raw)
+		}
+	}
+	if d := demand(); d != d0 {
+		t.Errorf("20 cache hits moved inference_runtime_demand_seconds_total from %v to %v; want no change", d0, d)
+	}
+	if b := metricValue(t, tp.metricsURL, "inference_runtime_busy_seconds_total"); b <= 0 {
+		t.Errorf("inference_runtime_busy_seconds_total %v after two inferences, want > 0", b)
+	}
+	if w := metricValue(t, tp.metricsURL, "inference_expected_wait_seconds"); w != 0 {
+		t.Errorf("inference_expected_wait_seconds %v when idle, want 0", w)
 	}
 }

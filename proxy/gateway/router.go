@@ -49,18 +49,22 @@ import (
 //     per shadow version. close waits for them.
 //   - router.wg counts every goroutine above; close waits for it.
 type router struct {
-	cfg     Config
-	log     *slog.Logger
-	m       *stats.Metrics
-	rm      *stats.Routing
-	svc     *classify.Service // set by New before serving
-	ctx     context.Context   // ends at close: stops the Conns
-	stop    context.CancelFunc
-	table   atomic.Pointer[table]
-	gen     atomic.Int64
-	mu      sync.Mutex // serializes apply and close; guards closing
-	closing bool
-	wg      sync.WaitGroup
+	cfg   Config
+	log   *slog.Logger
+	m     *stats.Metrics
+	rm    *stats.Routing
+	svc   *classify.Service // set by New before serving
+	ctx   context.Context   // ends at close: stops the Conns
+	stop  context.CancelFunc
+	table atomic.Pointer[table]
+	gen   atomic.Int64
+	// loadMu makes a table swap and the retired versions' work one step
+	// for load, so the summed counters never go back.
+	loadMu                     sync.Mutex
+	retiredDemand, retiredBusy time.Duration // guarded by loadMu
+	mu                         sync.Mutex    // serializes apply and close; guards closing
+	closing                    bool
+	wg                         sync.WaitGroup
 }
 
 type table struct {
@@ -158,7 +162,18 @@ func (r *router) apply(f *routing.File) {
 		next.models = append(next.models, nm)
 		next.byName[ms.Name] = nm
 	}
+	r.loadMu.Lock()
 	r.table.Store(next)
+	for _, om := range old.models {
+		for _, v := range om.versions {
+			if !kept[v] {
+				l := loadOf(v.batcher.Snapshot()) // its work while it drains is not counted
+				r.retiredDemand += l.Demand
+				r.retiredBusy += l.Busy
+			}
+		}
+	}
+	r.loadMu.Unlock()
 	r.gen.Add(1)
 	for _, om := range old.models {
 		for _, v := range om.versions {
@@ -311,6 +326,24 @@ func (r *router) queueDepth() float64 {
 		}
 	}
 	return float64(n)
+}
+
+// load sums every version's runtime work, the retired versions' work up to
+// their retirement included (so the counters never go back), and takes the
+// longest expected wait.
+func (r *router) load() runtimeLoad {
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	l := runtimeLoad{Demand: r.retiredDemand, Busy: r.retiredBusy}
+	for _, m := range r.table.Load().models {
+		for _, v := range m.versions {
+			vl := loadOf(v.batcher.Snapshot())
+			l.Demand += vl.Demand
+			l.Busy += vl.Busy
+			l.Wait = max(l.Wait, vl.Wait)
+		}
+	}
+	return l
 }
 
 // ready: every model is ready (model.ready).

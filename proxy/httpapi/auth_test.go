@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,16 +106,11 @@ func startAuthServer(t *testing.T, poll time.Duration) *authServer {
 	return &authServer{testServer: ts, keys: keys, path: path, auth: a, authSet: set}
 }
 
-func (as *authServer) authCounter(name string) float64 {
-	var buf bytes.Buffer
-	as.authSet.WritePrometheus(&buf)
-	for l := range strings.SplitSeq(buf.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
+// authCounter reads one series of the authenticator's set; a series the
+// set lacks fails the test.
+func (as *authServer) authCounter(t *testing.T, name string) float64 {
+	t.Helper()
+	return setCounter(t, as.authSet, name)
 }
 
 func withHeader(req *http.Request, kv ...string) *http.Request {
@@ -219,7 +215,7 @@ func TestAuth(t *testing.T) {
 		`inference_requests_total{route="/predict",code="403"}`:            1,
 		`inference_requests_total{route="/v2/models/metadata",code="403"}`: 1,
 	} {
-		if got := ts.counter(name); got != want {
+		if got := ts.counter(t, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
@@ -233,7 +229,7 @@ func TestAuth(t *testing.T) {
 		`auth_rejected_total{reason="unknown_key"}`:      1,
 		`auth_rejected_total{reason="malformed"}`:        1,
 	} {
-		if got := ts.authCounter(name); got != want {
+		if got := ts.authCounter(t, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
@@ -254,8 +250,8 @@ func TestAuthRateLimit(t *testing.T) {
 	if r.status != 429 || err != nil || retry < 1 || retry > 1000 || !strings.Contains(r.jsonError(), `"slow" is over its rate limit`) {
 		t.Errorf("second request: %d %s, Retry-After %q; want 429 with Retry-After in [1, 1000]", r.status, r.raw, r.header.Get("Retry-After"))
 	}
-	if ts.fc.callCount() != 1 || ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`) != 1 {
-		t.Errorf("classifier calls %d, rate rejections %v", ts.fc.callCount(), ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`))
+	if ts.fc.callCount() != 1 || ts.authCounter(t, `auth_rejected_total{reason="rate",key="slow"}`) != 1 {
+		t.Errorf("classifier calls %d, rate rejections %v", ts.fc.callCount(), ts.authCounter(t, `auth_rejected_total{reason="rate",key="slow"}`))
 	}
 	found := false
 	for _, l := range logLines(ts.log) {
@@ -344,7 +340,7 @@ func TestAuthExpect(t *testing.T) {
 		t.Errorf("the classifier ran %d times, want 2", got)
 	}
 	// The refusals, where the handler never ran, are counted and logged.
-	if got := ts.counter(`inference_requests_total{route="/predict",code="401"}`); got != 2 {
+	if got := ts.counter(t, `inference_requests_total{route="/predict",code="401"}`); got != 2 {
 		t.Errorf("%v 401s counted, want 2", got)
 	}
 	refused := 0
@@ -361,7 +357,7 @@ func TestAuthExpect(t *testing.T) {
 	}
 	// The slow key's one token went to its first body; the second was
 	// refused before its body.
-	if got := ts.authCounter(`auth_rejected_total{reason="rate",key="slow"}`); got != 1 {
+	if got := ts.authCounter(t, `auth_rejected_total{reason="rate",key="slow"}`); got != 1 {
 		t.Errorf("%v rate rejections, want 1 (the second limited request, before its body)", got)
 	}
 }
@@ -397,7 +393,8 @@ func TestAuthLargeBody(t *testing.T) {
 }
 
 // The keys file is rewritten three times (once invalid) while requests
-// with a key that every version lists keep coming: all get 200.
+// with a key that every version lists keep coming: all get 200, and
+// requests were sent after every reload, not only before the first.
 func TestAuthReloadUnderLoad(t *testing.T) {
 	ts := startAuthServer(t, 5*time.Millisecond)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -405,13 +402,17 @@ func TestAuthReloadUnderLoad(t *testing.T) {
 	go func() { defer close(ran); ts.auth.Run(ctx) }()
 	defer func() { cancel(); <-ran }()
 
+	// phase is the number of reloads the test has seen; sent[p] counts
+	// the requests sent in phase p.
+	var phase atomic.Int32
+	var sent [4]atomic.Int32
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[int]int{}
 	for range 4 {
 		wg.Go(func() {
-			for i := 0; i < 200; i++ { // at most 200 each; until the rewrites end
+			for i := 0; i < 100_000; i++ { // until the rewrites end (a bound for a hung test)
 				if i >= 10 {
 					select {
 					case <-done:
@@ -419,6 +420,7 @@ func TestAuthReloadUnderLoad(t *testing.T) {
 					default:
 					}
 				}
+				sent[phase.Load()].Add(1)
 				r := ts.do(t, withHeader(ts.post("/predict", "image/png", []byte("png")), "Authorization", "Bearer "+ts.keys.full))
 				mu.Lock()
 				statuses[r.status]++
@@ -426,12 +428,19 @@ func TestAuthReloadUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	// waitFor waits (at most 10 s) for the watcher to see the rewrite.
+	// waitFor waits (at most 10 s) for the watcher to see the rewrite,
+	// then for the load to go on after it.
 	waitFor := func(name string, want float64) {
 		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); ts.authCounter(name) < want; time.Sleep(time.Millisecond) {
+		for deadline := time.Now().Add(10 * time.Second); ts.authCounter(t, name) < want; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s did not reach %v", name, want)
+			}
+		}
+		p := phase.Add(1)
+		for deadline := time.Now().Add(10 * time.Second); sent[p].Load() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no request sent in 10 s after reload %d (%s): the load did not overlap the reloads", p, name)
 			}
 		}
 	}
@@ -453,6 +462,11 @@ func TestAuthReloadUnderLoad(t *testing.T) {
 	}
 	if statuses[200] != total || total < 40 {
 		t.Errorf("statuses %v; want every one of at least 40 requests 200", statuses)
+	}
+	for p := range sent {
+		if sent[p].Load() == 0 {
+			t.Errorf("no request sent after reload %d of 3: the load did not overlap the reloads", p)
+		}
 	}
 	if r := ts.do(t, withHeader(ts.get("/v2"), "X-API-Key", ts.keys.full)); r.status != 403 {
 		t.Errorf("after the last file, full on /v2: %d; want 403", r.status)
@@ -516,10 +530,11 @@ func startKeyServer(t *testing.T, entries []auth.Key, change func(*Config)) (*te
 	return ts, keys, set
 }
 
-// setCounter reads one series of set, by its full name with labels.
-func setCounter(set *metrics.Set, name string) float64 {
-	v, _ := testenv.MetricValue(set, name)
-	return v
+// setCounter reads one series of set, by its full name with labels; a
+// series the set lacks fails the test.
+func setCounter(t *testing.T, set *metrics.Set, name string) float64 {
+	t.Helper()
+	return testenv.SetMetrics(t, set).Value(t, name)
 }
 
 // inferBody is an OIP JSON request of n BYTES images ("hi" each).
@@ -668,10 +683,10 @@ func TestAuthImageRate(t *testing.T) {
 	if r := infer(keys["free"], 16); r.status != 200 {
 		t.Errorf("16 images, unlimited key: %d %s", r.status, r.raw)
 	}
-	if got := setCounter(set, `auth_rejected_total{reason="rate",key="one"}`); got != 1 {
+	if got := setCounter(t, set, `auth_rejected_total{reason="rate",key="one"}`); got != 1 {
 		t.Errorf("rate rejections of one = %v, want 1", got)
 	}
-	if got := ts.rejections("auth_rate"); got != 2 {
+	if got := ts.rejections(t, "auth_rate"); got != 2 {
 		t.Errorf("inference_rejections_total{reason=auth_rate} = %v, want 2", got)
 	}
 }
@@ -743,7 +758,7 @@ func TestAuthImageConcurrency(t *testing.T) {
 	if r := infer(keys["two"], 2); r.status != 200 {
 		t.Errorf("2 images once the held one is answered: %d %s", r.status, r.raw)
 	}
-	if got := setCounter(set, `auth_rejected_total{reason="concurrency",key="two"}`); got != 2 {
+	if got := setCounter(t, set, `auth_rejected_total{reason="concurrency",key="two"}`); got != 2 {
 		t.Errorf("concurrency rejections = %v, want 2", got)
 	}
 }
@@ -826,7 +841,7 @@ func TestAuthVersionsScope(t *testing.T) {
 	}
 	conn.Close()
 	checkJSON(t, "Expect with a version, without the scope", resp, raw, 403, `"versions" scope`)
-	if got := setCounter(set, `auth_rejected_total{reason="scope",key="plain"}`); got != 3 {
+	if got := setCounter(t, set, `auth_rejected_total{reason="scope",key="plain"}`); got != 3 {
 		t.Errorf("scope rejections of plain = %v, want 3", got)
 	}
 }

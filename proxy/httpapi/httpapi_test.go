@@ -223,37 +223,16 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug("fasthttp", "message", fmt.Sprintf(format, args...))
 }
 
-// counter is the value of a metric of the server's set, by its full name
-// with labels.
-func (ts *testServer) counter(name string) float64 {
-	var buf bytes.Buffer
-	ts.set.WritePrometheus(&buf)
-	for _, l := range strings.Split(buf.String(), "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
+// counter is the value of a series of the server's set, by its full name
+// with labels; a series the set lacks fails the test.
+func (ts *testServer) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	return testenv.SetMetrics(t, ts.set).Value(t, name)
 }
 
-// counterSum sums the metrics whose full names have prefix and suffix.
-func (ts *testServer) counterSum(prefix, suffix string) float64 {
-	var buf bytes.Buffer
-	ts.set.WritePrometheus(&buf)
-	var sum float64
-	for _, l := range strings.Split(buf.String(), "\n") {
-		name, v, ok := strings.Cut(l, " ")
-		if ok && strings.HasPrefix(name, prefix) && strings.HasSuffix(name, suffix) {
-			f, _ := strconv.ParseFloat(v, 64)
-			sum += f
-		}
-	}
-	return sum
-}
-
-func (ts *testServer) rejections(reason string) float64 {
-	return ts.counter(`inference_rejections_total{reason="` + reason + `"}`)
+func (ts *testServer) rejections(t *testing.T, reason string) float64 {
+	t.Helper()
+	return ts.counter(t, `inference_rejections_total{reason="`+reason+`"}`)
 }
 
 type response struct {
@@ -377,7 +356,7 @@ func TestPredict(t *testing.T) {
 		}
 		ts.checkUploadsFree(t, tc.name)
 	}
-	if got := ts.counter(`inference_requests_total{route="/predict",code="200"}`); got != 5 {
+	if got := ts.counter(t, `inference_requests_total{route="/predict",code="200"}`); got != 5 {
 		t.Errorf("inference_requests_total for /predict 200 = %v, want 5", got)
 	}
 }
@@ -413,8 +392,8 @@ func TestTopK(t *testing.T) {
 			t.Errorf("%d classes, %q: %d %s; want %d predictions", tc.classes, tc.query, r.status, r.raw, tc.want)
 		case tc.want == 0 && (r.status != 400 || !strings.Contains(r.jsonError(), fmt.Sprintf("top_k must be an integer in [1, %d]", tc.classes))):
 			t.Errorf("%d classes, %q: %d %s; want 400 naming top_k's range", tc.classes, tc.query, r.status, r.raw)
-		case tc.want == 0 && (ts.fc.callCount() != 0 || ts.rejections("bad_request") != 1):
-			t.Errorf("%q: classifier called %d times, %v bad_request rejections; want 0 and 1", tc.query, ts.fc.callCount(), ts.rejections("bad_request"))
+		case tc.want == 0 && (ts.fc.callCount() != 0 || ts.rejections(t, "bad_request") != 1):
+			t.Errorf("%q: classifier called %d times, %v bad_request rejections; want 0 and 1", tc.query, ts.fc.callCount(), ts.rejections(t, "bad_request"))
 		}
 	}
 }
@@ -462,8 +441,8 @@ func TestRequestTimeout(t *testing.T) {
 	ts.fc.set(func(f *fakeClassifier) { f.wait = true })
 	req := ts.post("/predict", "image/jpeg", []byte("jpeg"))
 	req.Header.Set("X-Request-Timeout-Ms", "20")
-	if r := ts.do(t, req); r.status != 504 || r.jsonError() == "" || ts.rejections("deadline") != 1 {
-		t.Errorf("expired deadline: %d %s, %v deadline rejections; want 504", r.status, r.raw, ts.rejections("deadline"))
+	if r := ts.do(t, req); r.status != 504 || r.jsonError() == "" || ts.rejections(t, "deadline") != 1 {
+		t.Errorf("expired deadline: %d %s, %v deadline rejections; want 504", r.status, r.raw, ts.rejections(t, "deadline"))
 	}
 }
 
@@ -600,8 +579,8 @@ func TestChunked(t *testing.T) {
 		conn.Close()
 		checkJSON(t, path+" chunked", resp, raw, 411, "Content-Length")
 	}
-	if ts.fc.callCount() != 0 || ts.rejections("length_required") != 2 {
-		t.Errorf("classifier called %d times, %v length_required rejections; want 0 and 2", ts.fc.callCount(), ts.rejections("length_required"))
+	if ts.fc.callCount() != 0 || ts.rejections(t, "length_required") != 2 {
+		t.Errorf("classifier called %d times, %v length_required rejections; want 0 and 2", ts.fc.callCount(), ts.rejections(t, "length_required"))
 	}
 }
 
@@ -688,7 +667,7 @@ func TestUploadBudget(t *testing.T) {
 	body := make([]byte, 2_000)
 	r := ts.do(t, ts.post("/predict", "image/png", body))
 	if r.status != 429 || r.header.Get("Retry-After") != "1" || !strings.Contains(r.jsonError(), "retry later") ||
-		ts.rejections("upload_budget") != 1 || ts.fc.callCount() != 0 {
+		ts.rejections(t, "upload_budget") != 1 || ts.fc.callCount() != 0 {
 		t.Errorf("budget taken: %d %s, Retry-After %q; want 429 with Retry-After 1 before the classifier", r.status, r.raw, r.header.Get("Retry-After"))
 	}
 	// v2 reserves 3x the body for JSON.
@@ -708,7 +687,7 @@ func TestUploadBudget(t *testing.T) {
 	defer hold.Release()
 	req := slow.post("/predict", "image/png", body)
 	req.Header.Set("X-Request-Timeout-Ms", "30")
-	if r := slow.do(t, req); r.status != 504 || slow.rejections("deadline") != 1 {
+	if r := slow.do(t, req); r.status != 504 || slow.rejections(t, "deadline") != 1 {
 		t.Errorf("deadline while waiting for the budget: %d %s, want 504", r.status, r.raw)
 	}
 }
@@ -737,9 +716,9 @@ func TestBadUploads(t *testing.T) {
 		{"no content type", "", jpeg, 415, "unsupported_format", "multipart/form-data"},
 		{"bad media type", "image/", jpeg, 415, "unsupported_format", "multipart/form-data"},
 	} {
-		before := ts.rejections(tc.reason)
+		before := ts.rejections(t, tc.reason)
 		r := ts.do(t, ts.post("/predict", tc.ctype, tc.body))
-		if r.status != tc.status || !strings.Contains(r.jsonError(), tc.msg) || ts.rejections(tc.reason) != before+1 {
+		if r.status != tc.status || !strings.Contains(r.jsonError(), tc.msg) || ts.rejections(t, tc.reason) != before+1 {
 			t.Errorf("%s: %d %s; want %d with %q, counted as %s", tc.name, r.status, r.raw, tc.status, tc.msg, tc.reason)
 		}
 		if !r.close {
@@ -859,9 +838,9 @@ func TestClassifierErrors(t *testing.T) {
 		{errors.New("secret: /var/lib/model.onnx"), 500, "internal", ""},
 	} {
 		ts.fc.set(func(f *fakeClassifier) { f.err = tc.err })
-		before := ts.rejections(tc.reason)
+		before := ts.rejections(t, tc.reason)
 		r := ts.do(t, ts.post("/predict", "image/png", []byte("png")))
-		if r.status != tc.status || r.jsonError() == "" || r.header.Get("Retry-After") != tc.retryAfter || ts.rejections(tc.reason) != before+1 {
+		if r.status != tc.status || r.jsonError() == "" || r.header.Get("Retry-After") != tc.retryAfter || ts.rejections(t, tc.reason) != before+1 {
 			t.Errorf("%v: %d %s, Retry-After %q; want %d, Retry-After %q, counted as %s", tc.err, r.status, r.raw, r.header.Get("Retry-After"), tc.status, tc.retryAfter, tc.reason)
 		}
 		if strings.Contains(string(r.raw), "secret") {
@@ -889,19 +868,24 @@ func TestPanic(t *testing.T) {
 	if r.status != 500 || r.jsonError() != "internal error" || !r.close || r.header.Get("X-Request-Id") != "panic-1" {
 		t.Errorf("panic: %d %s close=%v id %q; want a JSON 500 closing the connection", r.status, r.raw, r.close, r.header.Get("X-Request-Id"))
 	}
-	if got := ts.counter("inference_panics_total"); got != 1 {
+	if got := ts.counter(t, "inference_panics_total"); got != 1 {
 		t.Errorf("inference_panics_total = %v, want 1", got)
 	}
-	// Counted, though under route "other": see the report on Handler.
-	if got := ts.counterSum(`inference_requests_total{`, `,code="500"}`); got != 1 {
-		t.Errorf("the 500 counted %v times", got)
+	// Counted under its own route: Handler names the route (routeOf)
+	// before anything can panic, so the 500 is not lost under "other".
+	m := testenv.SetMetrics(t, ts.set)
+	if got := m.Value(t, `inference_requests_total{route="/predict",code="500"}`); got != 1 {
+		t.Errorf("the 500 counted %v times under route /predict, want 1", got)
+	}
+	if got := m.Sum(t, "inference_requests_total", `code="500"`); got != 1 {
+		t.Errorf("500s counted %v times in all routes, want 1", got)
 	}
 	found := false
 	for _, l := range logLines(ts.log) {
 		if l["msg"] == "handler panicked" {
 			found = true
 			stack, _ := l["stack"].(string)
-			if l["request_id"] != "panic-1" || l["panic"] != "classifier exploded" || !strings.Contains(stack, "fakeClassifier).Classify") {
+			if l["request_id"] != "panic-1" || l["route"] != "/predict" || l["panic"] != "classifier exploded" || !strings.Contains(stack, "fakeClassifier).Classify") {
 				t.Errorf("panic log: %v", l)
 			}
 		}
@@ -924,7 +908,7 @@ func TestV2Panic(t *testing.T) {
 	ts.fc.set(func(f *fakeClassifier) { f.panicMsg = "classifier exploded" })
 	r := ts.do(t, ts.post("/v2/models/resnet50/infer", "application/json",
 		[]byte(`{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES","data":["aGk="]}]}`)))
-	if r.status != 500 || ts.counter("inference_panics_total") != 1 {
+	if r.status != 500 || ts.counter(t, "inference_panics_total") != 1 {
 		t.Errorf("v2 panic: %d %s", r.status, r.raw)
 	}
 }

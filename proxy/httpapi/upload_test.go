@@ -69,7 +69,7 @@ func TestTrickledBodiesDoNotHoldTheBudget(t *testing.T) {
 			t.Errorf("honest upload %d beside ten trickled bodies: %d %s, want 200", i, r.status, r.raw)
 		}
 	}
-	if n := ts.rejections("upload_budget"); n != 0 {
+	if n := ts.rejections(t, "upload_budget"); n != 0 {
 		t.Errorf("upload_budget rejections %v, want 0", n)
 	}
 }
@@ -96,7 +96,7 @@ func TestSlowBodyCutOff(t *testing.T) {
 	}{{10, "slow_request"}, {10_000, "upload_too_slow"}} {
 		conn := trickle(t, ts.addr, "", head("/predict", "image/png", 40_000), tc.sent)
 		r := answerOn(t, conn)
-		if r.status != 408 || !r.close || !strings.Contains(r.jsonError(), "20000 bytes a second") || ts.rejections(tc.reason) != 1 {
+		if r.status != 408 || !r.close || !strings.Contains(r.jsonError(), "20000 bytes a second") || ts.rejections(t, tc.reason) != 1 {
 			t.Errorf("body stalled after %d bytes: %d close=%v %s; want 408 about the rate (%s), connection closed", tc.sent, r.status, r.close, r.raw, tc.reason)
 		}
 	}
@@ -125,7 +125,7 @@ func TestUploadsPerClient(t *testing.T) {
 	waitInUse(t, ts, 2*uploadChunk)
 	third := trickle(t, ts.addr, "127.0.0.1", head("/predict", "image/png", size), size)
 	r := answerOn(t, third)
-	if r.status != 429 || r.header.Get("Retry-After") == "" || ts.rejections("upload_client_limit") != 1 {
+	if r.status != 429 || r.header.Get("Retry-After") == "" || ts.rejections(t, "upload_client_limit") != 1 {
 		t.Errorf("third upload from one address: %d %s, Retry-After %q; want 429 upload_client_limit", r.status, r.raw, r.header.Get("Retry-After"))
 	}
 	small := trickle(t, ts.addr, "127.0.0.1", head("/predict", "image/png", 5000), 5000)
@@ -163,7 +163,7 @@ func TestRefusedClientIsHeld(t *testing.T) {
 	next := trickle(t, ts.addr, "127.0.0.2", head("/predict", "image/png", 5000), 5000)
 	r := answerOn(t, next)
 	if took := time.Since(start); r.status != 429 || r.header.Get("Retry-After") == "" || !r.close || took < hold ||
-		ts.rejections("client_refusals") != 1 {
+		ts.rejections(t, "client_refusals") != 1 {
 		t.Errorf("owing 10 MiB: %d %s after %v, Retry-After %q, close %v; want 429 client_refusals after at least %v, Retry-After, connection closed",
 			r.status, r.raw, took, r.header.Get("Retry-After"), r.close, hold)
 	}
@@ -189,7 +189,7 @@ func TestUploadMemoryPerClient(t *testing.T) {
 	}
 	waitInUse(t, ts, 480_000)
 	third := trickle(t, ts.addr, "127.0.0.1", head("/predict", "image/png", size), size)
-	if r := answerOn(t, third); r.status != 429 || ts.rejections("upload_client_limit") != 1 {
+	if r := answerOn(t, third); r.status != 429 || ts.rejections(t, "upload_client_limit") != 1 {
 		t.Errorf("a third upload while two hold half the budget: %d %s; want 429 upload_client_limit", r.status, r.raw)
 	}
 	other := trickle(t, ts.addr, "127.0.0.2", head("/predict", "image/png", 90_000), 90_000)

@@ -61,8 +61,20 @@ type code struct{ requests, exceptions *metrics.Counter }
 
 // Gauges are read when /metrics is scraped.
 type Gauges struct {
-	// QueueDepth is waiting + in-flight items: the autoscaling signal.
+	// QueueDepth is waiting + in-flight items (the autoscaling signal
+	// before issue 24; kept for dashboards and targetQueueDepth).
 	QueueDepth func() float64
+	// RuntimeDemand is the runtime work offered so far, seconds: the
+	// measured runtime time per item summed over every item sent to the
+	// runtime, refused ones included, cache hits never (a counter; its
+	// rate is the offered load in runtimes, the autoscaling signal).
+	RuntimeDemand func() float64
+	// RuntimeBusy is the runtime's busy time so far, seconds (a counter;
+	// its rate is the busy fraction, at most 1 per runtime).
+	RuntimeBusy func() float64
+	// ExpectedWait is the wait a request arriving now can expect, seconds:
+	// queue depth x the measured runtime time per item.
+	ExpectedWait func() float64
 	// RuntimeConnected is 1 while a ready runtime is connected.
 	RuntimeConnected func() float64
 	// UploadBytes and DecodeBytes are the bytes reserved from the two
@@ -98,6 +110,9 @@ func New(set *metrics.Set, g Gauges) *Metrics {
 		}
 	}
 	gauge("inference_queue_depth", g.QueueDepth)
+	gauge("inference_runtime_demand_seconds_total", g.RuntimeDemand)
+	gauge("inference_runtime_busy_seconds_total", g.RuntimeBusy)
+	gauge("inference_expected_wait_seconds", g.ExpectedWait)
 	gauge("inference_runtime_connected", g.RuntimeConnected)
 	gauge("inference_upload_bytes_reserved", g.UploadBytes)
 	gauge("inference_decode_bytes_reserved", g.DecodeBytes)

@@ -357,7 +357,7 @@ func (s *Server) handle(c *conn) {
 		buf = body[:0]
 		switch typ {
 		case wire.TypeStatsRequest:
-			id, err := wire.ParseID(body)
+			id, err := wire.ParseStatsRequest(body)
 			if err != nil {
 				s.replyError(c, 0, wire.CodeBadRequest, err.Error())
 				continue

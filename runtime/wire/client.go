@@ -252,8 +252,8 @@ func (c *Client) dispatch(typ byte, body []byte) error {
 		}
 		rep.err = e
 	case TypeStats:
-		if err := json.Unmarshal(body[8:], &rep.stats); err != nil {
-			return fmt.Errorf("stats: %w", err)
+		if _, rep.stats, err = ParseStats(body); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("unexpected message type %d", typ)

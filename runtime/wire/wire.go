@@ -174,6 +174,27 @@ func ParseID(body []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(body), nil
 }
 
+// ParseStatsRequest decodes a StatsRequest body: its id and nothing else.
+func ParseStatsRequest(body []byte) (uint64, error) {
+	if len(body) != 8 {
+		return 0, fmt.Errorf("stats request: want an 8-byte id, got %d bytes", len(body))
+	}
+	return binary.BigEndian.Uint64(body), nil
+}
+
+// ParseStats decodes a Stats body.
+func ParseStats(body []byte) (uint64, Stats, error) {
+	var s Stats
+	id, err := ParseID(body)
+	if err != nil {
+		return 0, s, fmt.Errorf("stats: %w", err)
+	}
+	if err := json.Unmarshal(body[8:], &s); err != nil {
+		return id, s, fmt.Errorf("stats: %w", err)
+	}
+	return id, s, nil
+}
+
 // ErrFrameTooLarge is returned by ReadFrame for a frame over its limit.
 var ErrFrameTooLarge = errors.New("frame too large")
 
@@ -287,6 +308,10 @@ func ParseBatch(body []byte, imageSize, maxN int) (Batch, uint16, error) {
 		copy(b.Trace.TraceID[:], t[1:17])
 		copy(b.Trace.SpanID[:], t[17:25])
 		b.Trace.Flags = t[25]
+		if !b.Trace.IsValid() {
+			// AppendBatch never writes one: it would read as no trace.
+			return b, CodeBadRequest, errors.New("batch: trace trailer with a zero trace or span id")
+		}
 		data = data[:b.N*imageSize*4]
 	}
 	b.Images = make([]float32, b.N*imageSize)
