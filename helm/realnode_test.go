@@ -2,6 +2,7 @@ package helm_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -28,7 +29,12 @@ const (
 // image references set) on a real node (internal/kubenode: kubelet,
 // containerd, kube-proxy) with KEDA's CRDs, waits for the pod to be Ready
 // and sends POST /predict through the Service's ClusterIP (kube-proxy's
-// rules), recording the time from `helm install` to the first 200.
+// rules), recording the time from `helm install` to the first 200. Then,
+// on the same pod: the runtime is a native sidecar that was warmed up
+// before the proxy started (SidecarOrder), /metrics answers on the metrics
+// port only and /docs through the Service (MetricsPortAndDocs), and no
+// container restarted (NoRestarts). TestRealNodeChecks shows that these
+// checks fail on the defects they name.
 func TestRealNodeInstall(t *testing.T) {
 	kubenode.Check(t, "")
 	helm := tool(t, "helm")
@@ -109,11 +115,283 @@ func TestRealNodeInstall(t *testing.T) {
 	if !strings.Contains(body, `"predictions":[{"label"`) {
 		t.Errorf("POST /predict answered %.300s", body)
 	}
-	restarts := n.KubectlT(t, "get", "pods", "-n", "bg", "-o", "jsonpath={range .items[*].status.initContainerStatuses[*]}{.name}={.restartCount} {end}{range .items[*].status.containerStatuses[*]}{.name}={.restartCount} {end}")
-	t.Logf("restart counts: %s", restarts)
-	for _, f := range strings.Fields(restarts) {
-		if !strings.HasSuffix(f, "=0") {
-			t.Errorf("container restarted: %s", f)
+	podJSON := n.KubectlT(t, "get", "pods", "-n", "bg", "-l", "app.kubernetes.io/instance=bg", "-o", "json")
+	var pods struct{ Items []rnPod }
+	if err := json.Unmarshal([]byte(podJSON), &pods); err != nil || len(pods.Items) != 1 {
+		t.Fatalf("pods of release bg: %d, %v\n%.2000s", len(pods.Items), err, podJSON)
+	}
+	pod := pods.Items[0]
+
+	// 1. The runtime is a native sidecar (an init container with
+	// restartPolicy Always, still running) and was started, startup-probed
+	// and warmed up before the proxy started.
+	t.Run("SidecarOrder", func(t *testing.T) {
+		rlog := n.KubectlT(t, "logs", "-n", "bg", pod.Metadata.Name, "-c", "runtime", "--timestamps")
+		plog := n.KubectlT(t, "logs", "-n", "bg", pod.Metadata.Name, "-c", "proxy", "--timestamps")
+		report, problems := rnSidecarOrder(pod, rlog, plog)
+		t.Log(report)
+		for _, p := range problems {
+			t.Error(p)
 		}
+	})
+
+	// 2. /metrics on the metrics port (the pod's IP) only: 404 on the API
+	// port through the Service, and the Service does not carry 9464;
+	// /docs through the Service.
+	t.Run("MetricsPortAndDocs", func(t *testing.T) {
+		if pod.Status.PodIP == "" {
+			t.Fatal("pod has no IP")
+		}
+		get := func(url string) (int, string, error) {
+			resp, err := client.Get(url)
+			if err != nil {
+				return 0, "", err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b), nil
+		}
+		for _, c := range []struct {
+			url    string
+			status int
+			want   string
+		}{
+			{fmt.Sprintf("http://%s:9464/metrics", pod.Status.PodIP), 200, "inference_batch_size_count"},
+			{fmt.Sprintf("http://%s:9999/metrics", clusterIP), 404, "METRICS_PORT"},
+			{fmt.Sprintf("http://%s:9999/metrics", pod.Status.PodIP), 404, "METRICS_PORT"},
+			{fmt.Sprintf("http://%s:9999/docs", clusterIP), 200, "<html"},
+			{fmt.Sprintf("http://%s:9999/openapi.json", clusterIP), 200, `"openapi"`},
+		} {
+			status, body, err := get(c.url)
+			switch {
+			case err != nil:
+				t.Errorf("GET %s: %v", c.url, err)
+			case status != c.status || !strings.Contains(body, c.want):
+				t.Errorf("GET %s: %d, want %d with %q: %.300s", c.url, status, c.status, c.want, body)
+			default:
+				t.Logf("GET %s: %d (%d bytes)", c.url, status, len(body))
+			}
+		}
+		// The Service publishes the API only: 9464 on its ClusterIP has no
+		// kube-proxy rule, so nothing answers there.
+		short := &http.Client{Timeout: 2 * time.Second}
+		url := fmt.Sprintf("http://%s:9464/metrics", clusterIP)
+		if resp, err := short.Get(url); err == nil {
+			resp.Body.Close()
+			t.Errorf("GET %s answered %d: the Service publishes the metrics port", url, resp.StatusCode)
+		} else {
+			t.Logf("GET %s: no answer (%v)", url, err)
+		}
+	})
+
+	// 3. No container restarted between the install and now.
+	t.Run("NoRestarts", func(t *testing.T) {
+		report, problems := rnRestarts(pod)
+		t.Logf("restart counts: %s", report)
+		for _, p := range problems {
+			t.Error(p)
+		}
+	})
+}
+
+// rnPod is the part of a Pod that the real-node checks read.
+type rnPod struct {
+	Metadata struct{ Name string }
+	Spec     struct {
+		InitContainers []rnContainer
+		Containers     []rnContainer
+	}
+	Status struct {
+		PodIP      string
+		Conditions []struct {
+			Type, Status       string
+			LastTransitionTime time.Time
+		}
+		InitContainerStatuses []rnStatus
+		ContainerStatuses     []rnStatus
+	}
+}
+
+type rnContainer struct {
+	Name          string
+	RestartPolicy string
+}
+
+type rnStatus struct {
+	Name         string
+	Ready        bool
+	Started      *bool
+	RestartCount int
+	State        struct {
+		Running *struct{ StartedAt time.Time }
+	}
+}
+
+func rnFindStatus(ss []rnStatus, name string) *rnStatus {
+	for i := range ss {
+		if ss[i].Name == name {
+			return &ss[i]
+		}
+	}
+	return nil
+}
+
+// rnLogTime is the time of the first line of a `kubectl logs --timestamps`
+// output that contains substr ("" for the first line).
+func rnLogTime(log, substr string) (time.Time, bool) {
+	for _, line := range strings.Split(log, "\n") {
+		ts, rest, ok := strings.Cut(line, " ")
+		if !ok || !strings.Contains(rest, substr) {
+			continue
+		}
+		if tm, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+			return tm, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// rnSidecarOrder checks that the runtime is a native sidecar that was
+// started, and warmed up ("warm-up done; ready" in its log, the condition
+// of its startup probe), before the proxy started: from the pod's spec,
+// its container statuses (second resolution) and the containers' log
+// timestamps (nanosecond resolution, containerd's).
+func rnSidecarOrder(pod rnPod, runtimeLog, proxyLog string) (report string, problems []string) {
+	var sidecar bool
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == "runtime" {
+			sidecar = c.RestartPolicy == "Always"
+			if !sidecar {
+				problems = append(problems, fmt.Sprintf("init container runtime has restartPolicy %q, want Always (a native sidecar)", c.RestartPolicy))
+			}
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == "runtime" {
+			problems = append(problems, "runtime is a regular container, not a native sidecar (initContainers with restartPolicy Always)")
+		}
+	}
+	rs := rnFindStatus(pod.Status.InitContainerStatuses, "runtime")
+	ps := rnFindStatus(pod.Status.ContainerStatuses, "proxy")
+	if rs == nil || ps == nil {
+		return "", append(problems, fmt.Sprintf("want initContainerStatuses[runtime] and containerStatuses[proxy]; have %+v and %+v",
+			pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses))
+	}
+	if rs.State.Running == nil || !rs.Ready || rs.Started == nil || !*rs.Started {
+		problems = append(problems, fmt.Sprintf("runtime sidecar not running, started and ready: %+v", *rs))
+	}
+	if ps.State.Running == nil || !ps.Ready {
+		return "", append(problems, fmt.Sprintf("proxy not running and ready: %+v", *ps))
+	}
+	var rStart time.Time
+	if rs.State.Running != nil {
+		rStart = rs.State.Running.StartedAt
+	}
+	pStart := ps.State.Running.StartedAt
+	var initialized time.Time
+	for _, c := range pod.Status.Conditions {
+		if c.Type == "Initialized" && c.Status == "True" {
+			initialized = c.LastTransitionTime
+		}
+	}
+	switch {
+	case initialized.IsZero():
+		problems = append(problems, "pod has no Initialized=True condition")
+	case rStart.IsZero() || initialized.Before(rStart) || pStart.Before(initialized):
+		// Second resolution: the strict order is the logs' (below).
+		problems = append(problems, fmt.Sprintf("want runtime started (%v) <= Initialized (%v) <= proxy started (%v)",
+			rStart, initialized, pStart))
+	}
+	ready, ok1 := rnLogTime(runtimeLog, "warm-up done; ready")
+	first, ok2 := rnLogTime(proxyLog, "")
+	if !ok1 || !ok2 {
+		return "", append(problems, fmt.Sprintf("no timestamped runtime ready line (%v) or proxy line (%v) in the logs:\n%.1000s\n%.1000s",
+			ok1, ok2, runtimeLog, proxyLog))
+	}
+	if !first.After(ready) {
+		problems = append(problems, fmt.Sprintf("proxy logged at %v, before the runtime was warmed up (%v)",
+			first.Format(time.RFC3339Nano), ready.Format(time.RFC3339Nano)))
+	}
+	report = fmt.Sprintf("runtime (init container, restartPolicy Always) started %v, warmed up %v later; pod Initialized %v; proxy started %v, first log line %v after the runtime's ready line",
+		rStart.Format(time.TimeOnly), ready.Sub(rStart).Round(time.Millisecond), initialized.Format(time.TimeOnly),
+		pStart.Format(time.TimeOnly), first.Sub(ready).Round(time.Millisecond))
+	return report, problems
+}
+
+// rnRestarts checks that no container of the pod, sidecars included, has
+// restarted.
+func rnRestarts(pod rnPod) (report string, problems []string) {
+	all := append(append([]rnStatus(nil), pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...)
+	if len(all) == 0 {
+		problems = append(problems, "pod has no container statuses")
+	}
+	for _, s := range all {
+		report += fmt.Sprintf("%s=%d ", s.Name, s.RestartCount)
+		if s.RestartCount != 0 {
+			problems = append(problems, fmt.Sprintf("container %s restarted %d times", s.Name, s.RestartCount))
+		}
+	}
+	return strings.TrimSpace(report), problems
+}
+
+// TestRealNodeChecks shows, without a node, that the checks of
+// TestRealNodeInstall fail on the defects they name: the runtime declared
+// as a regular container, or as an init container that is not a sidecar,
+// the proxy started before the runtime was warmed up, a restarted
+// container.
+func TestRealNodeChecks(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	good := func() rnPod {
+		var p rnPod
+		p.Spec.InitContainers = []rnContainer{{Name: "runtime", RestartPolicy: "Always"}}
+		p.Spec.Containers = []rnContainer{{Name: "proxy"}}
+		yes := true
+		rs := rnStatus{Name: "runtime", Ready: true, Started: &yes}
+		rs.State.Running = &struct{ StartedAt time.Time }{t0}
+		ps := rnStatus{Name: "proxy", Ready: true, Started: &yes}
+		ps.State.Running = &struct{ StartedAt time.Time }{t0.Add(3 * time.Second)}
+		p.Status.InitContainerStatuses = []rnStatus{rs}
+		p.Status.ContainerStatuses = []rnStatus{ps}
+		p.Status.Conditions = append(p.Status.Conditions, struct {
+			Type, Status       string
+			LastTransitionTime time.Time
+		}{"Initialized", "True", t0.Add(3 * time.Second)})
+		return p
+	}
+	rlog := t0.Add(500*time.Millisecond).Format(time.RFC3339Nano) + " level=INFO msg=\"loading\"\n" +
+		t0.Add(2500*time.Millisecond).Format(time.RFC3339Nano) + " level=INFO msg=\"warm-up done; ready\"\n"
+	plog := t0.Add(3200*time.Millisecond).Format(time.RFC3339Nano) + " level=INFO msg=\"proxy listening\"\n"
+	if _, problems := rnSidecarOrder(good(), rlog, plog); len(problems) > 0 {
+		t.Fatalf("good pod: %v", problems)
+	}
+	if _, problems := rnRestarts(good()); len(problems) > 0 {
+		t.Fatalf("good pod: %v", problems)
+	}
+
+	regular := good() // the runtime as a regular container, started with the proxy
+	regular.Spec.Containers = append(regular.Spec.Containers, rnContainer{Name: "runtime"})
+	regular.Spec.InitContainers = nil
+	regular.Status.ContainerStatuses = append(regular.Status.ContainerStatuses, regular.Status.InitContainerStatuses...)
+	regular.Status.InitContainerStatuses = nil
+	notSidecar := good() // a plain init container
+	notSidecar.Spec.InitContainers[0].RestartPolicy = ""
+	early := good() // the proxy started with the runtime
+	early.Status.ContainerStatuses[0].State.Running.StartedAt = t0
+	earlyLog := t0.Add(100*time.Millisecond).Format(time.RFC3339Nano) + " level=INFO msg=\"proxy listening\"\n"
+	for name, c := range map[string]struct {
+		pod  rnPod
+		plog string
+	}{"regular container": {regular, plog}, "plain init container": {notSidecar, plog},
+		"proxy started first": {early, earlyLog}, "proxy logged before warm-up": {good(), earlyLog}} {
+		if _, problems := rnSidecarOrder(c.pod, rlog, c.plog); len(problems) == 0 {
+			t.Errorf("%s: no problem found", name)
+		} else {
+			t.Logf("%s: %v", name, problems)
+		}
+	}
+	restarted := good()
+	restarted.Status.InitContainerStatuses[0].RestartCount = 1
+	if _, problems := rnRestarts(restarted); len(problems) == 0 {
+		t.Error("restarted runtime: no problem found")
 	}
 }

@@ -204,9 +204,7 @@ func main() {
 		log.Error("cannot start tracing", "error", err)
 		os.Exit(1)
 	}
-	set := metrics.NewSet()
-	metrics.RegisterSet(set)
-	p := gateway.New(cfg.gateway, log, set)
+	p := gateway.New(cfg.gateway, log, metrics.NewSet())
 	if cfg.pprofAddr != "" {
 		go servePprof(cfg.pprofAddr, log)
 	}

@@ -99,9 +99,7 @@ func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
 	logBuf := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})) // fasthttp's own messages too
-	set := metrics.NewSet()
-	metrics.RegisterSet(set)
-	p := New(cfg, log, set)
+	p := New(cfg, log, metrics.NewSet())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +115,6 @@ func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		p.Shutdown(ctx)
-		metrics.UnregisterSet(set, true)
 	})
 	return tp
 }

@@ -24,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -293,7 +292,7 @@ func (s *Server) MetricsHandler(ctx *fasthttp.RequestCtx) {
 		jsonReply(ctx, 405, map[string]string{"error": "use GET"})
 	default:
 		ctx.SetContentType("text/plain; version=0.0.4")
-		metrics.WritePrometheus(ctx, true)
+		s.cfg.Metrics.WritePrometheus(ctx) // the injected set only
 	}
 }
 

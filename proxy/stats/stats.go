@@ -9,6 +9,7 @@ package stats
 
 import (
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -83,6 +84,14 @@ type Gauges struct {
 }
 
 // New creates every metric in set.
+// WritePrometheus writes m's series, and this process's (go_*, process_*),
+// in Prometheus' text format: only the set m was made with, never another
+// proxy's in the same process.
+func (m *Metrics) WritePrometheus(w io.Writer) {
+	m.set.WritePrometheus(w)
+	metrics.WriteProcessMetrics(w)
+}
+
 func New(set *metrics.Set, g Gauges) *Metrics {
 	m := &Metrics{
 		set:            set,
