@@ -125,16 +125,29 @@ func startSoakStack(bins binaries, model, ortLibrary string) (*soakStack, error)
 			return nil, err
 		}
 	}
+	if err := waitReadyz(s.addr, func() bool { return !s.alive() }, "soak stack"); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// waitReadyz waits, at most a minute, for the proxy at addr to answer
+// /readyz with 200; exited says whether its process has gone.
+func waitReadyz(addr string, exited func() bool, what string) error {
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if resp, err := http.Get("http://" + s.addr + "/readyz"); err == nil {
+		if exited() {
+			return fmt.Errorf("the %s's proxy exited at start (its log is above)", what)
+		}
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return s, nil
+				return nil
 			}
 		}
 	}
-	s.stop()
-	return nil, errors.New("soak stack not ready after 1 minute")
+	return fmt.Errorf("%s not ready after 1 minute", what)
 }
 
 // memoryCgroup creates a memory cgroup limited to limit bytes.
@@ -461,7 +474,7 @@ func runSoak(s *soakStack, k *keyedStack, cfg soakConfig, jpeg []byte, logf func
 	logf("soak: keyed proxy, honest client alone: %.1f images/s, p50 %v, p99 %v", quiet.PerSec, quiet.P50, quiet.P99)
 	results = append(results, scenarioResult{Name: "keyed proxy, quiet: the honest client alone, paced as above, with its key",
 		PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed, RecoverSec: -1, Honest: quiet, HonestRatio: 1})
-	more, _ = runScenarios(keyedScenarios(k, cfg.attack, jpeg), len(scenarios), k.px.Process.Pid, k.alive, honest, quiet, cfg, logf)
+	more, _ = runScenarios(keyedScenarios(k, cfg.attack, jpeg), len(scenarios), k.px.pid(), k.alive, honest, quiet, cfg, logf)
 	return append(results, more...)
 }
 

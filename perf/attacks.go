@@ -224,17 +224,18 @@ func repeat(workers int, d time.Duration, attack func(i int) string) *outcomes {
 	return out
 }
 
-// postFrom sends one request of body to path from attackerIP and returns
-// the answer's status, "closed" without one.
-func postFrom(addr, path, contentType string, body []byte, timeout time.Duration) string {
+// postFrom sends one request of body to path from attackerIP, with the
+// header lines extra ("" or "Name: value\r\n..."), and returns the answer's
+// status, "closed" without one. It has 30 s.
+func postFrom(addr, path, contentType, extra string, body []byte) string {
 	conn, err := dialFrom(addr, attackerIP)
 	if err != nil {
 		time.Sleep(10 * time.Millisecond)
 		return "dial error"
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: soak\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", path, contentType, len(body))
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: soak\r\nContent-Type: %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n", path, contentType, extra, len(body))
 	go conn.Write(body) // the server may answer before it has read it all
 	return readStatus(bufio.NewReader(conn))
 }
@@ -320,19 +321,19 @@ func attackScenarios(addr string, d time.Duration, scale float64) []scenario {
 		{fmt.Sprintf("4 clients sending 10 MiB OIP JSON of empty inputs (%d), for %v", bytes.Count(empty, []byte("{}")), d), 4,
 			func() *outcomes {
 				return repeat(4, d, func(int) string {
-					return postFrom(addr, "/v2/models/resnet50/infer", "application/json", empty, 30*time.Second)
+					return postFrom(addr, "/v2/models/resnet50/infer", "application/json", "", empty)
 				})
 			}},
 		{fmt.Sprintf("4 clients sending 10 MiB OIP JSON of FP32 zeros (%d), for %v", bytes.Count(zeros, []byte(",0"))+1, d), 4,
 			func() *outcomes {
 				return repeat(4, d, func(int) string {
-					return postFrom(addr, "/v2/models/resnet50/infer", "application/json", zeros, 30*time.Second)
+					return postFrom(addr, "/v2/models/resnet50/infer", "application/json", "", zeros)
 				})
 			}},
 		{fmt.Sprintf("8 clients sending distinct %d-byte 36 MP WebPs (VP8X around lossless), for %v", len(webpBomb(0)), d), 8,
 			func() *outcomes {
 				return repeat(8, d, func(i int) string {
-					return postFrom(addr, "/predict", "image/webp", webpBomb(i), 30*time.Second)
+					return postFrom(addr, "/predict", "image/webp", "", webpBomb(i))
 				})
 			}},
 		{fmt.Sprintf("%d clients trickling 10 MiB OIP JSON bodies at 1 byte/s, for %v", n(10), d), n(10),

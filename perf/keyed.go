@@ -8,21 +8,17 @@ package main
 // what it receives. The honest client sends its key.
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -35,8 +31,7 @@ const (
 // keyedStack is the second proxy, the runtime of its version v2, and its
 // OTLP sink.
 type keyedStack struct {
-	px, rt   *exec.Cmd
-	exited   chan struct{} // closed when px exits
+	px, rt   *chaosProc
 	addr     string
 	dir      string
 	sink     *http.Server
@@ -59,11 +54,13 @@ func startKeyedProxy(bins binaries, socket, model, ortLibrary string) (*keyedSta
 	routing := fmt.Sprintf("models:\n  - name: resnet50\n    versions:\n      - {name: v1, socket: %q, weight: 100}\n      - {name: v2, socket: %q, weight: 0}\n", socket, v2)
 	for name, body := range map[string]string{"keys.yaml": keys, "routing.yaml": routing} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			k.stop()
 			return nil, err
 		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		k.stop()
 		return nil, err
 	}
 	k.sink = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -78,67 +75,31 @@ func startKeyedProxy(bins binaries, socket, model, ortLibrary string) (*keyedSta
 		return nil, err
 	}
 	k.addr = fmt.Sprintf("127.0.0.1:%d", port)
-	k.rt = exec.Command(bins.runtime, "serve")
-	k.rt.Env = append(os.Environ(), "RUNTIME_SOCKET="+v2, "MODEL_PATH="+model, "ORT_LIBRARY="+ortLibrary, "ORT_CACHE_DIR=off", "LOG_LEVEL=warn")
-	k.rt.Stdout, k.rt.Stderr = os.Stderr, os.Stderr
-	if err := k.rt.Start(); err != nil {
+	k.rt, err = startChaosProc(bins.runtime, []string{"serve"}, []string{"RUNTIME_SOCKET=" + v2, "MODEL_PATH=" + model,
+		"ORT_LIBRARY=" + ortLibrary, "ORT_CACHE_DIR=off", "LOG_LEVEL=warn"}, os.Stderr)
+	if err != nil {
 		k.stop()
 		return nil, err
 	}
-	k.px = exec.Command(bins.proxy)
-	k.px.Env = append(append(os.Environ(), proxyPortEnv(port, mport)...),
+	k.px, err = startChaosProc(bins.proxy, nil, append(proxyPortEnv(port, mport),
 		"AUTH_KEYS_FILE="+filepath.Join(dir, "keys.yaml"), "ROUTING_FILE="+filepath.Join(dir, "routing.yaml"),
 		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://"+ln.Addr().String()+"/v1/traces", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
-		fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10), "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
-	k.px.Stdout, k.px.Stderr = os.Stderr, os.Stderr
-	if err := k.px.Start(); err != nil {
-		k.px = nil
+		fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10), "LOG_LEVEL=warn", "DRAIN_DELAY=0s"), os.Stderr)
+	if err == nil {
+		err = waitReadyz(k.addr, k.px.exited, "keyed proxy")
+	}
+	if err != nil {
 		k.stop()
 		return nil, err
 	}
-	k.exited = make(chan struct{})
-	go func() { k.px.Wait(); close(k.exited) }()
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		select {
-		case <-k.exited:
-			k.stop()
-			return nil, errors.New("the keyed proxy exited at start (its log is above)")
-		default:
-		}
-		if resp, err := http.Get("http://" + k.addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return k, nil
-			}
-		}
-	}
-	k.stop()
-	return nil, errors.New("keyed proxy not ready after 1 minute")
+	return k, nil
 }
 
 // stop stops the proxy and the runtime (by their PIDs) and the sink, and
 // removes the files.
 func (k *keyedStack) stop() {
-	if k.px != nil && k.exited != nil {
-		k.px.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-k.exited:
-		case <-time.After(10 * time.Second):
-			k.px.Process.Kill()
-			<-k.exited
-		}
-	}
-	if k.rt != nil && k.rt.Process != nil {
-		k.rt.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { k.rt.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			k.rt.Process.Kill()
-			<-done
-		}
-	}
+	k.px.stop(10 * time.Second)
+	k.rt.stop(10 * time.Second)
 	if k.sink != nil {
 		k.sink.Close()
 	}
@@ -146,14 +107,7 @@ func (k *keyedStack) stop() {
 }
 
 // alive reports whether the keyed proxy still runs.
-func (k *keyedStack) alive() bool {
-	select {
-	case <-k.exited:
-		return false
-	default:
-		return true
-	}
-}
+func (k *keyedStack) alive() bool { return !k.px.exited() }
 
 // oipImages is an OIP infer body of n BYTES images, each a distinct copy
 // of jpeg (tagged with i), base64 in JSON.
@@ -169,21 +123,6 @@ func oipImages(jpeg []byte, n, i int) []byte {
 	}
 	b.WriteString("]}]}")
 	return b.Bytes()
-}
-
-// postWith sends one request from attackerIP with the header lines extra
-// and returns the answer's status ("closed" without one).
-func postWith(addr, path, extra string, body []byte) string {
-	conn, err := dialFrom(addr, attackerIP)
-	if err != nil {
-		time.Sleep(10 * time.Millisecond)
-		return "dial error"
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n", path, extra, len(body))
-	go conn.Write(body)
-	return readStatus(bufio.NewReader(conn))
 }
 
 // keyedScenarios are issue 22's items 4 to 6 against k, each for d. The
@@ -206,19 +145,19 @@ func keyedScenarios(k *keyedStack, d time.Duration, jpeg []byte) []scenario {
 		{fmt.Sprintf("keyed proxy: 4 clients with a key limited to 1 image/s sending OIP requests of 16 images, for %v", d), 4,
 			withOTLP(func() *outcomes {
 				return repeat(4, d, func(i int) string {
-					return postWith(k.addr, "/v2/models/resnet50/infer", attackerKey, oipImages(jpeg, 16, i))
+					return postFrom(k.addr, "/v2/models/resnet50/infer", "application/json", attackerKey, oipImages(jpeg, 16, i))
 				})
 			})},
 		{fmt.Sprintf("keyed proxy: 4 clients with a predict-only key asking for the weight-0 version, for %v", d), 4,
 			withOTLP(func() *outcomes {
 				return repeat(4, d, func(i int) string {
-					return postWith(k.addr, "/v2/models/resnet50/versions/v2/infer", attackerKey, oipImages(jpeg, 1, i))
+					return postFrom(k.addr, "/v2/models/resnet50/versions/v2/infer", "application/json", attackerKey, oipImages(jpeg, 1, i))
 				})
 			})},
 		{fmt.Sprintf("keyed proxy: 8 clients without a key sending sampled traceparents, for %v", d), 8,
 			withOTLP(func() *outcomes {
 				return repeat(8, d, func(i int) string {
-					return postWith(k.addr, "/v2/models/resnet50/infer", sampled(i), oipImages(jpeg, 1, i))
+					return postFrom(k.addr, "/v2/models/resnet50/infer", "application/json", sampled(i), oipImages(jpeg, 1, i))
 				})
 			})},
 	}
