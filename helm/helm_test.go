@@ -11,8 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"image"
-	"image/png"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
@@ -927,7 +926,7 @@ scrape_configs:
 	for c := range clients {
 		wg.Go(func() {
 			for i := 0; ctx.Err() == nil; i++ {
-				req, _ := http.NewRequestWithContext(ctx, "POST", proxyURL+"/predict", bytes.NewReader(uniquePNG(c*100000+i)))
+				req, _ := http.NewRequestWithContext(ctx, "POST", proxyURL+"/predict", bytes.NewReader(testenv.UniquePNG(c*100000+i)))
 				req.Header.Set("Content-Type", "image/png")
 				if resp, err := http.DefaultClient.Do(req); err == nil {
 					resp.Body.Close()
@@ -936,6 +935,8 @@ scrape_configs:
 		})
 	}
 
+	// Five samples once the load has ramped up, one per scrape (the sleep
+	// spaces samples; it waits for nothing).
 	var samples []float64
 	for len(samples) < 5 && ctx.Err() == nil {
 		time.Sleep(time.Second)
@@ -992,17 +993,23 @@ scrape_configs:
 	// A few requests past their deadline, so that the rejection series
 	// exist; then every dashboard and alert expression returns data.
 	for range 3 {
-		req, _ := http.NewRequest("POST", proxyURL+"/predict", bytes.NewReader(uniquePNG(-1)))
+		req, _ := http.NewRequest("POST", proxyURL+"/predict", bytes.NewReader(testenv.UniquePNG(-1)))
 		req.Header.Set("Content-Type", "image/png")
 		req.Header.Set("X-Request-Timeout-Ms", "1")
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()
 		}
 	}
-	time.Sleep(3 * time.Second) // two more scrapes
-	for name, e := range exprs {
+	// Wait until Prometheus (scraping every second) has data for each
+	// expression, 30 s at most.
+	missing, waited := maps.Clone(exprs), time.Now()
+	for deadline := waited.Add(30 * time.Second); len(missing) > 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		maps.DeleteFunc(missing, func(_, e string) bool { vs, err := promInstant(promURL, e); return err == nil && len(vs) > 0 })
+	}
+	t.Logf("%d of %d expressions with data after %.1f s", len(exprs)-len(missing), len(exprs), time.Since(waited).Seconds())
+	for name, e := range missing {
 		if n := promSeries(t, promURL, e); n == 0 {
-			t.Errorf("%s returns no data under load: %s", name, e)
+			t.Errorf("%s returns no data under load (30 s after the expired requests): %s", name, e)
 		}
 	}
 }
@@ -1226,14 +1233,5 @@ func promQuery(t *testing.T, base, q string) (float64, bool) {
 	return vs[0], true
 }
 
-// uniquePNG returns a small PNG that no other seed gives: every request
-// costs an inference (no cache hit, no coalescing).
-func uniquePNG(seed int) []byte {
-	img := image.NewGray(image.Rect(0, 0, 8, 8))
-	for i := range img.Pix {
-		img.Pix[i] = uint8(seed >> (i % 4 * 8))
-	}
-	var buf bytes.Buffer
-	png.Encode(&buf, img)
-	return buf.Bytes()
-}
+// uniquePNG is testenv.UniquePNG, by the name controlloop_test.go calls.
+var uniquePNG = testenv.UniquePNG

@@ -36,28 +36,10 @@ const (
 // container restarted (NoRestarts). TestRealNodeChecks shows that these
 // checks fail on the defects they name.
 func TestRealNodeInstall(t *testing.T) {
-	kubenode.Check(t, "")
-	helm := tool(t, "helm")
-	crds := crdDirs(t)
+	n, helm, env := rnStart(t)
 	root := testenv.Root(t)
-	b0 := time.Now()
-	if out, err := exec.Command(filepath.Join(root, "containers", "test.sh"), "--build-only").CombinedOutput(); err != nil {
-		t.Fatalf("containers/test.sh --build-only: %v\n%s", err, out)
-	}
-	t.Logf("images built (podman, cached layers reused) in %v", time.Since(b0).Round(100*time.Millisecond))
-
-	n := kubenode.Start(t, kubenode.Options{})
-	t.Logf("node usable in %v", n.BringUp.Round(10*time.Millisecond))
-	i0 := time.Now()
-	n.ImportPodmanImage(proxyImage)
-	n.ImportPodmanImage(runtimeImage)
-	t.Logf("images imported in %v", time.Since(i0).Round(100*time.Millisecond))
-	n.KubectlT(t, "apply", "--server-side", "-f", crds[0]) // KEDA's: the default values render a ScaledObject
-	n.KubectlT(t, "wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
 	n.KubectlT(t, "create", "namespace", "bg")
 
-	env := append(os.Environ(), "KUBECONFIG="+n.Kubeconfig, "HELM_CACHE_HOME="+t.TempDir(),
-		"HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir(), "KUBECACHEDIR="+t.TempDir())
 	t0 := time.Now()
 	cmd := exec.Command(helm, "install", "bg", chartDir(t), "-n", "bg",
 		"--set", "proxy.image.repository=localhost/batchgate-proxy,proxy.image.tag=test",
@@ -194,10 +176,41 @@ func TestRealNodeInstall(t *testing.T) {
 	})
 }
 
+// rnStart builds the chart's images (containers/test.sh), starts a node,
+// imports the images and KEDA's CRDs (the default values render a
+// ScaledObject), and returns the node, helm's path and helm's environment
+// (its own kubeconfig and caches).
+func rnStart(t *testing.T) (n *kubenode.Node, helm string, env []string) {
+	t.Helper()
+	kubenode.Check(t, "")
+	helm = tool(t, "helm")
+	crds := crdDirs(t)
+	b0 := time.Now()
+	if out, err := exec.Command(filepath.Join(testenv.Root(t), "containers", "test.sh"), "--build-only").CombinedOutput(); err != nil {
+		t.Fatalf("containers/test.sh --build-only: %v\n%s", err, out)
+	}
+	t.Logf("images built (podman, cached layers reused) in %v", time.Since(b0).Round(100*time.Millisecond))
+
+	n = kubenode.Start(t, kubenode.Options{})
+	t.Logf("node usable in %v", n.BringUp.Round(10*time.Millisecond))
+	i0 := time.Now()
+	n.ImportPodmanImage(proxyImage)
+	n.ImportPodmanImage(runtimeImage)
+	t.Logf("images imported in %v", time.Since(i0).Round(100*time.Millisecond))
+	n.KubectlT(t, "apply", "--server-side", "-f", crds[0])
+	n.KubectlT(t, "wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
+	env = append(os.Environ(), "KUBECONFIG="+n.Kubeconfig, "HELM_CACHE_HOME="+t.TempDir(),
+		"HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir(), "KUBECACHEDIR="+t.TempDir())
+	return n, helm, env
+}
+
 // rnPod is the part of a Pod that the real-node checks read.
 type rnPod struct {
-	Metadata struct{ Name string }
-	Spec     struct {
+	Metadata struct {
+		Name              string
+		DeletionTimestamp *time.Time
+	}
+	Spec struct {
 		InitContainers []rnContainer
 		Containers     []rnContainer
 	}
@@ -215,6 +228,17 @@ type rnPod struct {
 type rnContainer struct {
 	Name          string
 	RestartPolicy string
+	Resources     struct{ Limits map[string]string }
+}
+
+// ready says whether the pod's Ready condition is True.
+func (p rnPod) ready() bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True"
+		}
+	}
+	return false
 }
 
 type rnStatus struct {
@@ -222,8 +246,12 @@ type rnStatus struct {
 	Ready        bool
 	Started      *bool
 	RestartCount int
+	ContainerID  string
 	State        struct {
 		Running *struct{ StartedAt time.Time }
+	}
+	LastState struct {
+		Terminated *struct{ Reason string }
 	}
 }
 

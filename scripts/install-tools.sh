@@ -10,13 +10,13 @@ installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok
 command -v npm >/dev/null || need+=(npm)
 # git; curl (containers/test.sh talks to the pod with it); prometheus (the
 # chart's tests run a real Prometheus and promtool); chromium
-# (proxy/docs_browser_test.go drives Swagger UI in it); libturbojpeg0-dev
-# (the proxy's JPEG decoder, cgo, static); python3-pil and python3-numpy (the
-# PIL reference of the parity tests). The real-node tests (internal/kubenode,
-# helm/realnode_test.go): containerd, runc and the CNI plugins from Debian
-# bookworm (containerd 1.6.20, runc 1.1.5, plugins 1.1.1), iptables for
-# kube-proxy and the CNI bridge, and gcc with glibc's static libraries for
-# the pause image.
+# (proxy/gateway/docs_browser_test.go drives Swagger UI in it);
+# libturbojpeg0-dev (the proxy's JPEG decoder, cgo, static); python3-pil and
+# python3-numpy (the PIL reference of the parity tests). The real-node tests
+# (internal/kubenode, helm/realnode_test.go): containerd, runc and the CNI
+# plugins from Debian bookworm (containerd 1.6.20, runc 1.1.5, plugins
+# 1.1.1), iptables for kube-proxy and the CNI bridge, and gcc with glibc's
+# static libraries for the pause image.
 for p in git curl prometheus chromium libturbojpeg0-dev python3-pil python3-numpy \
   containerd runc containernetworking-plugins iptables gcc libc6-dev; do
   installed "$p" || need+=("$p")

@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -985,4 +986,27 @@ func (n *Node) sweepStale() {
 		}
 		os.RemoveAll(dir)
 	}
+}
+
+// ContainerPID is the host PID of a running container's first process,
+// from its ID as the pod's status gives it ("containerd://<id>"): what a
+// test signals to inject a fault the kubelet must notice (a crash, a
+// stopped process).
+func (n *Node) ContainerPID(containerID string) (int, error) {
+	id := strings.TrimPrefix(containerID, "containerd://")
+	out, err := n.ctr(30*time.Second, "tasks", "ls")
+	if err != nil {
+		return 0, fmt.Errorf("kubenode: ctr tasks ls: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == id {
+			pid, err := strconv.Atoi(f[1])
+			if err != nil || pid <= 1 {
+				return 0, fmt.Errorf("kubenode: task %s has PID %q", id, f[1])
+			}
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("kubenode: no running task for container %s", id)
 }

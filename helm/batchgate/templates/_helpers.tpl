@@ -318,11 +318,17 @@ the runtime's own), version (with `models`: the version it serves).
   # RUNTIME_STALL_TIMEOUT (4 s: a batch stuck in ONNX Runtime, or
   # batches waiting while none finishes) or the process does not
   # answer (stopped). The proxy's /readyz turns red on the same signal.
+  # A runtime that fails liveness is stuck (or stopped, and a stopped
+  # process ignores SIGTERM): it gets 5 s, not the pod's grace period
+  # (sized for the proxy's drain), before SIGKILL. Measured on a real
+  # node (helm TestRealNodeServing): SIGSTOP to restart ~40 s, ~80 s
+  # with the pod's 45 s.
   livenessProbe:
     exec: {command: ["/usr/local/bin/runtime", "probe", "-timeout", "5s"]}
     periodSeconds: 10
     timeoutSeconds: 6
     failureThreshold: 3
+    terminationGracePeriodSeconds: 5
   resources: {{- toYaml .resources | nindent 4 }}
   securityContext:
     readOnlyRootFilesystem: true
