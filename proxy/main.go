@@ -47,7 +47,9 @@ type config struct {
 	tracing     tracing.Config
 }
 
-// configFromEnv reads and validates the environment through getenv.
+// configFromEnv reads and validates the environment through getenv. A
+// variable unset leaves its gateway.Config field zero: the defaults are
+// gateway.Config.WithDefaults', and written nowhere else.
 func configFromEnv(getenv func(string) string) (config, error) {
 	var c config
 	var errs []error
@@ -79,6 +81,14 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		}
 		return d
 	}
+	// bound reads a bound whose 0 turns it off: the gateway reads a
+	// negative value as off, and zero (unset) as its default.
+	bound := func(name string, hi int64) int64 {
+		if n := num(name, 0, 0, hi); n != 0 || getenv(name) == "" {
+			return n
+		}
+		return -1
+	}
 	g := &c.gateway
 	c.addr = ":" + strconv.FormatInt(num("PORT", 9999, 1, 65535), 10)
 	// METRICS_PORT: /metrics on a port of its own, so an Ingress in front
@@ -88,35 +98,24 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		errs = append(errs, fmt.Errorf("METRICS_PORT must differ from PORT (%s)", c.addr[1:]))
 	}
 	c.pprofAddr = getenv("PPROF_ADDR")
-	g.Socket = str("RUNTIME_SOCKET", "/tmp/batchgate/runtime.sock")
-	g.Batch.MaxBatchSize = int(num("MAX_BATCH_SIZE", 8, 1, 1024))
+	g.Socket = getenv("RUNTIME_SOCKET")
+	g.Batch.MaxBatchSize = int(num("MAX_BATCH_SIZE", 0, 1, 1024))
 	g.Batch.Window = dur("BATCH_WINDOW", 0, 0, 10*time.Second)
-	g.Batch.QueueCapacity = int(num("QUEUE_CAPACITY", 64, 1, 1<<20))
-	g.Batch.MaxInFlight = int(num("MAX_INFLIGHT_BATCHES", 2, 1, 64))
-	g.RequestTimeout = dur("REQUEST_TIMEOUT", 30*time.Second, time.Millisecond, time.Hour)
-	g.CacheEntries = int(num("CACHE_ENTRIES", 10000, 0, 1<<30))
-	if g.CacheEntries == 0 {
-		g.CacheEntries = -1 // disabled
-	}
-	g.CacheBytes = num("CACHE_BYTES", 64<<20, 1, 1<<40)
-	g.MaxBodyBytes = int(num("MAX_BODY_BYTES", 10<<20, 1024, 1<<30))
-	// 0 turns a bound off: the gateway reads negative as off, zero as its
-	// default.
-	off := func(n int64) int64 {
-		if n == 0 {
-			return -1
-		}
-		return n
-	}
-	g.MaxPixels = int(num("MAX_IMAGE_PIXELS", 40_000_000, 1, 1<<31))
-	g.MaxPixelsPerByte = int(off(num("MAX_PIXELS_PER_BYTE", imageprep.DefaultMaxPixelsPerByte, 0, 1<<30)))
-	g.UploadMemory = num("UPLOAD_MEMORY_BYTES", 96<<20, 1<<20, 1<<40)
-	g.UploadWait = dur("UPLOAD_WAIT", 2*time.Second, time.Millisecond, time.Minute)
-	g.UploadMinRate = off(num("UPLOAD_MIN_BYTES_PER_SECOND", 16<<10, 0, 1<<40))
-	g.UploadRateGrace = dur("UPLOAD_RATE_GRACE", 5*time.Second, time.Millisecond, time.Hour)
-	g.UploadsPerClient = int(off(num("UPLOADS_PER_CLIENT", 8, 0, 1<<20)))
-	g.UploadsPerKey = int(off(num("UPLOADS_PER_KEY", 8, 0, 1<<20)))
-	g.UploadMemoryPerClient = off(num("UPLOAD_MEMORY_PER_CLIENT", g.UploadMemory/2, 0, 1<<40))
+	g.Batch.QueueCapacity = int(num("QUEUE_CAPACITY", 0, 1, 1<<20))
+	g.Batch.MaxInFlight = int(num("MAX_INFLIGHT_BATCHES", 0, 1, 64))
+	g.RequestTimeout = dur("REQUEST_TIMEOUT", 0, time.Millisecond, time.Hour)
+	g.CacheEntries = int(bound("CACHE_ENTRIES", 1<<30)) // 0: no cache
+	g.CacheBytes = num("CACHE_BYTES", 0, 1, 1<<40)
+	g.MaxBodyBytes = int(num("MAX_BODY_BYTES", 0, 1024, 1<<30))
+	g.MaxPixels = int(num("MAX_IMAGE_PIXELS", 0, 1, 1<<31))
+	g.MaxPixelsPerByte = int(bound("MAX_PIXELS_PER_BYTE", 1<<30))
+	g.UploadMemory = num("UPLOAD_MEMORY_BYTES", 0, 1<<20, 1<<40)
+	g.UploadWait = dur("UPLOAD_WAIT", 0, time.Millisecond, time.Minute)
+	g.UploadMinRate = bound("UPLOAD_MIN_BYTES_PER_SECOND", 1<<40)
+	g.UploadRateGrace = dur("UPLOAD_RATE_GRACE", 0, time.Millisecond, time.Hour)
+	g.UploadsPerClient = int(bound("UPLOADS_PER_CLIENT", 1<<20))
+	g.UploadsPerKey = int(bound("UPLOADS_PER_KEY", 1<<20))
+	g.UploadMemoryPerClient = bound("UPLOAD_MEMORY_PER_CLIENT", 1<<40)
 	switch v := str("CACHE_SHARED_ACROSS_KEYS", "false"); v {
 	case "false", "0":
 	case "true", "1":
@@ -124,12 +123,12 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("CACHE_SHARED_ACROSS_KEYS=%q: want true or false", v))
 	}
-	g.DecodeQueue = int(num("DECODE_QUEUE_CAPACITY", int64(g.Batch.QueueCapacity+runtime.GOMAXPROCS(0)), 1, 1<<20))
-	g.DecodeMemory = num("DECODE_MEMORY_BYTES", 128<<20, 1<<20, 1<<40)
-	g.ImagesPerClient = int(off(num("IMAGES_PER_CLIENT", int64(max(g.DecodeQueue/4, runtime.GOMAXPROCS(0)+1)), 0, 1<<20)))
-	g.RefusedBytesPerSecond = off(num("REFUSED_BYTES_PER_SECOND", 8<<20, 0, 1<<40))
-	g.RefusedBytesAllowance = num("REFUSED_BYTES_ALLOWANCE", 64<<20, 1, 1<<40)
-	g.RefusedWait = dur("REFUSED_WAIT", 2*time.Second, time.Millisecond, time.Minute)
+	g.DecodeQueue = int(num("DECODE_QUEUE_CAPACITY", 0, 1, 1<<20))
+	g.DecodeMemory = num("DECODE_MEMORY_BYTES", 0, 1<<20, 1<<40)
+	g.ImagesPerClient = int(bound("IMAGES_PER_CLIENT", 1<<20))
+	g.RefusedBytesPerSecond = bound("REFUSED_BYTES_PER_SECOND", 1<<40)
+	g.RefusedBytesAllowance = num("REFUSED_BYTES_ALLOWANCE", 0, 1, 1<<40)
+	g.RefusedWait = dur("REFUSED_WAIT", 0, time.Millisecond, time.Minute)
 	switch v := str("JPEG_DCT_SCALING", "true"); v {
 	case "true", "1":
 	case "false", "0":
@@ -137,14 +136,21 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("JPEG_DCT_SCALING=%q: want true or false", v))
 	}
-	g.MaxConnections = int(num("MAX_CONNECTIONS", 10000, 1, 1<<20))
-	g.MaxConnectionsPerIP = int(off(num("MAX_CONNECTIONS_PER_IP", 1024, 0, 1<<20)))
-	g.HeaderTimeout = dur("HEADER_TIMEOUT", 10*time.Second, 10*time.Millisecond, time.Hour)
-	g.MaxElements = int(num("OIP_MAX_IMAGES", int64(min(max(g.Batch.QueueCapacity/4, 1), 64)), 1, 1024))
-	g.RuntimeStallAfter = dur("RUNTIME_STALL_TIMEOUT", 4*time.Second, 100*time.Millisecond, time.Hour)
-	g.RuntimeBatchTimeout = dur("RUNTIME_BATCH_TIMEOUT", 15*time.Second, 100*time.Millisecond, time.Hour)
-	g.RuntimeHeartbeatTimeout = dur("RUNTIME_HEARTBEAT_TIMEOUT", 2*time.Second, 10*time.Millisecond, time.Hour)
-	g.DrainDelay = dur("DRAIN_DELAY", 5*time.Second, 0, 10*time.Minute)
+	g.MaxConnections = int(num("MAX_CONNECTIONS", 0, 1, 1<<20))
+	g.MaxConnectionsPerIP = int(bound("MAX_CONNECTIONS_PER_IP", 1<<20))
+	g.HeaderTimeout = dur("HEADER_TIMEOUT", 0, 10*time.Millisecond, time.Hour)
+	g.MaxElements = int(num("OIP_MAX_IMAGES", 0, 1, 1024))
+	g.RuntimeStallAfter = dur("RUNTIME_STALL_TIMEOUT", 0, 100*time.Millisecond, time.Hour)
+	g.RuntimeBatchTimeout = dur("RUNTIME_BATCH_TIMEOUT", 0, 100*time.Millisecond, time.Hour)
+	g.RuntimeHeartbeatTimeout = dur("RUNTIME_HEARTBEAT_TIMEOUT", 0, 10*time.Millisecond, time.Hour)
+	g.DrainDelay = dur("DRAIN_DELAY", 0, 0, 10*time.Minute)
+	if g.DrainDelay == 0 && getenv("DRAIN_DELAY") != "" {
+		g.DrainDelay = -1 // DRAIN_DELAY=0: none
+	}
+	g.ConnMaxAge = dur("CONN_MAX_AGE", 0, 0, 24*time.Hour)
+	if g.ConnMaxAge == 0 && getenv("CONN_MAX_AGE") != "" {
+		g.ConnMaxAge = -1 // CONN_MAX_AGE=0: never
+	}
 	// ROUTING_FILE: several model versions (docs/versions.md); a bad file
 	// stops start-up here, while at a reload it is rejected and logged.
 	if path := getenv("ROUTING_FILE"); path != "" {
@@ -153,7 +159,7 @@ func configFromEnv(getenv func(string) string) (config, error) {
 			errs = append(errs, fmt.Errorf("ROUTING_FILE=%q: %w", path, err))
 		}
 		g.Routing, g.RoutingFile, g.RoutingSHA256 = f, path, sum
-		g.RoutingPoll = dur("ROUTING_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
+		g.RoutingPoll = dur("ROUTING_POLL_INTERVAL", 0, 100*time.Millisecond, time.Hour)
 	}
 	// AUTH_KEYS_FILE: API keys (docs/auth.md); off unless set. A bad file
 	// stops start-up here, while at a reload it is rejected and logged.
@@ -163,10 +169,10 @@ func configFromEnv(getenv func(string) string) (config, error) {
 			errs = append(errs, fmt.Errorf("AUTH_KEYS_FILE=%q: %w", path, err))
 		}
 		g.Auth, g.AuthFile, g.AuthSHA256 = k, path, sum
-		g.AuthPoll = dur("AUTH_POLL_INTERVAL", 2*time.Second, 100*time.Millisecond, time.Hour)
+		g.AuthPoll = dur("AUTH_POLL_INTERVAL", 0, 100*time.Millisecond, time.Hour)
 	}
-	if g.UploadMemory < 2*int64(g.MaxBodyBytes) {
-		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 3x their size)", g.UploadMemory, g.MaxBodyBytes))
+	if d := g.WithDefaults(); d.UploadMemory < 2*int64(d.MaxBodyBytes) {
+		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 3x their size)", d.UploadMemory, d.MaxBodyBytes))
 	}
 	// OTEL_*: tracing, off unless an OTLP endpoint is set (docs/tracing.md).
 	tc, err := tracing.ConfigFromEnv(getenv, "batchgate-proxy")
@@ -219,7 +225,7 @@ func main() {
 		log.Error("cannot listen for /metrics (METRICS_PORT)", "addr", cfg.metricsAddr, "error", err)
 		os.Exit(1)
 	}
-	g := cfg.gateway
+	g := cfg.gateway.WithDefaults() // what New serves with
 	if g.Auth != nil {
 		log.Info("API keys required", "keys_file", g.AuthFile, "keys", g.Auth.Len(), "poll_interval", g.AuthPoll.String())
 	}
@@ -247,7 +253,7 @@ func main() {
 	case sig := <-stop:
 		log.Info("shutting down", "signal", sig.String())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.DrainDelay+g.RequestTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), max(g.DrainDelay, 0)+g.RequestTimeout+10*time.Second)
 	defer cancel()
 	err = p.Shutdown(ctx)
 	// The last spans, within the drain's deadline.

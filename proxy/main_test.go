@@ -1,9 +1,12 @@
 package main
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batchgate/batchgate/proxy/gateway"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -47,11 +50,15 @@ func TestConfigFromEnv(t *testing.T) {
 			t.Errorf("parsed %+v", c)
 		}
 	}
-	// The defaults the documentation states.
+	// The defaults the documentation states: gateway.Config's, applied
+	// by WithDefaults only; main leaves every unset field zero.
 	c, _ := configFromEnv(func(string) string { return "" })
-	g := c.gateway
+	if unset := (gateway.Config{Tracing: c.gateway.Tracing, TrustRemoteSampling: c.gateway.TrustRemoteSampling}); !reflect.DeepEqual(c.gateway, unset) {
+		t.Errorf("with no environment main writes defaults of its own: %+v", c.gateway)
+	}
+	g := c.gateway.WithDefaults()
 	if c.addr != ":9999" || c.metricsAddr != ":9464" || g.DrainDelay != 5*time.Second || g.UploadMemory != 96<<20 || g.DecodeMemory != 128<<20 ||
-		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" || g.FullSizeJPEG {
+		g.MaxElements != 16 || g.CacheEntries != 10000 || c.pprofAddr != "" || g.FullSizeJPEG || g.Socket != "/tmp/batchgate/runtime.sock" {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c, err := configFromEnv(func(k string) string { return map[string]string{"PORT": "8080", "METRICS_PORT": "9100"}[k] }); err != nil ||
@@ -68,5 +75,12 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 	if c, _ := configFromEnv(func(k string) string { return map[string]string{"CACHE_ENTRIES": "0"}[k] }); c.gateway.CacheEntries >= 0 {
 		t.Errorf("CACHE_ENTRIES=0 gives %d, want the cache disabled (< 0)", c.gateway.CacheEntries)
+	}
+	// 0 turns a bound off; DRAIN_DELAY=0 is no delay, not the default.
+	zero := func(k string) string {
+		return map[string]string{"DRAIN_DELAY": "0", "UPLOADS_PER_CLIENT": "0", "MAX_CONNECTIONS_PER_IP": "0"}[k]
+	}
+	if c, err := configFromEnv(zero); err != nil || c.gateway.DrainDelay >= 0 || c.gateway.UploadsPerClient >= 0 || c.gateway.MaxConnectionsPerIP >= 0 {
+		t.Errorf("DRAIN_DELAY=0 UPLOADS_PER_CLIENT=0 MAX_CONNECTIONS_PER_IP=0: %+v, %v; want them off (< 0)", c.gateway, err)
 	}
 }

@@ -33,8 +33,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/batchgate/batchgate/runtime/wire"
 )
 
 // Config is the tracing set-up of one process. The zero value is tracing
@@ -242,21 +240,4 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (shutdown func(con
 	log.Info("tracing on", "endpoint", cfg.Endpoint, "sampler", "parentbased("+strings.TrimPrefix(cfg.SamplerName, "parentbased_")+")",
 		"ratio", cfg.Ratio, "service", cfg.ServiceName)
 	return tp.Shutdown, nil
-}
-
-// ToWire converts a span context for the runtime's wire protocol; an
-// invalid one gives the zero TraceContext, which is not sent.
-func ToWire(sc trace.SpanContext) wire.TraceContext {
-	if !sc.IsValid() {
-		return wire.TraceContext{}
-	}
-	return wire.TraceContext{TraceID: sc.TraceID(), SpanID: sc.SpanID(), Flags: byte(sc.TraceFlags())}
-}
-
-// FromWire converts a trace context read from the runtime's wire protocol
-// into a remote span context.
-func FromWire(tc wire.TraceContext) trace.SpanContext {
-	return trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: tc.TraceID, SpanID: tc.SpanID, TraceFlags: trace.TraceFlags(tc.Flags), Remote: true,
-	})
 }

@@ -72,18 +72,6 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
-func TestWireRoundTrip(t *testing.T) {
-	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 15: 3}, SpanID: trace.SpanID{4, 7: 5},
-		TraceFlags: trace.FlagsSampled})
-	got := FromWire(ToWire(sc))
-	if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() || !got.IsSampled() || !got.IsRemote() {
-		t.Errorf("round trip = %+v, want %+v, remote", got, sc)
-	}
-	if tc := ToWire(trace.SpanContext{}); tc.IsValid() {
-		t.Errorf("an invalid span context gave %+v", tc)
-	}
-}
-
 // TestSampler: the installed sampler follows a remote parent's sampled flag
 // unless the context is marked by IgnoreRemoteSampled; then the root
 // sampler decides, as for a new trace, and the trace id is kept. A local

@@ -1,13 +1,20 @@
-// Package gateway assembles the proxy: the runtime connection (rtconn), the
-// dynamic batcher (batching), the classification service (classify) and the
-// HTTP API (httpapi) on a fasthttp server, with the memory budgets that
-// bound what clients can make it hold.
+// Package gateway assembles the proxy: the model versions served
+// (proxy/versions: a routing file's, or the one runtime at Config.Socket as
+// a table of one model and one version), the classification service
+// (classify) and the HTTP API (httpapi) on a fasthttp server, with the
+// memory budgets that bound what clients can make it hold. It decides
+// nothing per request: every request takes the one path httpapi ->
+// versions -> classify -> a version's batcher and runtime connection.
 //
 // # Goroutines
 //
-// New starts the runtime connection's loop and the batcher's dispatcher;
-// Shutdown stops both after the HTTP server has drained. fasthttp owns a
-// goroutine per connection, bounded by Config.MaxConnections.
+// New starts, owned by the Proxy and awaited by Shutdown: trimMemory, the
+// routing file's watcher (versions.Router.Run; it only waits without a
+// file) and, with API keys, the keys file's watcher (auth's Run); each
+// exits when Shutdown cancels their context. The versions' connections and
+// batchers are versions.Router's, stopped by its Close, which Shutdown
+// calls once the HTTP server has drained. fasthttp owns a goroutine per
+// connection, bounded by Config.MaxConnections.
 package gateway
 
 import (
@@ -19,6 +26,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
+	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -34,6 +42,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/proxy/rtconn"
 	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/proxy/versions"
 	"github.com/batchgate/batchgate/runtime/wire"
 	"github.com/batchgate/batchgate/tracing"
 )
@@ -41,10 +50,13 @@ import (
 // Version is the proxy's version, reported by GET /v2.
 const Version = "0.2.0"
 
-// Config configures the proxy. Every zero value means the default given;
-// docs/operations.md lists the environment variables that set them.
+// Config configures the proxy. Every zero value means the default given,
+// applied by WithDefaults and nowhere else (the runtime connection's three
+// timeouts are rtconn's); proxy/main.go leaves a field zero when its
+// environment variable is unset. docs/operations.md lists the variables.
 type Config struct {
-	// Socket is the runtime's unix socket. Default /tmp/batchgate/runtime.sock.
+	// Socket is the runtime's unix socket, served without a routing file.
+	// Default wire.DefaultSocket.
 	Socket string
 	// Batch configures the batcher. Zero MaxBatchSize means 8, zero
 	// QueueCapacity 64, zero MaxInFlight 2.
@@ -93,7 +105,8 @@ type Config struct {
 	// ImagesPerClient is the most images of one client address in
 	// progress (decoding or waiting for the model) while another address
 	// is present, and DecodeQueue minus it while none is; beyond it 429
-	// client_busy. Default DecodeQueue/4; negative: no bound.
+	// client_busy. Default DecodeQueue/4, at least GOMAXPROCS+1 (classify);
+	// negative: no bound.
 	ImagesPerClient int
 	// RefusedBytesPerSecond and RefusedBytesAllowance: each refused
 	// request (4xx) costs its client address its body and 64 KiB; a debt
@@ -125,16 +138,22 @@ type Config struct {
 	// QueueCapacity/4, at least 1, at most 64.
 	MaxElements int
 	// RuntimeStallAfter: a runtime making no progress this long is treated
-	// as gone (503s, readiness fails, redial). Default 4s.
+	// as gone (503s, readiness fails, redial). Zero: rtconn's default, 4s.
 	RuntimeStallAfter time.Duration
-	// RuntimeBatchTimeout caps one batch's time in the runtime. Default 15s.
+	// RuntimeBatchTimeout caps one batch's time in the runtime. Zero:
+	// rtconn's default, 15s.
 	RuntimeBatchTimeout time.Duration
 	// RuntimeHeartbeatTimeout bounds each progress report; no answer in
-	// time is a stall. Default 2s.
+	// time is a stall. Zero: rtconn's default, 2s.
 	RuntimeHeartbeatTimeout time.Duration
 	// DrainDelay is how long the proxy keeps serving, with readiness
-	// failing, before it stops accepting. Default 0.
+	// failing, before it stops accepting. Default 5s; negative: none.
 	DrainDelay time.Duration
+	// ConnMaxAge closes a keep-alive connection after its first response
+	// past this age (Connection: close), so that clients reconnect and a
+	// load balancer (kube-proxy) spreads them over new replicas. Default
+	// 30s; negative: never.
+	ConnMaxAge time.Duration
 	// Tracing makes spans of requests and batches (docs/tracing.md); the
 	// global tracer provider, installed by tracing.Start, exports them.
 	// Default false.
@@ -153,7 +172,7 @@ type Config struct {
 	AuthSHA256 [32]byte
 	// Routing, if set, serves the model versions of a routing file
 	// (docs/versions.md), each from its own runtime, instead of the one
-	// runtime at Socket. RoutingFile is its path, polled every
+	// runtime at Socket (routing.Single). RoutingFile is its path, polled every
 	// RoutingPoll (default 2s) and applied when its content changes;
 	// RoutingSHA256 is the sha256 of the content Routing came from.
 	Routing       *routing.File
@@ -162,7 +181,10 @@ type Config struct {
 	RoutingSHA256 [32]byte
 }
 
-func (c *Config) defaults() {
+// WithDefaults returns c with every zero value replaced by its default:
+// the one place the proxy's defaults are written (Config's comments state
+// them).
+func (c Config) WithDefaults() Config {
 	set := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -179,7 +201,7 @@ func (c *Config) defaults() {
 		}
 	}
 	if c.Socket == "" {
-		c.Socket = "/tmp/batchgate/runtime.sock"
+		c.Socket = wire.DefaultSocket
 	}
 	set(&c.Batch.MaxBatchSize, 8)
 	set(&c.Batch.QueueCapacity, 64)
@@ -189,9 +211,12 @@ func (c *Config) defaults() {
 	set64(&c.CacheBytes, 64<<20)
 	set(&c.MaxBodyBytes, 10<<20)
 	set(&c.MaxPixels, imageprep.DefaultMaxPixels)
+	set(&c.MaxPixelsPerByte, imageprep.DefaultMaxPixelsPerByte)
 	set64(&c.UploadMemory, 96<<20)
+	set64(&c.UploadMemoryPerClient, c.UploadMemory/2)
 	setDur(&c.UploadWait, 2*time.Second)
 	set(&c.DecodeQueue, c.Batch.QueueCapacity+runtime.GOMAXPROCS(0))
+	set(&c.ImagesPerClient, max(c.DecodeQueue/4, runtime.GOMAXPROCS(0)+1))
 	set64(&c.DecodeMemory, 128<<20)
 	set(&c.MaxConnections, 10000)
 	set(&c.MaxConnectionsPerIP, 1024)
@@ -204,42 +229,39 @@ func (c *Config) defaults() {
 	set64(&c.RefusedBytesPerSecond, 8<<20)
 	set64(&c.RefusedBytesAllowance, 64<<20)
 	setDur(&c.RefusedWait, 2*time.Second)
+	setDur(&c.DrainDelay, 5*time.Second)
+	setDur(&c.ConnMaxAge, 30*time.Second)
+	setDur(&c.AuthPoll, 2*time.Second)
 	setDur(&c.RoutingPoll, 2*time.Second)
+	return c
 }
 
 // Proxy is the assembled server.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	api     *httpapi.Server
-	server  *fasthttp.Server
-	metrics *fasthttp.Server                                // /metrics on its own port (ServeMetrics)
-	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result] // nil with a routing file
-	router  *router                                         // nil without one
-	stopRT  context.CancelFunc
-	rtDone  chan struct{}
+	cfg      Config
+	log      *slog.Logger
+	api      *httpapi.Server
+	server   *fasthttp.Server
+	metrics  *fasthttp.Server // /metrics on its own port (ServeMetrics)
+	versions *versions.Router
+	stop     context.CancelFunc // ends the goroutines wg counts
+	wg       sync.WaitGroup     // every goroutine New starts; Shutdown waits
 }
 
-// New wires the proxy and starts its runtime connection; set receives every
-// metric.
+// New wires the proxy and starts its runtime connections; set receives
+// every metric.
 func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
-	cfg.defaults()
-	p := &Proxy{cfg: cfg, log: log, rtDone: make(chan struct{})}
-	var (
-		conn    *rtconn.Conn
-		svc     *classify.Service
-		uploads = budget.New(cfg.UploadMemory)
-	)
+	cfg = cfg.WithDefaults()
+	p := &Proxy{cfg: cfg, log: log}
+	uploads := budget.New(cfg.UploadMemory)
+	var svc *classify.Service // the gauges read it once New has returned
 	m := stats.New(set, stats.Gauges{
-		QueueDepth:    p.queueDepth,
-		RuntimeDemand: func() float64 { return p.load().Demand.Seconds() },
-		RuntimeBusy:   func() float64 { return p.load().Busy.Seconds() },
-		ExpectedWait:  func() float64 { return p.load().Wait.Seconds() },
+		QueueDepth:    func() float64 { return p.versions.QueueDepth() },
+		RuntimeDemand: func() float64 { return p.versions.Load().Demand.Seconds() },
+		RuntimeBusy:   func() float64 { return p.versions.Load().Busy.Seconds() },
+		ExpectedWait:  func() float64 { return p.versions.Load().Wait.Seconds() },
 		RuntimeConnected: func() float64 {
-			if p.router != nil {
-				return b2f(p.router.ready())
-			}
-			if c, _ := conn.Current(); c != nil {
+			if p.versions.Ready() {
 				return 1
 			}
 			return 0
@@ -247,25 +269,24 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		UploadBytes: func() float64 { return float64(uploads.InUse()) },
 		DecodeBytes: func() float64 { return float64(svc.DecodeBytes()) },
 	})
-	var be classify.Backend
-	if cfg.Routing == nil {
-		conn = rtconn.New(rtconn.Config{Socket: cfg.Socket, StallAfter: cfg.RuntimeStallAfter,
-			HeartbeatTimeout: cfg.RuntimeHeartbeatTimeout, BatchTimeout: cfg.RuntimeBatchTimeout,
-			OnStall: func() { m.RuntimeStalls.Inc() }}, log)
-		bc := cfg.Batch
-		bc.Observer = m
-		p.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(conn, m), bc)
-		be = backend{conn, p.batcher}
-	} else {
-		p.router = newRouter(cfg, log, m)
-		be = noBackend{p.router}
-	}
+	// No default backend: every request classifies on the Target of the
+	// version it was routed to (versions.Router.Route).
 	svc = classify.New(classify.Config{
 		CacheEntries: max(cfg.CacheEntries, 0), CacheBytes: cfg.CacheBytes,
 		DecodeQueue: cfg.DecodeQueue, ImagesPerClient: cfg.ImagesPerClient,
 		DecodeMemory: cfg.DecodeMemory,
 		Limits:       imageprep.Limits{MaxPixels: cfg.MaxPixels, MaxPixelsPerByte: cfg.MaxPixelsPerByte, FullSizeJPEG: cfg.FullSizeJPEG},
-	}, be, m)
+	}, nil, m)
+	table := cfg.Routing
+	if table == nil {
+		table = routing.Single(cfg.Socket)
+	}
+	p.versions = versions.New(versions.Config{
+		Batch: cfg.Batch, RequestTimeout: cfg.RequestTimeout,
+		Runtime: rtconn.Config{StallAfter: cfg.RuntimeStallAfter, HeartbeatTimeout: cfg.RuntimeHeartbeatTimeout,
+			BatchTimeout: cfg.RuntimeBatchTimeout},
+		Routing: table, RoutingFile: cfg.RoutingFile, RoutingPoll: cfg.RoutingPoll, RoutingSHA256: cfg.RoutingSHA256,
+	}, svc, log, m)
 	var refusals *fairshare.Debt // nil: off
 	if cfg.RefusedBytesPerSecond > 0 {
 		refusals = fairshare.NewDebt(fairshare.DebtConfig{Rate: cfg.RefusedBytesPerSecond, Allowance: cfg.RefusedBytesAllowance, MaxWait: cfg.RefusedWait})
@@ -274,21 +295,8 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 	if cfg.Auth != nil {
 		authn = auth.New(cfg.Auth, cfg.AuthSHA256, auth.Config{File: cfg.AuthFile, Poll: cfg.AuthPoll, Log: log, Metrics: set})
 	}
-	var router httpapi.Router // nil interface without a routing file
-	if p.router != nil {
-		p.router.svc = svc
-		p.router.apply(cfg.Routing)
-		router = p.router
-	}
 	p.api = httpapi.New(httpapi.Config{
-		Classifier: svc, Router: router, Metrics: m, Log: log, Version: Version,
-		Ready: func() bool {
-			if p.router != nil {
-				return p.router.ready()
-			}
-			c, _ := conn.Current()
-			return c != nil
-		},
+		Router: p.versions, Metrics: m, Log: log, Version: Version, Ready: p.versions.Ready,
 		RequestTimeout: cfg.RequestTimeout, MaxBodyBytes: cfg.MaxBodyBytes,
 		Uploads: uploads, UploadWait: cfg.UploadWait, MaxElements: cfg.MaxElements,
 		UploadMinRate: max(cfg.UploadMinRate, 0), UploadRateGrace: cfg.UploadRateGrace,
@@ -296,12 +304,13 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		UploadMemoryPerClient: cfg.UploadMemoryPerClient,
 		SharedCacheAcrossKeys: cfg.SharedCacheAcrossKeys,
 		Tracing:               cfg.Tracing, TrustRemoteSampling: cfg.TrustRemoteSampling, Auth: authn,
-		Refusals: refusals,
+		Refusals: refusals, ConnMaxAge: max(cfg.ConnMaxAge, 0),
 	})
 	p.server = &fasthttp.Server{
 		Handler:       p.api.Handler,
 		ErrorHandler:  p.api.ErrorHandler,
 		ExpectHandler: p.api.ExpectHandler,
+		ConnState:     p.api.ConnState, // each connection's age, for ConnMaxAge
 		Name:          "batchgate",
 		Logger:        fasthttpLogger{log},
 		// Bodies reach the handlers as streams, which read them within
@@ -332,22 +341,17 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		IdleTimeout: 2 * time.Minute, MaxRequestBodySize: 4 << 10, NoDefaultDate: true, CloseOnShutdown: true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p.stopRT = cancel
+	p.stop = cancel
 	idle := func() bool {
-		return uploads.InUse() == 0 && svc.DecodeBytes() == 0 && p.queueDepth() == 0
+		return uploads.InUse() == 0 && svc.DecodeBytes() == 0 && p.versions.QueueDepth() == 0
 	}
-	go func() {
-		defer close(p.rtDone)
-		go trimMemory(ctx, idle)
-		if authn != nil {
-			go authn.Run(ctx) // reloads the keys file; exits with ctx
-		}
-		if p.router != nil {
-			p.router.run(ctx)
-			return
-		}
-		conn.Run(ctx)
-	}()
+	// Owned by p.wg; each exits when Shutdown cancels ctx, and Shutdown
+	// waits for them.
+	p.wg.Go(func() { trimMemory(ctx, idle) })
+	p.wg.Go(func() { p.versions.Run(ctx) }) // polls the routing file, if any
+	if authn != nil {
+		p.wg.Go(func() { authn.Run(ctx) }) // polls the keys file
+	}
 	return p
 }
 
@@ -393,85 +397,25 @@ func (p *Proxy) Ready() bool { return p.api.Ready() }
 // Shutdown drains: readiness fails at once and responses close their
 // connections; requests are still served for DrainDelay (so load balancers
 // notice), then the listener closes, open requests and queued batches
-// finish, and the runtime connection closes.
+// finish, the runtime connections close, and every goroutine New started
+// has exited before it returns.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.api.SetDraining()
 	p.log.Info("draining", "drain_delay", p.cfg.DrainDelay.String())
 	select {
-	case <-time.After(p.cfg.DrainDelay):
+	case <-time.After(max(p.cfg.DrainDelay, 0)):
 	case <-ctx.Done():
 	}
 	err := p.server.ShutdownWithContext(ctx)
-	if p.router != nil {
-		if rerr := p.router.close(ctx); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	} else if berr := p.batcher.Close(ctx); berr != nil {
-		err = errors.Join(err, berr)
+	if verr := p.versions.Close(ctx); verr != nil {
+		err = errors.Join(err, verr)
 	}
-	p.stopRT()
-	<-p.rtDone
+	p.stop()
+	p.wg.Wait()
 	if merr := p.metrics.ShutdownWithContext(ctx); merr != nil {
 		err = errors.Join(err, merr)
 	}
 	return err
-}
-
-// queueDepth is waiting + in-flight items: inference_queue_depth, the
-// autoscaling signal. With a routing file, the sum over the versions,
-// without shadow work.
-func (p *Proxy) queueDepth() float64 {
-	if p.router != nil {
-		return p.router.queueDepth()
-	}
-	s := p.batcher.Snapshot()
-	return float64(s.Waiting + s.InFlight)
-}
-
-// runtimeLoad is the runtime's load as the autoscaling series export it
-// (stats.Gauges): work offered and done so far, and the expected wait.
-type runtimeLoad struct{ Demand, Busy, Wait time.Duration }
-
-// loadOf reads a batcher's snapshot: the expected wait is every waiting
-// and running item times the measured runtime time per item (the runtime
-// runs one batch at a time; ItemTime excludes the pipelined overlap).
-func loadOf(s batching.Snapshot) runtimeLoad {
-	return runtimeLoad{Demand: s.Demand, Busy: s.Busy, Wait: time.Duration(s.Waiting+s.InFlight) * s.ItemTime}
-}
-
-// load is the runtime's load; with a routing file, work summed over the
-// versions (retired ones included) and the longest wait of any version.
-func (p *Proxy) load() runtimeLoad {
-	if p.router != nil {
-		return p.router.load()
-	}
-	return loadOf(p.batcher.Snapshot())
-}
-
-// backend is classify's view of the runtime: the connection's handshake and
-// the batcher in front of it.
-type backend struct {
-	conn    *rtconn.Conn
-	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
-}
-
-func (b backend) Model() (wire.Info, bool, bool) {
-	c, info := b.conn.Current()
-	if c != nil {
-		return info, true, true
-	}
-	info, known := b.conn.LastInfo()
-	return info, false, known
-}
-
-func (b backend) Infer(ctx context.Context, tensor []float32, modelSHA string) (*classify.Inference, error) {
-	item := rtconn.NewItem(ctx, tensor, modelSHA)
-	r, err := b.batcher.Submit(ctx, item)
-	rtconn.TraceQueue(ctx, item, r, err)
-	if err != nil {
-		return nil, err
-	}
-	return &classify.Inference{Scores: r.Scores, BatchSize: r.BatchSize, QueueWait: r.QueueWait, Exec: r.Exec}, nil
 }
 
 // fasthttpLogger sends fasthttp's own messages to slog.

@@ -97,6 +97,9 @@ func startProxy(t testing.TB, cfg Config) *testProxy {
 // startProxyNoWait starts the proxy without waiting for it to be ready.
 func startProxyNoWait(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
+	if cfg.DrainDelay == 0 {
+		cfg.DrainDelay = -1 // tests drain at once unless they ask for a delay
+	}
 	logBuf := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})) // fasthttp's own messages too
 	p := New(cfg, log, metrics.NewSet())

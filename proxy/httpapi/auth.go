@@ -96,7 +96,7 @@ func (s *Server) authorize(ctx *fasthttp.RequestCtx, route string, beforeBody bo
 // /v2/models/{name}/versions/{version}/infer. Only with a routing file:
 // without one there is one version, and naming it chooses nothing.
 func (s *Server) explicitVersion(ctx *fasthttp.RequestCtx, route string) bool {
-	if s.cfg.Router == nil {
+	if !s.cfg.Router.Declared() {
 		return false
 	}
 	switch route {

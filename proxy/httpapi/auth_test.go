@@ -722,8 +722,8 @@ func TestAuthImageConcurrency(t *testing.T) {
 		{ID: "two", Scopes: []auth.Scope{auth.Predict}, MaxConcurrentImages: 2},
 		{ID: "other", Scopes: []auth.Scope{auth.Predict}, MaxConcurrentImages: 2},
 	}, func(c *Config) {
-		held.fakeClassifier = c.Classifier.(*fakeClassifier)
-		c.Classifier, c.MaxElements = held, 16
+		held.fakeClassifier = c.Router.(oneRuntime).cls.(*fakeClassifier)
+		c.Router, c.MaxElements = oneRuntime{held}, 16
 	})
 	infer := func(key string, n int) response {
 		return ts.do(t, withHeader(ts.post("/v2/models/resnet50/infer", "application/json", inferBody(n)), "X-API-Key", key))
@@ -767,6 +767,8 @@ func TestAuthImageConcurrency(t *testing.T) {
 // and v2 (weight 0, reachable only explicitly).
 type fakeRouter struct{ cls Classifier }
 
+func (fakeRouter) Declared() bool { return true }
+
 func (r fakeRouter) LastModel(string, string) (wire.Info, bool) { return r.cls.LastModel() }
 
 func (r fakeRouter) Route(name, version string, _ RouteKeys) (*Routed, error) {
@@ -794,7 +796,7 @@ func (r fakeRouter) Versions(name string) ([]VersionStatus, bool) {
 // is still routed by weight without a version, and reads versioned
 // metadata. Without keys (auth off) explicit versions stay open.
 func TestAuthVersionsScope(t *testing.T) {
-	routed := func(c *Config) { c.Router = fakeRouter{c.Classifier} }
+	routed := func(c *Config) { c.Router = fakeRouter{c.Router.(oneRuntime).cls} }
 	ts, keys, set := startKeyServer(t, []auth.Key{
 		{ID: "plain", Scopes: []auth.Scope{auth.Predict, auth.Metadata}},
 		{ID: "chooser", Scopes: []auth.Scope{auth.Predict, auth.Versions}},

@@ -311,7 +311,7 @@ func FuzzHandler(f *testing.F) {
 	fc := newFake()
 	m := stats.New(metrics.NewSet(), stats.Gauges{})
 	uploads := budget.New(16 << 20)
-	api := New(Config{Classifier: fc, Metrics: m, Log: slog.New(slog.DiscardHandler), Ready: func() bool { return true },
+	api := New(Config{Router: oneRuntime{fc}, Metrics: m, Log: slog.New(slog.DiscardHandler), Ready: func() bool { return true },
 		Version: "fuzz", RequestTimeout: 5 * time.Second, MaxBodyBytes: 1 << 20, Uploads: uploads,
 		UploadWait: time.Second, MaxElements: 4})
 	f.Fuzz(func(t *testing.T, method, uri, contentType, requestID, timeout string, body []byte) {

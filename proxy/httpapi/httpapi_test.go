@@ -147,6 +147,18 @@ func logLines(s *testenv.SyncBuffer) []map[string]any {
 	return out
 }
 
+// oneRuntime is the Router of one runtime (Declared false), as
+// proxy/versions' table of routing.Single: every request goes to cls.
+type oneRuntime struct{ cls Classifier }
+
+func (oneRuntime) Declared() bool                               { return false }
+func (r oneRuntime) LastModel(string, string) (wire.Info, bool) { return r.cls.LastModel() }
+func (oneRuntime) Versions(string) ([]VersionStatus, bool)      { return nil, false }
+
+func (r oneRuntime) Route(string, string, RouteKeys) (*Routed, error) {
+	return &Routed{Classifier: r.cls, Done: func(int, time.Duration) {}}, nil
+}
+
 // testServer is a Server on a loopback port, on a fasthttp.Server built as
 // gateway builds it.
 type testServer struct {
@@ -169,7 +181,7 @@ func startServer(t *testing.T, change func(*Config)) *testServer {
 	logBuf := &testenv.SyncBuffer{}
 	set := metrics.NewSet()
 	cfg := Config{
-		Classifier: fc, Metrics: stats.New(set, stats.Gauges{}),
+		Router: oneRuntime{fc}, Metrics: stats.New(set, stats.Gauges{}),
 		Log:            slog.New(slog.NewJSONHandler(logBuf, nil)),
 		Ready:          func() bool { _, ready := fc.Model(); return ready },
 		Version:        "test",
@@ -188,6 +200,7 @@ func startServer(t *testing.T, change func(*Config)) *testServer {
 		ErrorHandler:                 api.ErrorHandler,
 		ExpectHandler:                api.ExpectHandler,
 		HeaderReceived:               api.HeaderReceived,
+		ConnState:                    api.ConnState,
 		Name:                         "batchgate",
 		Logger:                       fasthttpLogger{cfg.Log},
 		StreamRequestBody:            true,
@@ -990,7 +1003,7 @@ func TestRoutes(t *testing.T) {
 // are refused from their headers.
 func ExampleServer() {
 	api := New(Config{
-		Classifier: newFake(), Metrics: stats.New(metrics.NewSet(), stats.Gauges{}),
+		Router: oneRuntime{newFake()}, Metrics: stats.New(metrics.NewSet(), stats.Gauges{}),
 		Log: slog.New(slog.DiscardHandler), Ready: func() bool { return true },
 		RequestTimeout: 30 * time.Second, MaxBodyBytes: 10 << 20,
 		Uploads: budget.New(96 << 20), UploadWait: 2 * time.Second, MaxElements: 16,

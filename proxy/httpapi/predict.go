@@ -21,8 +21,7 @@ type prediction struct {
 // Everything that can be checked from the headers is, before the body is
 // read.
 func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
-	cls := s.cfg.Classifier
-	info, ok := s.lastModel("", "")
+	info, ok := s.cfg.Router.LastModel("", "")
 	if !ok {
 		s.failErr(ctx, classify.ErrUnavailable)
 		return reply{}
@@ -59,17 +58,18 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 		return reply{}
 	}
 	defer release()
-	var rep reply
-	if s.cfg.Router != nil {
-		rt, err := s.cfg.Router.Route("", string(ctx.Request.Header.Peek("X-Model-Version")), routeKeys(ctx, data))
-		if err != nil {
-			s.failErr(ctx, err)
-			return reply{}
-		}
-		cls, rep.version, rep.done = rt.Classifier, rt.Version, rt.Done
+	var version string // one runtime: nothing to choose
+	if s.cfg.Router.Declared() {
+		version = string(ctx.Request.Header.Peek("X-Model-Version"))
 	}
+	rt, err := s.cfg.Router.Route("", version, routeKeys(ctx, data))
+	if err != nil {
+		s.failErr(ctx, err)
+		return reply{}
+	}
+	rep := reply{version: rt.Version, done: rt.Done}
 	lease.Retain() // the classifier's, released once the image is decoded
-	out, err := cls.Classify(rctx, data, lease, noCache)
+	out, err := rt.Classifier.Classify(rctx, data, lease, noCache)
 	if err != nil {
 		s.failErr(ctx, err)
 		return rep

@@ -56,9 +56,9 @@ type Classifier interface {
 
 // Config configures a Server.
 type Config struct {
-	Classifier Classifier
-	// Router, if set, routes /predict and the OIP model routes over
-	// several model versions; Classifier then serves nothing.
+	// Router routes /predict and the OIP model routes to a model
+	// version's Classifier: a routing file's versions, or the one
+	// runtime's (Router.Declared false). Required.
 	Router  Router
 	Metrics *stats.Metrics
 	Log     *slog.Logger
@@ -70,6 +70,11 @@ type Config struct {
 	// RequestTimeout is every request's deadline, lowered by
 	// X-Request-Timeout-Ms.
 	RequestTimeout time.Duration
+	// ConnMaxAge: a response on a connection older than this carries
+	// Connection: close, so that clients reconnect (and a load balancer
+	// spreads them over new replicas). Zero: connections live on. Needs
+	// the fasthttp server's ConnState set to Server.ConnState.
+	ConnMaxAge time.Duration
 	// MaxBodyBytes is the largest image, and the largest request body.
 	MaxBodyBytes int
 	// Uploads bounds the memory of request bodies read at once.
@@ -123,6 +128,7 @@ type Server struct {
 	clientUploads *fairshare.Shares // bodies being read, per client address
 	keyUploads    *fairshare.Shares // and per API key
 	clientBytes   *fairshare.Shares // their part of Uploads, per client address
+	conns         connTimes         // when each open connection was accepted
 }
 
 // New returns a Server.
@@ -183,7 +189,7 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 			ctx.SetConnectionClose()
 		}
 		ctx.Response.Header.Set("X-Request-Id", rid)
-		if s.draining.Load() {
+		if s.draining.Load() || s.cfg.ConnMaxAge > 0 && s.connAge(ctx, start) > s.cfg.ConnMaxAge {
 			ctx.SetConnectionClose()
 		}
 		took := time.Since(start)

@@ -48,7 +48,7 @@ func FuzzTraceHeaders(f *testing.F) {
 	f.Add("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", strings.Repeat("k=v,", 40))
 	rec := traceRecorder()
 	var buf bytes.Buffer
-	api := New(Config{Classifier: newFake(), Metrics: stats.New(metrics.NewSet(), stats.Gauges{}),
+	api := New(Config{Router: oneRuntime{newFake()}, Metrics: stats.New(metrics.NewSet(), stats.Gauges{}),
 		Log: slog.New(slog.NewJSONHandler(&buf, nil)), Ready: func() bool { return true }, Version: "fuzz",
 		RequestTimeout: 5 * time.Second, MaxBodyBytes: 1 << 20, Uploads: budget.New(16 << 20), UploadWait: time.Second,
 		MaxElements: 4, Tracing: true, TrustRemoteSampling: tracing.TrustAlways})

@@ -13,7 +13,6 @@ import (
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/oip"
-	"github.com/batchgate/batchgate/runtime/wire"
 )
 
 // v2 routes /v2 and /v2/... (the Open Inference Protocol); model paths may
@@ -37,15 +36,15 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 	}
 	parts := strings.Split(rest, "/")
 	name, action, version := parts[0], "", ""
-	if len(parts) >= 3 && parts[1] == "versions" && s.cfg.Router != nil {
-		version = parts[2] // checked by the router
-		if version == "" {
+	declared := s.cfg.Router.Declared()
+	if len(parts) >= 3 && parts[1] == "versions" {
+		switch {
+		case declared && parts[2] == "":
 			s.fail(ctx, &apiError{404, "empty model version", "not_found"})
 			return "/v2/other", reply{}
-		}
-		parts = append(parts[:1], parts[3:]...)
-	} else if len(parts) >= 3 && parts[1] == "versions" {
-		if parts[2] != oip.Version {
+		case declared:
+			version = parts[2] // checked by the router
+		case parts[2] != oip.Version: // one runtime: its one version
 			s.fail(ctx, &apiError{404, fmt.Sprintf("unknown model version %.20q; this server serves version %s", parts[2], oip.Version), "not_found"})
 			return "/v2/other", reply{}
 		}
@@ -58,10 +57,11 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 		return "/v2/other", reply{}
 	}
-	if s.cfg.Router != nil {
+	if declared {
 		return s.v2Routed(ctx, name, version, action)
 	}
-	info, ok := s.cfg.Classifier.LastModel()
+	// One runtime: its model is named by its handshake.
+	info, ok := s.cfg.Router.LastModel("", "")
 	if !ok {
 		s.failErr(ctx, classify.ErrUnavailable)
 		return "/v2/models/metadata", reply{}
@@ -81,7 +81,7 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		if !ctx.IsPost() {
 			s.fail(ctx, &apiError{405, "use POST", "method_not_allowed"})
 		} else {
-			s.infer(ctx, info, "", "")
+			return "/v2/models/infer", s.infer(ctx, "", "")
 		}
 		return "/v2/models/infer", reply{}
 	}
@@ -92,8 +92,7 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 // infer serves POST /v2/models/{name}/infer. The images of one request run
 // concurrently (they meet in the batcher); the first failure cancels the
 // others.
-func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version string) (rep reply) {
-	cls := s.cfg.Classifier
+func (s *Server) infer(ctx *fasthttp.RequestCtx, name, version string) (rep reply) {
 	rctx, cancel, ae := s.deadline(ctx)
 	if ae != nil {
 		s.fail(ctx, ae)
@@ -120,18 +119,17 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, info wire.Info, name, version s
 		return
 	}
 	defer lease.Release()
-	if s.cfg.Router != nil {
-		rt, err := s.cfg.Router.Route(name, version, routeKeys(ctx, body))
-		if err != nil {
-			s.failErr(ctx, err)
-			return
-		}
-		cls, rep.version, rep.done = rt.Classifier, rt.Version, rt.Done
-		var ok bool
-		if info, ok = cls.LastModel(); !ok {
-			s.failErr(ctx, classify.ErrUnavailable)
-			return
-		}
+	rt, err := s.cfg.Router.Route(name, version, routeKeys(ctx, body))
+	if err != nil {
+		s.failErr(ctx, err)
+		return
+	}
+	cls := rt.Classifier
+	rep.version, rep.done = rt.Version, rt.Done
+	info, ok := cls.LastModel()
+	if !ok {
+		s.failErr(ctx, classify.ErrUnavailable)
+		return
 	}
 	req, err := oip.ParseInfer(body, headerLength, &info, oip.Limits{MaxElements: s.cfg.MaxElements})
 	if err != nil {

@@ -13,10 +13,14 @@ import (
 	"github.com/batchgate/batchgate/runtime/wire"
 )
 
-// Router routes requests over several model versions (proxy/gateway's,
-// from a routing file: docs/versions.md). Nil in Config: one model, one
-// runtime, today's API unchanged.
+// Router routes requests over model versions (proxy/versions'): those of a
+// routing file (docs/versions.md), or one runtime's one model and version.
 type Router interface {
+	// Declared reports whether the models and versions come from a
+	// routing file. False: one runtime, whose model is answered under
+	// the name its handshake gives and whose one version is OIP's "1",
+	// named in no answer: the API of a server of one model.
+	Declared() bool
 	// LastModel returns the latest handshake of model name ("": the
 	// default model): of its version version, or with version "" of
 	// any of its versions, a ready one first.
@@ -63,15 +67,6 @@ type VersionStatus struct {
 type NotFoundError struct{ Msg string }
 
 func (e *NotFoundError) Error() string { return e.Msg }
-
-// lastModel is the handshake answers are checked against before routing:
-// the classifier's, or the router's for model name and version.
-func (s *Server) lastModel(name, version string) (wire.Info, bool) {
-	if s.cfg.Router != nil {
-		return s.cfg.Router.LastModel(name, version)
-	}
-	return s.cfg.Classifier.LastModel()
-}
 
 // routeKeys reads the sticky keys of a request. The header function is
 // used only during Route, while the handler runs.
@@ -158,12 +153,11 @@ func (s *Server) v2Routed(ctx *fasthttp.RequestCtx, name, version, action string
 			s.fail(ctx, &apiError{405, "use POST", "method_not_allowed"})
 			return "/v2/models/infer", reply{}
 		}
-		info, ok := s.cfg.Router.LastModel(name, version)
-		if !ok {
+		if _, ok := s.cfg.Router.LastModel(name, version); !ok {
 			s.failErr(ctx, classify.ErrUnavailable)
 			return "/v2/models/infer", reply{}
 		}
-		return "/v2/models/infer", s.infer(ctx, info, name, version)
+		return "/v2/models/infer", s.infer(ctx, name, version)
 	}
 	s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 	return "/v2/other", reply{}

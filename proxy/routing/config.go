@@ -2,7 +2,7 @@
 // the declarative routing file (parsed and validated here), the weighted
 // split, sticky assignment, shadow sampling, the rollback controller's
 // sliding window, and the poll that reloads the file when it changes. It
-// knows nothing of HTTP, sockets or batching: proxy/gateway wires it to one
+// knows nothing of HTTP, sockets or batching: proxy/versions wires it to one
 // runtime connection and one batcher per version.
 //
 // # The routing file
@@ -312,3 +312,16 @@ func (f *File) Model(name string) *Model {
 	}
 	return nil
 }
+
+// Single is the table of one runtime served without a routing file: one
+// model with one version, "1", of weight 1, at socket. The model has no
+// name (Name ""): its runtime's handshake names it, and answers show
+// neither the version nor a versions list, as a server of one model. A
+// routing file cannot declare such a model: Parse requires names.
+func Single(socket string) *File {
+	return &File{Models: []Model{{Versions: []Version{{Name: "1", Socket: socket, Weight: 1}}}}}
+}
+
+// Declared reports whether m comes from a routing file (Single's model
+// does not).
+func (m *Model) Declared() bool { return m.Name != "" }

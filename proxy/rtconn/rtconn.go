@@ -19,7 +19,7 @@ import (
 	"github.com/batchgate/batchgate/batching"
 	"github.com/batchgate/batchgate/proxy/stats"
 	"github.com/batchgate/batchgate/runtime/wire"
-	"github.com/batchgate/batchgate/tracing"
+	"github.com/batchgate/batchgate/runtime/wire/wiretrace"
 )
 
 // ErrUnavailable means the runtime cannot take work now: disconnected,
@@ -310,7 +310,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		for _, i := range chunk {
 			in = append(in, items[i].Tensor...)
 		}
-		res, err := c.RunTraced(bctx, len(chunk), in, tracing.ToWire(bsc))
+		res, err := c.RunTraced(bctx, len(chunk), in, wiretrace.ToWire(bsc))
 		capped := errors.Is(context.Cause(bctx), errBatchTimeout)
 		expired := bctx.Err() != nil // before cancel, which ends bctx anyway
 		cancel()

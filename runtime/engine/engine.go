@@ -29,7 +29,7 @@ import (
 
 	ort "github.com/yalue/onnxruntime_go"
 
-	"github.com/batchgate/batchgate/runtime/modelgen"
+	"github.com/batchgate/batchgate/runtime/engine/modelmeta"
 )
 
 // Config configures an Engine.
@@ -59,7 +59,7 @@ type Info struct {
 	// Metadata is the model's custom metadata (metadata_props).
 	Metadata map[string]string
 	// Variant is VariantInt8 or VariantFP32: the model's metadata
-	// (modelgen.MetaVariant) when it says, otherwise what its graph holds
+	// (modelmeta.Variant) when it says, otherwise what its graph holds
 	// (quantization operators make it int8).
 	Variant string
 	// Ops counts the model's nodes by operator type, as in the file.
@@ -208,7 +208,7 @@ var quantOps = []string{"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLi
 // variant says what a model is: its metadata when it says, otherwise int8
 // when its graph holds quantization operators, otherwise fp32.
 func variant(metadata map[string]string, ops map[string]int) string {
-	if v := metadata[modelgen.MetaVariant]; v != "" {
+	if v := metadata[modelmeta.Variant]; v != "" {
 		return v
 	}
 	for _, op := range quantOps {

@@ -19,17 +19,17 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+
+	"github.com/batchgate/batchgate/runtime/engine/modelmeta"
 )
 
-// Metadata keys written into generated models.
+// Metadata keys written into generated models: modelmeta's, which the
+// engine reads.
 const (
-	MetaGenerated    = "batchgate.generated"
-	MetaArchitecture = "batchgate.architecture"
-	MetaNote         = "batchgate.note"
-	// MetaVariant is the numeric variant, "fp32" or "int8". The fp32
-	// generators do not write it (their bytes, and so their sha256, stay
-	// as they were): a model without it is told apart by its graph.
-	MetaVariant = "batchgate.variant"
+	MetaGenerated    = modelmeta.Generated
+	MetaArchitecture = modelmeta.Architecture
+	MetaNote         = modelmeta.Note
+	MetaVariant      = modelmeta.Variant
 )
 
 // DefaultSeed is the seed of the models that `make` generates. The same

@@ -38,7 +38,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/batchgate/batchgate/runtime/wire"
-	"github.com/batchgate/batchgate/tracing"
+	"github.com/batchgate/batchgate/runtime/wire/wiretrace"
 )
 
 // Model runs one batch: n images in, n*classes scores out.
@@ -470,7 +470,7 @@ func (s *Server) run(j job) {
 // tracer provider (tracing.Start) exports it; with tracing off it is a
 // no-op.
 func (s *Server) traceRun(b wire.Batch, n int, start, end time.Time, err error) {
-	sc := tracing.FromWire(b.Trace)
+	sc := wiretrace.FromWire(b.Trace)
 	if !sc.IsSampled() {
 		return
 	}

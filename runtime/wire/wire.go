@@ -458,3 +458,7 @@ func grow(b []byte, n int) []byte {
 	}
 	return b
 }
+
+// DefaultSocket is the runtime's unix socket when RUNTIME_SOCKET is unset,
+// on both sides.
+const DefaultSocket = "/tmp/batchgate/runtime.sock"

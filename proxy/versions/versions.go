@@ -1,4 +1,9 @@
-package gateway
+// Package versions serves model versions: the routing table (a routing
+// file's models and versions, or routing.Single's one runtime), one runtime
+// connection (rtconn) and one batcher (batching) per version, the traffic
+// policy of proxy/routing, shadow traffic and rollback. Router implements
+// httpapi.Router; proxy/gateway assembles it with the rest of the proxy.
+package versions
 
 import (
 	"context"
@@ -26,19 +31,42 @@ import (
 	"github.com/batchgate/batchgate/runtime/wire"
 )
 
-// router serves the versions of a routing file (docs/versions.md): one
-// runtime connection and one batcher per version, the traffic policy from
-// proxy/routing, shadow traffic and rollback. It implements httpapi.Router.
+// Config configures a Router: proxy/gateway passes its own, defaults
+// applied (Batch, RequestTimeout and Routing are required).
+type Config struct {
+	// Batch configures each version's batcher (its Observer is set here).
+	Batch batching.Config
+	// RequestTimeout bounds a shadow's run and a retired version's drain.
+	RequestTimeout time.Duration
+	// Runtime configures each version's connection (its Socket and
+	// OnStall are set here).
+	Runtime rtconn.Config
+	// Routing is the table served from the start: a routing file's
+	// (docs/versions.md) or routing.Single's.
+	Routing *routing.File
+	// RoutingFile, if set, is polled every RoutingPoll by Run, and its
+	// content applied when it changes from RoutingSHA256's.
+	RoutingFile   string
+	RoutingPoll   time.Duration
+	RoutingSHA256 [32]byte
+}
+
+// Router serves the versions of a routing table: one runtime connection
+// and one batcher per version, the traffic policy from proxy/routing,
+// shadow traffic and rollback. It implements httpapi.Router. A table of
+// one undeclared model (routing.Single) is the proxy without a routing
+// file: its version has no series of its own and no name in answers, and
+// its answers come from cache while its runtime is away.
 //
 // # Ownership and goroutines
 //
 //   - The table (models, their versions and policies) is immutable once
-//     published in router.table; apply, on the watcher's goroutine and
-//     under router.mu, builds the next one and swaps it in. Requests load
+//     published in Router.table; apply, on the watcher's goroutine and
+//     under Router.mu, builds the next one and swaps it in. Requests load
 //     it once and keep the version they were routed to.
 //   - Each version owns its Conn and batcher. Its Conn.Run goroutine runs
 //     from start until the version is retired (a reload without it, or
-//     Shutdown) and exits when its context is cancelled. A retired
+//     Close) and exits when its context is cancelled. A retired
 //     version's retire goroutine waits for the requests that hold it
 //     (version.refs), closes its batcher (queued items are still run) and
 //     then stops its Conn; it exits then.
@@ -46,15 +74,16 @@ import (
 //     entry changes) and the rolledBack flag, both atomic.
 //   - A shadow goroutine runs one mirrored item and exits when the shadow
 //     batcher answers (bounded by RequestTimeout); at most max_queue run
-//     per shadow version. close waits for them.
-//   - router.wg counts every goroutine above; close waits for it.
-type router struct {
+//     per shadow version. Close waits for them.
+//   - Router.wg counts every goroutine above; Close waits for it. Run is its
+//     caller's goroutine.
+type Router struct {
 	cfg   Config
 	log   *slog.Logger
 	m     *stats.Metrics
-	rm    *stats.Routing
-	svc   *classify.Service // set by New before serving
-	ctx   context.Context   // ends at close: stops the Conns
+	rm    *stats.Routing // nil for routing.Single's table
+	svc   *classify.Service
+	ctx   context.Context // ends at close: stops the Conns
 	stop  context.CancelFunc
 	table atomic.Pointer[table]
 	gen   atomic.Int64
@@ -80,14 +109,14 @@ type model struct {
 }
 
 type version struct {
-	r       *router
-	model   string
+	r       *Router
+	model   string // "" for routing.Single's
 	name    string // fixed: a version's name and socket never change
 	socket  string
 	variant atomic.Pointer[string] // the variant required, "" for any
 	conn    *rtconn.Conn
 	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
-	metrics *stats.Version
+	metrics *stats.Version     // nil for routing.Single's: the unlabelled series count it
 	cancel  context.CancelFunc // stops the Conn
 
 	window     atomic.Pointer[routing.Window] // nil: no rollback limits
@@ -104,11 +133,17 @@ type version struct {
 	idle    chan struct{} // closed when retired and refs is 0
 }
 
-func newRouter(cfg Config, log *slog.Logger, m *stats.Metrics) *router {
+// New returns a Router serving cfg.Routing on svc (whose requests all name
+// a Target) and starts its versions' connections; Run watches the routing
+// file, Close stops it all.
+func New(cfg Config, svc *classify.Service, log *slog.Logger, m *stats.Metrics) *Router {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &router{cfg: cfg, log: log, m: m, ctx: ctx, stop: cancel}
-	r.rm = m.NewRouting(func() float64 { return float64(r.gen.Load()) })
+	r := &Router{cfg: cfg, log: log, m: m, svc: svc, ctx: ctx, stop: cancel}
+	if cfg.Routing.Models[0].Declared() {
+		r.rm = m.NewRouting(func() float64 { return float64(r.gen.Load()) })
+	}
 	r.table.Store(&table{byName: map[string]*model{}})
+	r.apply(cfg.Routing)
 	return r
 }
 
@@ -117,7 +152,7 @@ func newRouter(cfg Config, log *slog.Logger, m *stats.Metrics) *router {
 // name and socket) keep their connection, batcher and queue. A model whose
 // entry changed gets fresh rollback windows: that is how a rolled-back
 // version comes back.
-func (r *router) apply(f *routing.File) {
+func (r *Router) apply(f *routing.File) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closing {
@@ -183,6 +218,9 @@ func (r *router) apply(f *routing.File) {
 			}
 		}
 	}
+	if r.rm == nil {
+		return // routing.Single's: nothing to report
+	}
 	var summary []string
 	for _, ms := range f.Models {
 		for _, vs := range ms.Versions {
@@ -197,9 +235,19 @@ func sameModel(a, b routing.Model) bool { return reflect.DeepEqual(a, b) }
 
 // startVersion creates a version's Conn, batcher and metrics and starts its
 // Conn (called under r.mu).
-func (r *router) startVersion(model string, vs routing.Version) *version {
+func (r *Router) startVersion(model string, vs routing.Version) *version {
 	v := &version{r: r, model: model, name: vs.Name, socket: vs.Socket, idle: make(chan struct{})}
 	v.variant.Store(&vs.Variant)
+	rc := r.cfg.Runtime
+	rc.Socket, rc.OnStall = vs.Socket, func() { r.m.RuntimeStalls.Inc() }
+	bc := r.cfg.Batch
+	bc.Observer = r.m
+	if model == "" { // routing.Single's: no series nor log attributes of its own
+		v.conn = rtconn.New(rc, r.log)
+		v.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(v.conn, r.m), bc)
+		r.runConn(v)
+		return v
+	}
 	v.metrics = r.m.NewVersion(model, vs.Name, stats.VersionGauges{
 		QueueDepth:  func() float64 { return float64(v.primaryDepth()) },
 		ShadowDepth: func() float64 { return float64(v.shadows.Load()) },
@@ -212,21 +260,20 @@ func (r *router) startVersion(model string, vs routing.Version) *version {
 		Weight:     func() float64 { return v.effectiveWeight() },
 		RolledBack: func() float64 { return b2f(v.rolledBack.Load()) },
 	})
-	v.conn = rtconn.New(rtconn.Config{Socket: vs.Socket, StallAfter: r.cfg.RuntimeStallAfter,
-		HeartbeatTimeout: r.cfg.RuntimeHeartbeatTimeout, BatchTimeout: r.cfg.RuntimeBatchTimeout,
-		OnStall: func() { r.m.RuntimeStalls.Inc() }}, r.log.With("version", vs.Name))
-	bc := r.cfg.Batch
+	v.conn = rtconn.New(rc, r.log.With("version", vs.Name))
 	bc.Observer = v.metrics
 	v.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(v.conn, r.m), bc)
-	ctx, cancel := context.WithCancel(r.ctx)
-	v.cancel = cancel
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		v.conn.Run(ctx)
-	}()
+	r.runConn(v)
 	r.log.Info("version started", "model", model, "version", vs.Name, "socket", vs.Socket, "weight", vs.Weight)
 	return v
+}
+
+// runConn starts v's Conn.Run goroutine, owned by r.wg; it exits when v is
+// retired or r closes.
+func (r *Router) runConn(v *version) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	v.cancel = cancel
+	r.wg.Go(func() { v.conn.Run(ctx) })
 }
 
 func b2f(b bool) float64 {
@@ -238,7 +285,7 @@ func b2f(b bool) float64 {
 
 // retire closes v once no request holds it (called under r.mu, or by
 // close).
-func (r *router) retire(v *version) {
+func (r *Router) retire(v *version) {
 	v.mu.Lock()
 	if v.retired {
 		v.mu.Unlock()
@@ -265,7 +312,9 @@ func (r *router) retire(v *version) {
 		}
 		cancel()
 		v.cancel()
-		v.metrics.Unregister()
+		if v.metrics != nil {
+			v.metrics.Unregister()
+		}
 	}()
 }
 
@@ -317,8 +366,9 @@ func (v *version) primaryDepth() int64 {
 	return max(int64(s.Waiting+s.InFlight)-v.shadows.Load(), 0)
 }
 
-// queueDepth sums every version's primary depth: inference_queue_depth.
-func (r *router) queueDepth() float64 {
+// QueueDepth sums every version's primary depth: inference_queue_depth,
+// the autoscaling signal.
+func (r *Router) QueueDepth() float64 {
 	var n int64
 	for _, m := range r.table.Load().models {
 		for _, v := range m.versions {
@@ -328,13 +378,24 @@ func (r *router) queueDepth() float64 {
 	return float64(n)
 }
 
-// load sums every version's runtime work, the retired versions' work up to
+// Load is the runtimes' load as the autoscaling series export it
+// (stats.Gauges): work offered and done so far, and the expected wait.
+type Load struct{ Demand, Busy, Wait time.Duration }
+
+// loadOf reads a batcher's snapshot: the expected wait is every waiting
+// and running item times the measured runtime time per item (the runtime
+// runs one batch at a time; ItemTime excludes the pipelined overlap).
+func loadOf(s batching.Snapshot) Load {
+	return Load{Demand: s.Demand, Busy: s.Busy, Wait: time.Duration(s.Waiting+s.InFlight) * s.ItemTime}
+}
+
+// Load sums every version's runtime work, the retired versions' work up to
 // their retirement included (so the counters never go back), and takes the
 // longest expected wait.
-func (r *router) load() runtimeLoad {
+func (r *Router) Load() Load {
 	r.loadMu.Lock()
 	defer r.loadMu.Unlock()
-	l := runtimeLoad{Demand: r.retiredDemand, Busy: r.retiredBusy}
+	l := Load{Demand: r.retiredDemand, Busy: r.retiredBusy}
 	for _, m := range r.table.Load().models {
 		for _, v := range m.versions {
 			vl := loadOf(v.batcher.Snapshot())
@@ -346,8 +407,9 @@ func (r *router) load() runtimeLoad {
 	return l
 }
 
-// ready: every model is ready (model.ready).
-func (r *router) ready() bool {
+// Ready reports whether every model is ready (model.ready): /readyz and
+// inference_runtime_connected.
+func (r *Router) Ready() bool {
 	t := r.table.Load()
 	if len(t.models) == 0 {
 		return false
@@ -390,8 +452,11 @@ func (t *table) model(name string) (*model, error) {
 	return nil, &httpapi.NotFoundError{Msg: fmt.Sprintf("unknown model %.100q; this server serves %s", name, strings.Join(names, ", "))}
 }
 
+// Declared implements httpapi.Router: false for routing.Single's table.
+func (r *Router) Declared() bool { return r.rm != nil }
+
 // LastModel implements httpapi.Router.
-func (r *router) LastModel(name, ver string) (wire.Info, bool) {
+func (r *Router) LastModel(name, ver string) (wire.Info, bool) {
 	m, err := r.table.Load().model(name)
 	if err != nil {
 		return wire.Info{}, false
@@ -413,7 +478,7 @@ func (r *router) LastModel(name, ver string) (wire.Info, bool) {
 }
 
 // Versions implements httpapi.Router.
-func (r *router) Versions(name string) ([]httpapi.VersionStatus, bool) {
+func (r *Router) Versions(name string) ([]httpapi.VersionStatus, bool) {
 	m, err := r.table.Load().model(name)
 	if err != nil {
 		return nil, false
@@ -431,7 +496,7 @@ func (r *router) Versions(name string) ([]httpapi.VersionStatus, bool) {
 }
 
 // Route implements httpapi.Router.
-func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Routed, error) {
+func (r *Router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Routed, error) {
 	for range 3 { // a reload may retire the version picked: pick again
 		t := r.table.Load()
 		m, err := t.model(name)
@@ -449,7 +514,11 @@ func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 		if ver != "" {
 			target.Backend = explicitVersion{v} // kept out of the rollback window
 		}
-		if m.spec.ShareCache {
+		name := v.name
+		switch {
+		case !m.spec.Declared():
+			target.Tag, name = "", "" // the single model's cache keys; no version shown
+		case m.spec.ShareCache:
 			target.Tag = m.spec.Name
 		}
 		if s := m.shadow; s != nil && s != v && routing.Mirror(m.spec.Shadow.Percent, rand.Float64()) {
@@ -459,11 +528,13 @@ func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 		}
 		var once sync.Once
 		return &httpapi.Routed{
-			Version:    v.name,
+			Version:    name,
 			Classifier: versionClassifier{r.svc, target},
 			Done: func(status int, took time.Duration) {
 				once.Do(func() {
-					v.metrics.Request(status, took)
+					if v.metrics != nil {
+						v.metrics.Request(status, took)
+					}
 					v.release()
 				})
 			},
@@ -475,6 +546,11 @@ func (r *router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 // pick chooses a version: ver if set, else the weighted split over the
 // ready versions, sticky when the policy says so.
 func (m *model) pick(ver string, keys httpapi.RouteKeys) (*version, error) {
+	if !m.spec.Declared() {
+		// routing.Single's one version, ready or not: classify answers
+		// from cache while its runtime is away.
+		return m.versions[0], nil
+	}
 	if ver != "" {
 		if v := m.byName[ver]; v != nil {
 			return v, nil // explicit: whatever its weight or state
@@ -576,7 +652,7 @@ func (v *version) observe(ctx context.Context, took time.Duration, err error, ex
 
 // rollback sets v's weight to 0 after a breach of window w, unless that
 // would leave its model without traffic.
-func (r *router) rollback(v *version, w *routing.Window, b *routing.Breach) {
+func (r *Router) rollback(v *version, w *routing.Window, b *routing.Breach) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if v.window.Load() != w { // a reload replaced the window meanwhile
@@ -607,7 +683,7 @@ func (r *router) rollback(v *version, w *routing.Window, b *routing.Breach) {
 // mirror sends a copy of a primary's computed image to the shadow version
 // s, unless s is busy: shadow work never waits for queue space and is
 // dropped first (counted as shed).
-func (r *router) mirror(s *version, sc trace.SpanContext, tensor []float32, pinfo wire.Info, primary []float32) {
+func (r *Router) mirror(s *version, sc trace.SpanContext, tensor []float32, pinfo wire.Info, primary []float32) {
 	sinfo, ready := s.current()
 	if !ready || sinfo.ImageSize() != pinfo.ImageSize() || sinfo.Classes != len(primary) ||
 		sinfo.Mean != pinfo.Mean || sinfo.Std != pinfo.Std || sinfo.ResizeShorter != pinfo.ResizeShorter {
@@ -652,9 +728,10 @@ func (r *router) mirror(s *version, sc trace.SpanContext, tensor []float32, pinf
 	}()
 }
 
-// close retires every version (their queues drain within ctx), waits for
-// the shadows and stops the Conns.
-func (r *router) close(ctx context.Context) error {
+// Close retires every version (their queues drain within ctx), waits for
+// the shadows and stops the Conns: when it returns, every goroutine r
+// started has exited.
+func (r *Router) Close(ctx context.Context) error {
 	r.mu.Lock()
 	r.closing = true
 	t := r.table.Load()
@@ -705,22 +782,10 @@ func (c versionClassifier) InferTensor(ctx context.Context, tensor []float32) (*
 	return c.svc.InferTensorOn(ctx, c.t, tensor)
 }
 
-// noBackend is classify.Service's default backend with a routing file:
-// every request goes through a version's Target instead.
-type noBackend struct{ r *router }
-
-func (b noBackend) Model() (wire.Info, bool, bool) {
-	info, known := b.r.LastModel("", "")
-	return info, false, known
-}
-
-func (noBackend) Infer(context.Context, []float32, string) (*classify.Inference, error) {
-	return nil, classify.ErrUnavailable
-}
-
-// run polls the routing file, if there is one, and applies each valid new
-// content until ctx ends (on New's runtime goroutine).
-func (r *router) run(ctx context.Context) {
+// Run polls the routing file, if there is one, and applies each valid new
+// content until ctx ends. Its caller owns the goroutine (proxy/gateway's
+// Shutdown waits for it).
+func (r *Router) Run(ctx context.Context) {
 	if r.cfg.RoutingFile == "" {
 		<-ctx.Done()
 		return
