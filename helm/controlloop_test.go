@@ -32,6 +32,8 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/batchgate/batchgate/internal/testenv"
 )
 
@@ -58,31 +60,46 @@ const (
 	loopRelease  = "bg" // fullname bg-batchgate
 	loopFullname = "bg-batchgate"
 	loopSecond   = "bg-batchgate-v2" // release and fullname of the second release
-	loopTarget   = 4                 // keda.targetQueueDepth
-	loopMin      = 1
-	loopMax      = 5
-	loopFallback = 2 // the chart's keda.fallback.replicas
+	// The chart's defaults (helm/batchgate/values.yaml, docs/autoscaling.md),
+	// which the test installs: a chart that drifts from them fails here.
+	loopTarget   = 0.7 // keda.targetUtilization
+	loopMin      = 1   // keda.minReplicas
+	loopMax      = 5   // keda.maxReplicas
+	loopFallback = 2   // keda.fallback.replicas
+	// loopSpeedup divides every duration of the chart's scaling policy (see
+	// loopTimings): the test's Prometheus scrapes every second and its HPA
+	// syncs every 5 s (Kubernetes' default: 15 s), so the whole loop runs
+	// three times faster than in a cluster, and the test in minutes.
+	loopSpeedup = 3
 )
 
-// loopExpected is KEDA + HPA's formula for an AverageValue external metric:
-// desired = ceil(queue depth / target), clamped to [min, max].
-func loopExpected(depth float64) int {
-	return min(max(int(math.Ceil(depth/loopTarget)), loopMin), loopMax)
+// loopExpected is the chart's promise at a steady load (docs/autoscaling.md):
+// ceil(load / target) replicas, clamped to [min, max], where load is the
+// offered runtime work in runtimes: arrivals per second / one runtime's
+// capacity (1 / its measured time per item).
+func loopExpected(load float64) int {
+	return min(max(int(math.Ceil(load/loopTarget)), loopMin), loopMax)
 }
 
 func TestControlLoop(t *testing.T) {
 	testStart := time.Now()
-	l := &controlLoop{t: t, dir: t.TempDir(), root: testenv.Root(t)}
+	l := &controlLoop{t: t, dir: t.TempDir(), root: testenv.Root(t), timings: loopTimings(t)}
 	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm",
 		"keda-operator", "keda-adapter", "prometheus"} {
 		l.bin(name) // fails with "run `make test`" when a tool is missing
 	}
 	t.Cleanup(func() { l.summary(time.Since(testStart)) })
+	// How long after the load changes the replicas must follow it: the
+	// rate window, a KEDA poll, an HPA sync (5 s), a scale-up period, and
+	// 5 s of scrapes and ticks.
+	settle := time.Duration(l.timings["keda.utilizationWindowSeconds"]+l.timings["keda.pollingInterval"]+5+
+		l.timings["keda.scaleUp.periodSeconds"]+5) * time.Second
+	t.Logf("the chart's default policy at %dx speed: %v; settling time %v", loopSpeedup, l.timings, settle)
 
 	// 1. The API server, with the front proxy (aggregation layer) set up.
 	began := time.Now()
 	l.startAPIServer()
-	l.timing("etcd + kube-apiserver ready", time.Since(began))
+	l.stage("etcd + kube-apiserver ready", time.Since(began))
 
 	began = time.Now()
 	l.kubectl("apply", "--server-side", "-f", l.kedaCRDs())
@@ -93,155 +110,212 @@ func TestControlLoop(t *testing.T) {
 	// The ServiceAccount controller does not run: ServiceAccount admission
 	// needs the default account for the ReplicaSet controller's pods.
 	l.kubectl("create", "serviceaccount", "default", "-n", loopNS)
-	l.timing("KEDA CRDs + namespaces", time.Since(began))
+	l.stage("KEDA CRDs + namespaces", time.Since(began))
 
 	// 2. KEDA: operator and metrics adapter, the adapter behind the aggregator.
 	began = time.Now()
 	l.startKEDA()
-	l.timing("KEDA ready (APIService Available, operator /readyz)", time.Since(began))
+	l.stage("KEDA ready (APIService Available, operator /readyz)", time.Since(began))
 
 	// 3. The controllers.
 	began = time.Now()
 	l.startControllers()
-	l.timing("kube-controller-manager healthy", time.Since(began))
+	l.stage("kube-controller-manager healthy", time.Since(began))
 
 	// 4. The workload: a real proxy + runtime, and Prometheus scraping it.
 	began = time.Now()
 	l.startProxy()
 	l.startPrometheus()
-	l.timing("proxy + runtime + Prometheus ready (builds included)", time.Since(began))
+	l.stage("proxy + runtime + Prometheus ready (builds included)", time.Since(began))
 
-	// 5. The chart.
+	// 5. The chart. Prometheus scrapes the one proxy once per Pod of the
+	// release, under each Pod's name (l.balance).
 	began = time.Now()
 	l.install(loopRelease)
 	pod := l.podName(loopRelease, loopFullname)
-	l.setTargets(map[string]string{pod: loopFullname})
-	query := l.scaledObjectQuery(loopFullname)
-	t.Logf("ScaledObject %s queries %s (pod label %s)", loopFullname, query, pod)
-	l.waitFor("a first queue-depth sample of "+pod, 60*time.Second, func() (bool, string) {
-		v, ok := promQuery(t, l.promURL, query)
-		return ok, fmt.Sprintf("query %s: %v %v", query, v, ok)
-	})
+	ctx, stopBalance := context.WithCancel(context.Background())
+	t.Cleanup(stopBalance)
+	go l.balance(ctx)
+	l.waitPods(1)
+	triggers := l.triggers(loopFullname)
+	for _, tr := range triggers {
+		t.Logf("ScaledObject %s: trigger %s, threshold %v: %s", loopFullname, tr.name, tr.threshold, tr.query)
+		l.waitFor("a first sample of "+tr.name+" for "+pod, 60*time.Second, func() (bool, string) {
+			v, ok := promQuery(t, l.promURL, tr.query)
+			return ok, fmt.Sprintf("query %s: %v %v", tr.query, v, ok)
+		})
+	}
+	if len(triggers) != 3 || triggers[0].threshold != loopTarget {
+		t.Fatalf("the chart's default ScaledObject has triggers %v, want utilization (%v), utilization-ahead and expected-wait", triggers, loopTarget)
+	}
 	l.waitFor("the HPA reading the metric through the aggregator", 120*time.Second, func() (bool, string) {
 		hpa := l.hpa(loopFullname)
 		return condition(hpa, "ScalingActive") == "True" && l.hpaValue(hpa) >= 0, l.describe(loopFullname)
 	})
-	if r := l.replicas(loopFullname); r != loopMin {
-		t.Fatalf("idle: %d replicas, want %d", r, loopMin)
+	// The trend trigger's predict_linear needs two points of its 15 s
+	// subquery: up to 30 s without a value after the first scrape of a
+	// new release, which KEDA counts as failures (every poll and HPA sync,
+	// here every 5 s), so the fallback may apply for a while.
+	l.waitFallback(loopFullname, "False", 90*time.Second)
+	l.waitReplicas(loopFullname, loopMin, 120*time.Second)
+	if h := l.history(loopFullname, began); len(h) > 1 {
+		t.Logf("after install, idle: replicas %v (the fallback while a trigger had no value yet)", h)
 	}
-	l.timing("helm install -> HPA reads the metric (idle, 1 replica)", time.Since(began))
+	l.stage("helm install -> HPA reads the metric (idle, 1 replica)", time.Since(began))
 
-	// 6. Scale up as the load ramps: 6 then 12 concurrent clients.
-	loadCtx, stopAll := context.WithTimeout(context.Background(), 6*time.Minute) // bounds every client
-	load := &loopLoad{url: l.proxyURL}
-	t.Cleanup(func() { stopAll(); load.wg.Wait() })
-	for _, step := range []struct{ clients, want int }{{6, 2}, {12, 3}} {
-		began = time.Now()
-		load.add(loadCtx, step.clients-load.clients)
-		l.waitReplicas(loopFullname, step.want, 150*time.Second)
-		l.timing(fmt.Sprintf("scale up to %d (%d clients)", step.want, step.clients), time.Since(began))
-		l.checkFormula(query, step.want)
-	}
-	upDone := time.Now()
-
-	// 7. A second release, <fullname>-v2, in the same namespace: its pod's
-	// series (same proxy, its own pod label) must move it, not the first.
+	// 6. Cost guard: a pod that serves only cache hits must not scale up.
 	began = time.Now()
-	failedBefore := load.failed.Load()
+	l.cacheHitsOnly(triggers, settle+10*time.Second)
+	l.stage(fmt.Sprintf("cache hits only: 1 replica held (%v)", settle+10*time.Second), time.Since(began))
+
+	// 7. A ramp, then a plateau: the replicas follow ceil(load / target).
+	began = time.Now()
+	peak := 2.3 // runtimes: 3.3 targets, so 4 replicas, and room below 5 for the trend trigger
+	rampFor := 120 * time.Second
+	// Long enough for a replica the trend trigger added on the ramp to go:
+	// the trend window, the rate window, the scale-down window, and settle.
+	plateauFor := time.Duration(l.timings["keda.trendWindowSeconds"]+l.timings["keda.utilizationWindowSeconds"]+
+		l.timings["keda.scaleDown.stabilizationWindowSeconds"])*time.Second + settle
+	loadCtx, stopLoad := context.WithTimeout(context.Background(), 12*time.Minute) // bounds every request
+	ramp := &loopRamp{url: l.proxyURL, pods: l.pods, load: func(d time.Duration) float64 {
+		return 0.3 + (peak-0.3)*min(1, d.Seconds()/rampFor.Seconds())
+	}}
+	t.Cleanup(func() { stopLoad(); ramp.wg.Wait() })
+	ramp.start(loadCtx, l.itemTime())
+	l.followLoad(ramp, began, rampFor, plateauFor, settle)
+	l.stage(fmt.Sprintf("ramp 0.3 -> %.1f runtimes (%v), plateau (%v)", peak, rampFor, plateauFor), time.Since(began))
+	atPeak := l.replicas(loopFullname)
+
+	// 8. A second release, <fullname>-v2, in the same namespace: its pod's
+	// series (same proxy, its own pod label) must not move the first.
+	began = time.Now()
 	l.install(loopSecond)
 	pod2 := l.podName(loopSecond, loopSecond)
-	l.setTargets(map[string]string{pod: loopFullname, pod2: loopSecond})
-	// The first release's query minus its own pod's series: 0 unless it
-	// counts the second release's pod too. Sampled all through the stage.
-	counted := fmt.Sprintf(`(%s) - sum(inference_queue_depth{namespace=%q,pod=%q})`, query, loopNS, pod)
-	decoy := fmt.Sprintf(`sum(inference_queue_depth{namespace=%q,pod=%q})`, loopNS, pod2)
-	var countedV, decoyV []float64
+	l.setExtra(map[string]string{pod2: loopSecond})
+	var counted, decoy []float64
 	sample := func() {
-		if v, ok := promQuery(t, l.promURL, counted); ok {
-			countedV = append(countedV, v)
-		}
-		if v, ok := promQuery(t, l.promURL, decoy); ok {
-			decoyV = append(decoyV, v)
+		own := l.ownPods()
+		for _, tr := range triggers {
+			if tr.name == "utilization-ahead" { // a function of the first; its past differs
+				continue
+			}
+			mine := podRE.ReplaceAllString(tr.query, fmt.Sprintf(`pod=~%q`, strings.Join(own, "|")))
+			if v, ok := promQuery(t, l.promURL, fmt.Sprintf("(%s) - (%s)", tr.query, mine)); ok {
+				counted = append(counted, v)
+			}
+			theirs := podRE.ReplaceAllString(tr.query, fmt.Sprintf(`pod=%q`, pod2))
+			if v, ok := promQuery(t, l.promURL, theirs); ok {
+				decoy = append(decoy, v)
+			}
 		}
 	}
-	l.waitFor(loopSecond+" at 3 replicas", 150*time.Second, func() (bool, string) { // the decoy series is live: v2 scales on it
+	l.waitFor(loopSecond+"'s HPA reading its own pod's series", 150*time.Second, func() (bool, string) {
 		sample()
-		return l.replicas(loopSecond) == 3, l.describe(loopSecond)
+		hpa := l.hpa(loopSecond)
+		return condition(hpa, "ScalingActive") == "True" && l.hpaValue(hpa) > 0, l.describe(loopSecond)
 	})
 	hold := time.Now()
 	for time.Since(hold) < 15*time.Second { // three more HPA syncs of the first release
 		sample()
 		time.Sleep(time.Second)
 	}
-	h, failed := l.history(loopFullname, upDone), load.failed.Load()-failedBefore
-	t.Logf("%s: 1 -> 3 on its own series in %.1fs; %s went %v from reaching 3 to %.1fs after that; "+
-		"its query minus its own pod's series: %d samples in [%v, %v]; the second release's pod series in [%v, %v]",
-		loopSecond, hold.Sub(began).Seconds(), loopFullname, h, time.Since(hold).Seconds(),
-		len(countedV), minOf(countedV), maxOf(countedV), minOf(decoyV), maxOf(decoyV))
+	h := l.history(loopFullname, began)
+	t.Logf("%s read its own pod's series after %.1fs; %s went %v; its queries minus its own pods' series: %d samples in [%v, %v]; "+
+		"the second release's pod series in [%v, %v]", loopSecond, hold.Sub(began).Seconds(), loopFullname, h,
+		len(counted), minOf(counted), maxOf(counted), minOf(decoy), maxOf(decoy))
 	switch {
-	case len(decoyV) == 0 || slices.Max(decoyV) == 0:
+	case len(decoy) == 0 || slices.Max(decoy) == 0:
 		t.Errorf("the second release's pod series never had a value: nothing was checked")
-	case slices.ContainsFunc(countedV, func(v float64) bool { return math.Abs(v) > 0.5 }):
-		t.Errorf("%s's query %s counts the second release's pod %s: up to %v above its own pod's series",
-			loopFullname, query, pod2, maxOf(countedV))
+	case slices.ContainsFunc(counted, func(v float64) bool { return math.Abs(v) > 0.05 }):
+		t.Errorf("%s's queries count the second release's pod %s: up to %v above its own pods' series", loopFullname, pod2, maxOf(counted))
 	}
-	if slices.Max(h) > 3 {
-		t.Errorf("%s moved up while %s scaled on its own pod's series: replicas %v since it reached 3 (want [3])", loopFullname, loopSecond, h)
-	} else if !slices.Equal(h, []int{3}) && failed == 0 {
-		t.Errorf("%s moved while %s scaled: replicas %v since it reached 3 (want [3]), no request failed", loopFullname, loopSecond, h)
-	} else if !slices.Equal(h, []int{3}) {
-		t.Logf("%s dipped to %v while %d requests failed (the runtime starved of CPU: see the proxy's log)", loopFullname, h, failed)
+	if slices.Max(h) > h[0] {
+		t.Errorf("%s moved up while %s read its own pod's series: replicas %v", loopFullname, loopSecond, h)
 	}
-	l.timing("second release scales, first stays (incl. 15 s hold)", time.Since(began))
+	l.stage("second release reads its own series, first stays (incl. 15 s hold)", time.Since(began))
 	l.helm("uninstall", loopSecond, "-n", loopNS, "--wait", "--timeout=60s")
 	// Its HPA belongs to its ScaledObject through an ownerReference: the
 	// garbage collector, which does not run here, would delete it.
 	l.kubectl("delete", "hpa", "keda-hpa-"+loopSecond, "-n", loopNS, "--ignore-not-found")
-	l.setTargets(map[string]string{pod: loopFullname})
-	l.waitReplicas(loopFullname, 3, 120*time.Second) // waits only where it moved
+	l.setExtra(nil)
+	l.waitReplicas(loopFullname, atPeak, 120*time.Second) // waits only where it moved
 
-	// 8. Prometheus gone under load: fallback with currentReplicasIfHigher
-	// keeps the 3 busy replicas (static fallback would go down to 2).
+	// 9. Prometheus gone under load: fallback with currentReplicasIfHigher
+	// keeps the busy replicas (static fallback would go down to 2).
 	began = time.Now()
 	l.prom.stop()
 	l.waitFallback(loopFullname, "True", 90*time.Second)
 	fallbackAt := time.Now()
-	l.timing("Prometheus stopped -> Fallback condition True (at 3 replicas)", fallbackAt.Sub(began))
-	time.Sleep(25 * time.Second) // > scale-down window (10 s) + policy period (10 s) + an HPA sync
-	if h := l.history(loopFullname, fallbackAt); !slices.Equal(h, []int{3}) {
-		t.Errorf("with Prometheus down at 3 replicas: replicas %v, want [3] (fallback max(current 3, %d))", h, loopFallback)
+	l.stage(fmt.Sprintf("Prometheus stopped -> Fallback condition True (at %d replicas)", atPeak), fallbackAt.Sub(began))
+	down := time.Duration(l.timings["keda.scaleDown.stabilizationWindowSeconds"]+l.timings["keda.scaleDown.periodSeconds"]) * time.Second
+	time.Sleep(down + 10*time.Second) // > scale-down window + policy period + two HPA syncs
+	if h := l.history(loopFullname, fallbackAt); !slices.Equal(h, []int{atPeak}) {
+		t.Errorf("with Prometheus down at %d replicas: replicas %v, want [%d] (fallback max(current %d, %d))", atPeak, h, atPeak, atPeak, loopFallback)
 	}
-	if total := l.hpaTotal(loopFullname); math.Abs(total-3*loopTarget) > 0.01 {
-		t.Errorf("HPA metric in fallback at 3 replicas: %v in total, want %d (max(3, %d) x target %d)", total, 3*loopTarget, loopFallback, loopTarget)
+	if total := l.hpaTotal(loopFullname); math.Abs(total-float64(atPeak)*loopTarget) > 0.01 {
+		t.Errorf("HPA metric in fallback at %d replicas: %v in total, want %v (max(%d, %d) x target %v)", atPeak, total, float64(atPeak)*loopTarget, atPeak, loopFallback, loopTarget)
 	}
 	began = time.Now()
 	l.startPrometheus()
 	l.waitFallback(loopFullname, "False", 90*time.Second)
-	l.timing("Prometheus back -> Fallback condition False", time.Since(began))
+	l.stage("Prometheus back -> Fallback condition False", time.Since(began))
 
-	// 9. The load stops: back down one pod per period to the minimum.
-	l.waitReplicas(loopFullname, 3, 120*time.Second) // waits only where the load dipped
+	// 10. The load stops: down to the minimum after the scale-down window,
+	// never back up.
+	l.waitReplicas(loopFullname, atPeak, 120*time.Second) // waits only where the load dipped
 	began = time.Now()
-	stopAll()
-	load.wg.Wait()
-	t.Logf("load: %d requests answered, %d failed %v", load.ok.Load(), load.failed.Load(), load.statuses())
-	l.waitReplicas(loopFullname, loopMin, 150*time.Second)
-	if h := l.history(loopFullname, began); !slices.Equal(h, []int{3, 2, 1}) {
-		t.Errorf("scale-down went %v, want [3 2 1] (one pod per period)", h)
-	}
-	l.timing("load stopped -> scale down 3 -> 2 -> 1", time.Since(began))
+	stopLoad()
+	ramp.wg.Wait()
+	t.Logf("load: %d requests answered, %d failed %v, %d not sent (too many in flight)", ramp.ok.Load(), ramp.failed.Load(), ramp.statuses(), ramp.dropped.Load())
+	l.waitReplicas(loopFullname, loopMin, down+90*time.Second)
+	h = l.history(loopFullname, began)
 	l.logSteps(loopFullname, began)
+	if !slices.IsSortedFunc(h, func(a, b int) int { return b - a }) {
+		t.Errorf("scale-down went %v, want no step up", h)
+	}
+	if first := l.firstChange(loopFullname, began); first < time.Duration(l.timings["keda.scaleDown.stabilizationWindowSeconds"])*time.Second {
+		t.Errorf("the first pod went %.1fs after the load stopped: before the scale-down window of %d s", first.Seconds(), l.timings["keda.scaleDown.stabilizationWindowSeconds"])
+	}
+	l.stage(fmt.Sprintf("load stopped -> scale down %v", h), time.Since(began))
 
-	// 10. Prometheus gone while idle: the fallback replicas apply.
+	// 11. Prometheus gone while idle: the fallback replicas apply.
 	began = time.Now()
 	l.prom.stop()
 	l.waitFallback(loopFullname, "True", 90*time.Second)
 	l.waitReplicas(loopFullname, loopFallback, 90*time.Second)
 	if total := l.hpaTotal(loopFullname); math.Abs(total-loopFallback*loopTarget) > 0.01 {
-		t.Errorf("HPA metric in fallback: %v in total, want %d (fallback %d x target %d)",
+		t.Errorf("HPA metric in fallback: %v in total, want %v (fallback %d x target %v)",
 			total, loopFallback*loopTarget, loopFallback, loopTarget)
 	}
-	l.timing(fmt.Sprintf("Prometheus stopped at 1 -> fallback %d replicas", loopFallback), time.Since(began))
+	l.stage(fmt.Sprintf("Prometheus stopped at 1 -> fallback %d replicas", loopFallback), time.Since(began))
+}
+
+// loopTimings returns every duration of the chart's default scaling policy
+// (values.yaml's keda section), divided by loopSpeedup: the values the test
+// installs (l.install). Everything else stays the chart's default.
+func loopTimings(t *testing.T) map[string]int {
+	b, err := os.ReadFile(filepath.Join(chartDir(t), "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct{ Keda map[string]any }
+	if err := yaml.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, key := range []string{"pollingInterval", "utilizationWindowSeconds", "trendWindowSeconds", "scaleAheadSeconds",
+		"scaleUp.periodSeconds", "scaleUp.stabilizationWindowSeconds", "scaleDown.periodSeconds", "scaleDown.stabilizationWindowSeconds"} {
+		var path []any
+		for _, p := range strings.Split(key, ".") {
+			path = append(path, p)
+		}
+		s, ok := get(v.Keda, path...).(int)
+		if !ok {
+			t.Fatalf("values.yaml: keda.%s is not a number of seconds: %v", key, get(v.Keda, path...))
+		}
+		out["keda."+key] = int(math.Round(float64(s) / loopSpeedup))
+	}
+	return out
 }
 
 func minOf(v []float64) float64 {
@@ -277,11 +351,14 @@ type controlLoop struct {
 	promPort    int
 	proxyURL    string
 	proxyPort   int
-	metricsPort int // the proxy's METRICS_PORT: Prometheus scrapes it, as the chart's monitors do
-	timings     []string
+	metricsPort int            // the proxy's METRICS_PORT: Prometheus scrapes it, as the chart's monitors do
+	timings     map[string]int // the values install sets (loopTimings)
+	stages      []string
 
-	mu    sync.Mutex
-	watch map[string][]loopChange // spec.replicas of each Deployment, as it changed
+	mu      sync.Mutex
+	watch   map[string][]loopChange // spec.replicas of each Deployment, as it changed
+	scraped []string                // the first release's Pods Prometheus scrapes (l.balance)
+	extra   map[string]string       // more targets: pod -> release
 }
 
 type loopChange struct {
@@ -291,15 +368,15 @@ type loopChange struct {
 
 func (l *controlLoop) bin(name string) string { return tool(l.t, name) }
 
-func (l *controlLoop) timing(stage string, d time.Duration) {
+func (l *controlLoop) stage(what string, d time.Duration) {
 	l.t.Helper()
-	line := fmt.Sprintf("%-62s %6.1f s", stage, d.Seconds())
-	l.timings = append(l.timings, line)
+	line := fmt.Sprintf("%-62s %6.1f s", what, d.Seconds())
+	l.stages = append(l.stages, line)
 	l.t.Logf("TIMING %s", line)
 }
 
 func (l *controlLoop) summary(total time.Duration) {
-	l.t.Logf("stage timings:\n  %s\n  %-62s %6.1f s", strings.Join(l.timings, "\n  "), "total", total.Seconds())
+	l.t.Logf("stage timings:\n  %s\n  %-62s %6.1f s", strings.Join(l.stages, "\n  "), "total", total.Seconds())
 }
 
 // loopProc is a process that lives until the test ends (or stop), its
@@ -597,7 +674,7 @@ func (l *controlLoop) startKEDA() {
 		[]string{"keda-metrics-apiserver.keda.svc", "keda-metrics-apiserver.keda.svc.cluster.local",
 			"keda-operator.keda.svc", "keda-operator.keda.svc.cluster.local", "localhost"}, net.IPv4(127, 0, 0, 1))
 
-	adapterPort, grpcPort, probePort, adapterMetrics := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+	adapterPort, grpcPort, probePort, adapterMetrics := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), freePortAnyAddress(t)
 	// An IPv4 EndpointSlice may not hold a loopback address (validation:
 	// "may not be in the loopback range"); an FQDN one may hold the name
 	// "127.0.0.1", and the aggregator dials Addresses[0] whatever the type.
@@ -659,6 +736,19 @@ spec:
 	if _, err := l.raw("/apis/external.metrics.k8s.io/v1beta1"); err != nil {
 		t.Fatalf("external metrics API through the aggregator: %v", err)
 	}
+}
+
+// freePortAnyAddress returns a TCP port free on every address now, for
+// the adapter's metrics server, which binds :port: a port free on
+// 127.0.0.1 may be held on another address (the adapter then panics with
+// "bind: address already in use", as it did on a shared VM).
+func freePortAnyAddress(t *testing.T) int {
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // --- kube-controller-manager ---
@@ -758,13 +848,33 @@ func (l *controlLoop) scaledObject(name string) map[string]any {
 	return l.object(fmt.Sprintf("/apis/keda.sh/v1alpha1/namespaces/%s/scaledobjects/%s", loopNS, name))
 }
 
-func (l *controlLoop) scaledObjectQuery(name string) string {
-	q, _ := get(l.scaledObject(name), "spec", "triggers", 0, "metadata", "query").(string)
-	if q == "" {
-		l.t.Fatalf("ScaledObject %s has no query", name)
-	}
-	return q
+// loopTrigger is one trigger of a ScaledObject as installed.
+type loopTrigger struct {
+	name, query string
+	threshold   float64
 }
+
+func (l *controlLoop) triggers(name string) []loopTrigger {
+	l.t.Helper()
+	var out []loopTrigger
+	trs, _ := get(l.scaledObject(name), "spec", "triggers").([]any)
+	for _, tr := range trs {
+		q, _ := get(tr, "metadata", "query").(string)
+		th, err := strconv.ParseFloat(fmt.Sprint(get(tr, "metadata", "threshold")), 64)
+		if q == "" || err != nil {
+			l.t.Fatalf("ScaledObject %s: a trigger without a query or threshold: %v", name, tr)
+		}
+		n, _ := get(tr, "name").(string)
+		out = append(out, loopTrigger{n, q, th})
+	}
+	if len(out) == 0 {
+		l.t.Fatalf("ScaledObject %s has no triggers", name)
+	}
+	return out
+}
+
+// podRE is the chart's pod selector in a query.
+var podRE = regexp.MustCompile(`pod=~"[^"]*"`)
 
 // hpa returns the HPA KEDA made for the ScaledObject.
 func (l *controlLoop) hpa(name string) map[string]any {
@@ -885,31 +995,101 @@ scrape_configs:
 	})
 }
 
-// setTargets has Prometheus scrape the one proxy once per pod name, with the
-// labels Kubernetes pod discovery would give it.
-func (l *controlLoop) setTargets(pods map[string]string) {
-	type group struct {
-		Targets []string          `json:"targets"`
-		Labels  map[string]string `json:"labels"`
-	}
-	var groups []group
-	for pod, release := range pods {
-		groups = append(groups, group{[]string{fmt.Sprintf("127.0.0.1:%d", l.metricsPort)},
-			map[string]string{"namespace": loopNS, "pod": pod, "release": release}})
-	}
-	b, _ := json.Marshal(groups)
+// balance plays the Service and Kubernetes' pod discovery for the first
+// release: every half second it lists the release's Pods (Pending: they
+// never run) and has Prometheus scrape the one proxy once under each
+// Pod's name, with the labels pod discovery would give it (and l.extra's
+// targets too). The load generator splits its arrivals over the same Pods
+// (l.pods), as if each were ready at once and got its share: the one proxy
+// shows one Pod's load, the sum over the Pods the whole load.
+func (l *controlLoop) balance(ctx context.Context) {
 	dir := filepath.Join(l.dir, "prometheus")
-	os.WriteFile(filepath.Join(dir, "targets.json.tmp"), b, 0o644)
-	os.Rename(filepath.Join(dir, "targets.json.tmp"), filepath.Join(dir, "targets.json"))
-	l.waitFor(fmt.Sprintf("Prometheus scraping %d pod(s)", len(pods)), 30*time.Second, func() (bool, string) {
-		n := 0
-		for pod := range pods {
-			if v, ok := promQuery(l.t, l.promURL, fmt.Sprintf(`count(up{pod=%q} == 1)`, pod)); ok && v == 1 {
-				n++
+	var written []byte
+	for ; ctx.Err() == nil; time.Sleep(500 * time.Millisecond) {
+		pods := l.object(fmt.Sprintf("/api/v1/namespaces/%s/pods?labelSelector=%s", loopNS,
+			url.QueryEscape("app.kubernetes.io/instance="+loopRelease)))
+		items, ok := get(pods, "items").([]any)
+		if !ok {
+			continue
+		}
+		var names []string
+		for _, it := range items {
+			if name, _ := get(it, "metadata", "name").(string); name != "" && get(it, "metadata", "deletionTimestamp") == nil {
+				names = append(names, name)
 			}
 		}
-		return n == len(pods), fmt.Sprintf("%d of %d up", n, len(pods))
+		slices.Sort(names)
+		l.mu.Lock()
+		l.scraped = names
+		targets := maps.Clone(l.extra)
+		l.mu.Unlock()
+		if targets == nil {
+			targets = map[string]string{}
+		}
+		for _, n := range names {
+			targets[n] = loopFullname
+		}
+		type group struct {
+			Targets []string          `json:"targets"`
+			Labels  map[string]string `json:"labels"`
+		}
+		var groups []group
+		for _, pod := range slices.Sorted(maps.Keys(targets)) {
+			groups = append(groups, group{[]string{fmt.Sprintf("127.0.0.1:%d", l.metricsPort)},
+				map[string]string{"namespace": loopNS, "pod": pod, "release": targets[pod]}})
+		}
+		b, _ := json.Marshal(groups)
+		if !bytes.Equal(b, written) {
+			os.WriteFile(filepath.Join(dir, "targets.json.tmp"), b, 0o644)
+			os.Rename(filepath.Join(dir, "targets.json.tmp"), filepath.Join(dir, "targets.json"))
+			written = b
+		}
+	}
+}
+
+// pods is how many Pods of the first release Prometheus is told to scrape
+// (at least 1).
+func (l *controlLoop) pods() int { return max(1, len(l.ownPods())) }
+
+func (l *controlLoop) ownPods() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.scraped)
+}
+
+// setExtra sets the targets (pod -> release) Prometheus scrapes besides
+// the first release's Pods, and waits until it scrapes them all.
+func (l *controlLoop) setExtra(pods map[string]string) {
+	l.t.Helper()
+	l.mu.Lock()
+	l.extra = pods
+	l.mu.Unlock()
+	l.waitPods(len(l.ownPods()))
+}
+
+// waitPods waits until the first release has n Pods and Prometheus scrapes
+// each of them and of l.extra.
+func (l *controlLoop) waitPods(n int) {
+	l.t.Helper()
+	l.waitFor(fmt.Sprintf("Prometheus scraping %d pod(s) and the extra targets", n), 60*time.Second, func() (bool, string) {
+		own := l.ownPods()
+		l.mu.Lock()
+		want := len(own) + len(l.extra)
+		l.mu.Unlock()
+		v, _ := promQuery(l.t, l.promURL, `count(up{job="batchgate"} == 1)`)
+		return len(own) == n && int(v) == want, fmt.Sprintf("pods %v, %v of %d targets up", own, v, want)
 	})
+}
+
+// itemTime is the runtime's mean time per item so far, as Prometheus has
+// it (batches of 1: inference_runtime_seconds).
+func (l *controlLoop) itemTime() float64 {
+	l.t.Helper()
+	v, ok := promQuery(l.t, l.promURL, fmt.Sprintf(`max(inference_runtime_seconds_sum{namespace=%q}) / max(inference_runtime_seconds_count{namespace=%q})`, loopNS, loopNS))
+	if !ok || v <= 0 || math.IsNaN(v) {
+		l.t.Fatalf("no runtime time per item in Prometheus yet: %v", v)
+	}
+	return v
 }
 
 // --- the chart ---
@@ -928,19 +1108,16 @@ func (l *controlLoop) helm(args ...string) []byte {
 	return out
 }
 
-// install installs the chart with the test's Prometheus, a target of 4, a
-// 5 s polling interval and a 10 s scale-down window and period (the chart's
-// defaults are 300 s and 60 s); everything else is the chart's default.
+// install installs the chart with its default values except two: the
+// test's Prometheus, and every duration of the scaling policy divided by
+// loopSpeedup (loopTimings), for the test's faster scrapes and HPA syncs.
 func (l *controlLoop) install(release string) {
 	l.t.Helper()
-	l.helm("install", release, chartDir(l.t), "-n", loopNS,
-		"--set", "keda.prometheusAddress="+l.promURL,
-		"--set", fmt.Sprintf("keda.targetQueueDepth=%d", loopTarget),
-		"--set", fmt.Sprintf("keda.minReplicas=%d,keda.maxReplicas=%d", loopMin, loopMax),
-		"--set", "keda.pollingInterval=5",
-		// One pod per period (the default goes straight to the
-		// recommendation): the scale-down policy is rendered and honoured.
-		"--set", "keda.scaleDown.stabilizationWindowSeconds=10,keda.scaleDown.periodSeconds=10,keda.scaleDown.pods=1,keda.scaleDown.percent=0")
+	args := []string{"install", release, chartDir(l.t), "-n", loopNS, "--set", "keda.prometheusAddress=" + l.promURL}
+	for _, k := range slices.Sorted(maps.Keys(l.timings)) {
+		args = append(args, "--set", fmt.Sprintf("%s=%d", k, l.timings[k]))
+	}
+	l.helm(args...)
 	fb := get(l.scaledObject(fullnameOf(release)), "spec", "fallback")
 	l.t.Logf("installed %s: fallback %v", release, fb)
 	// Prometheus scrapes the proxy's METRICS_PORT (setTargets): the port
@@ -986,42 +1163,126 @@ func (l *controlLoop) podName(release, fullname string) string {
 	return name
 }
 
-// checkFormula compares the replicas the loop chose with the formula applied
-// to the queue depth Prometheus reports (median of 5 one-second samples).
-func (l *controlLoop) checkFormula(query string, want int) {
-	l.t.Helper()
-	var samples []float64
-	for range 5 {
-		if v, ok := promQuery(l.t, l.promURL, query); ok {
-			samples = append(samples, v)
+// cacheHitsOnly is the cost guard: closed-loop clients all post one image,
+// so that every request after the first is a cache hit, which never reaches
+// the runtime. For hold, the Deployment must stay at its one replica and no
+// trigger may read above its threshold (it would propose a second
+// replica). The hits must be many enough that, had each cost an inference,
+// the formula would ask for more than one replica: else nothing was
+// checked.
+func (l *controlLoop) cacheHitsOnly(triggers []loopTrigger, hold time.Duration) {
+	t := l.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hold+time.Minute)
+	hits := &loopLoad{url: l.proxyURL, image: uniquePNG(-24)}
+	defer func() { cancel(); hits.wg.Wait() }()
+	began := time.Now()
+	hits.add(ctx, 4)
+	worst := make([]float64, len(triggers))
+	var rates []float64
+	l.waitFor(fmt.Sprintf("%v of cache hits only", hold), hold+time.Minute, func() (bool, string) {
+		for i, tr := range triggers {
+			if v, ok := promQuery(t, l.promURL, tr.query); ok {
+				worst[i] = max(worst[i], v)
+			}
 		}
-		time.Sleep(time.Second)
+		if v, ok := promQuery(t, l.promURL, fmt.Sprintf(`max(rate(inference_cache_hits_total{namespace=%q}[10s]))`, loopNS)); ok && v > 0 {
+			rates = append(rates, v)
+		}
+		return time.Since(began) >= hold, l.describe(loopFullname)
+	})
+	if len(rates) == 0 {
+		t.Fatalf("no cache hit in %v: %d answered, %d failed %v", hold, hits.ok.Load(), hits.failed.Load(), hits.statuses())
 	}
-	if len(samples) == 0 {
-		l.t.Fatalf("no samples of %s", query)
+	slices.Sort(rates)
+	rate, item, h := rates[len(rates)/2], l.itemTime(), l.history(loopFullname, began)
+	t.Logf("cache hits only for %v: %d answered, %d failed %v; %.0f hits/s (median of %d samples); as inferences of %.3f s "+
+		"they would be %.1f runtimes, %d replicas; the triggers' highest values %v (thresholds: their own); replicas %v",
+		hold, hits.ok.Load(), hits.failed.Load(), hits.statuses(), rate, len(rates), item, rate*item, loopExpected(rate*item), worst, h)
+	if loopExpected(rate*item) <= loopMin {
+		t.Fatalf("%.0f cache hits/s would be %.2f runtimes as inferences: too few to show anything", rate, rate*item)
 	}
-	slices.Sort(samples)
-	depth := samples[len(samples)/2]
-	got := l.replicas(loopFullname)
-	l.t.Logf("queue depth %v (samples %v), the HPA's last read through the aggregator %v: ceil(%v / %d) = %d, Deployment at %d",
-		depth, samples, l.hpaTotal(loopFullname), depth, loopTarget, loopExpected(depth), got)
-	if loopExpected(depth) != want || got != want {
-		l.t.Errorf("queue depth %v gives %d replicas by the formula, the Deployment has %d, want %d", depth, loopExpected(depth), got, want)
+	for i, tr := range triggers {
+		if worst[i] > tr.threshold {
+			t.Errorf("trigger %s read %v on cache hits alone, above its threshold %v: it proposes %d replicas", tr.name, worst[i], tr.threshold, int(math.Ceil(worst[i]/tr.threshold)))
+		}
+	}
+	if !slices.Equal(h, []int{loopMin}) {
+		t.Errorf("cache hits alone moved the Deployment: replicas %v, want [%d]", h, loopMin)
+	}
+	if t.Failed() {
+		t.FailNow() // the ramp would not start from one idle replica
 	}
 }
 
-// loopLoad is closed-loop clients on the proxy, each posting unique images
-// one after the other until its context ends.
-type loopLoad struct {
-	url        string
-	clients    int
-	wg         sync.WaitGroup
+// followLoad samples, every half second until the ramp and the plateau are
+// over, the load offered in runtimes (the arrivals of the last 10 s times
+// the runtime's measured time per item over the last 20 s, which also
+// steers the generator) and the replicas. Then, from settle after the
+// start: the replicas are within 1 of ceil(load / target) for some load of
+// the last settle; and from the plateau's start, no replica is removed.
+func (l *controlLoop) followLoad(r *loopRamp, began time.Time, rampFor, plateauFor, settle time.Duration) {
+	t := l.t
+	t.Helper()
+	type point struct {
+		at       time.Duration
+		load     float64
+		replicas int
+	}
+	var pts []point
+	itemQ := fmt.Sprintf(`max(rate(inference_runtime_seconds_sum{namespace=%q}[20s])) / max(rate(inference_runtime_seconds_count{namespace=%q}[20s]))`, loopNS, loopNS)
+	l.waitFor("the end of the ramp and the plateau", rampFor+plateauFor+time.Minute, func() (bool, string) {
+		if v, ok := promQuery(t, l.promURL, itemQ); ok && v > 0 {
+			r.setItemTime(v)
+		}
+		d := time.Since(r.began)
+		pts = append(pts, point{d, r.offered(d, 10*time.Second) * r.item(), l.replicas(loopFullname)})
+		return time.Since(began) >= rampFor+plateauFor, l.describe(loopFullname)
+	})
+	var bad, table []string
+	next := time.Duration(0)
+	for i, p := range pts {
+		lo, hi := math.Inf(1), 0.0
+		for _, q := range pts[:i+1] {
+			if q.at >= p.at-settle {
+				lo, hi = min(lo, q.load), max(hi, q.load)
+			}
+		}
+		line := fmt.Sprintf("+%5.1fs load %.2f runtimes (%.2f-%.2f in the last %v): ceil(load / %v) = %d, replicas %d",
+			p.at.Seconds(), p.load, lo, hi, settle, loopTarget, loopExpected(p.load), p.replicas)
+		if p.at >= next {
+			table, next = append(table, line), next+10*time.Second
+		}
+		if p.at >= settle && (p.replicas < loopExpected(lo)-1 || p.replicas > loopExpected(hi)+1) {
+			bad = append(bad, line)
+		}
+	}
+	t.Logf("the ramp (%v) and the plateau (%v), every 10 s (item time now %.3f s):\n  %s", rampFor, plateauFor, r.item(), strings.Join(table, "\n  "))
+	if len(bad) > 0 {
+		t.Errorf("replicas not within 1 of ceil(load / %v) for a load of the last %v (%d of %d samples after the first %v):\n  %s",
+			loopTarget, settle, len(bad), len(pts), settle, strings.Join(bad, "\n  "))
+	}
+	plateau := l.history(loopFullname, began.Add(rampFor))
+	for i := 1; i < len(plateau); i++ {
+		if plateau[i] < plateau[i-1] {
+			t.Errorf("replicas removed on the plateau (load flat from +%v): replicas %v", rampFor, plateau)
+			break
+		}
+	}
+	l.logSteps(loopFullname, began)
+	if t.Failed() {
+		t.FailNow() // the later stages start from the plateau's replicas
+	}
+}
+
+// loopCount counts the outcomes of requests.
+type loopCount struct {
 	ok, failed atomic.Int64
 	mu         sync.Mutex
 	status     map[string]int // failures by status or error
 }
 
-func (g *loopLoad) fail(why string) {
+func (g *loopCount) fail(why string) {
 	g.failed.Add(1)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -1031,36 +1292,133 @@ func (g *loopLoad) fail(why string) {
 	g.status[why]++
 }
 
-func (g *loopLoad) statuses() map[string]int {
+func (g *loopCount) statuses() map[string]int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return maps.Clone(g.status)
 }
 
+// post sends one image to /predict and counts the outcome; false on a
+// transport error.
+func (g *loopCount) post(ctx context.Context, base string, img []byte) bool {
+	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/predict", bytes.NewReader(img))
+	req.Header.Set("Content-Type", "image/png")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			g.fail("error")
+		}
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == 200 {
+		g.ok.Add(1)
+	} else {
+		g.fail(resp.Status)
+	}
+	return true
+}
+
+// loopLoad is closed-loop clients on the proxy, each posting the same image
+// one after the other until its context ends.
+type loopLoad struct {
+	loopCount
+	url   string
+	image []byte
+	wg    sync.WaitGroup
+}
+
 func (g *loopLoad) add(ctx context.Context, n int) {
 	for range n {
-		c := g.clients
-		g.clients++
 		g.wg.Go(func() {
-			for i := 0; ctx.Err() == nil; i++ {
-				req, _ := http.NewRequestWithContext(ctx, "POST", g.url+"/predict", bytes.NewReader(uniquePNG(c*1000000+i)))
-				req.Header.Set("Content-Type", "image/png")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					if ctx.Err() == nil {
-						g.fail("error")
-						time.Sleep(100 * time.Millisecond)
-					}
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					g.ok.Add(1)
-				} else {
-					g.fail(resp.Status)
+			for ctx.Err() == nil {
+				if !g.post(ctx, g.url, g.image) && ctx.Err() == nil {
+					time.Sleep(100 * time.Millisecond)
 				}
 			}
 		})
 	}
+}
+
+// loopRamp is open-loop arrivals of unique images (each one an inference):
+// load(t) runtimes in all (arrivals per second x the runtime's time per
+// item), split evenly over the first release's Pods, of which the one
+// proxy gets one share.
+type loopRamp struct {
+	loopCount
+	url      string
+	pods     func() int
+	load     func(time.Duration) float64
+	itemBits atomic.Uint64 // the runtime's time per item, seconds (float64 bits)
+	began    time.Time
+	wg       sync.WaitGroup
+	dropped  atomic.Int64 // not sent: 256 requests in flight already
+	mu       sync.Mutex
+	arrivals []float64 // per second since began: arrivals at all the Pods
+}
+
+func (r *loopRamp) setItemTime(s float64) { r.itemBits.Store(math.Float64bits(s)) }
+func (r *loopRamp) item() float64         { return math.Float64frombits(r.itemBits.Load()) }
+
+// start runs the arrivals until ctx ends; r.wg waits for them.
+func (r *loopRamp) start(ctx context.Context, itemTime float64) {
+	r.setItemTime(itemTime)
+	r.began = time.Now()
+	inFlight := make(chan struct{}, 256)
+	r.wg.Go(func() {
+		due, last := 0.0, r.began
+		for seq := 0; ctx.Err() == nil; time.Sleep(10 * time.Millisecond) {
+			now := time.Now()
+			k := r.pods()
+			due += r.load(now.Sub(r.began)) / r.item() / float64(k) * now.Sub(last).Seconds()
+			last = now
+			for ; due >= 1; due-- {
+				r.mu.Lock()
+				sec := int(now.Sub(r.began).Seconds())
+				for len(r.arrivals) <= sec {
+					r.arrivals = append(r.arrivals, 0)
+				}
+				r.arrivals[sec] += float64(k)
+				r.mu.Unlock()
+				select {
+				case inFlight <- struct{}{}:
+					img := uniquePNG(1<<30 + seq)
+					seq++
+					r.wg.Go(func() { r.post(ctx, r.url, img); <-inFlight })
+				default:
+					r.dropped.Add(1)
+				}
+			}
+		}
+	})
+}
+
+// offered is the arrival rate at all the Pods over the window before at.
+func (r *loopRamp) offered(at, window time.Duration) float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := min(int(at.Seconds()), len(r.arrivals))
+	from := max(0, end-int(window.Seconds()))
+	if end <= from {
+		return 0
+	}
+	n := 0.0
+	for _, a := range r.arrivals[from:end] {
+		n += a
+	}
+	return n / float64(end-from)
+}
+
+// firstChange is how long after since the Deployment's replicas first
+// changed (a day if they did not).
+func (l *controlLoop) firstChange(name string, since time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.watch[name] {
+		if c.at.After(since) {
+			return c.at.Sub(since)
+		}
+	}
+	return 24 * time.Hour
 }

@@ -64,6 +64,8 @@ var defaultChanges = []change{
 	{path: "ScaledObject/rel-batchgate: spec.advanced.horizontalPodAutoscalerConfig.behavior.*", now: "*", why: "+100%/+4 pods per 15 s up, a 125 s scale-down window"},
 
 	// Issue 23: measured on a real node (TestRealNodeServing).
+	{path: "Deployment/rel-batchgate: spec.template.spec.containers[proxy].env[CONN_MAX_AGE]*", now: "*",
+		why: "keep-alive connections recycled every 30 s, so that a scale-up's new pods get their share of clients that keep their connections"},
 	{path: "Deployment/rel-batchgate: spec.template.spec.initContainers[runtime*].livenessProbe.terminationGracePeriodSeconds", now: "5",
 		why: "a runtime failing liveness is stuck or stopped: SIGKILL after 5 s, not the pod's grace period sized for the proxy's drain"},
 

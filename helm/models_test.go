@@ -302,7 +302,7 @@ func routedMetrics(t *testing.T) map[string][]string {
 	t.Helper()
 	set := metrics.NewSet()
 	one := func() float64 { return 1 }
-	m := stats.New(set, stats.Gauges{QueueDepth: one, RuntimeConnected: one, UploadBytes: one, DecodeBytes: one})
+	m := stats.New(set, stats.Gauges{QueueDepth: one, RuntimeDemand: one, RuntimeBusy: one, ExpectedWait: one, RuntimeConnected: one, UploadBytes: one, DecodeBytes: one})
 	m.Request("/predict", 200, time.Millisecond)
 	m.NewRouting(one).Applied.Inc()
 	v := m.NewVersion("resnet50", "v1", stats.VersionGauges{QueueDepth: one, ShadowDepth: one, Connected: one, Weight: one, RolledBack: one})

@@ -55,6 +55,12 @@ replicaCount: 2
 //   - Resources: over the whole test, every container's memory working
 //     set (the kubelet's /metrics/resource) stays under its limit, nothing
 //     is OOM-killed, and only the faulted runtime restarted.
+//   - ModelVersions: a 70/30 split of two versions holds through the
+//     Service, and the canary gets no more than its share while the
+//     primary restarts (rnModelVersions).
+//   - TwoNamespaces: two releases, each Service reaching its own pod only.
+//   - Autoscaling: KEDA, Prometheus finding the pods, load through the
+//     Service: more pods, Ready and serving, then fewer (rnAutoscale).
 //
 // TestRealNodeChecks shows the checks failing on the defects they name.
 func TestRealNodeServing(t *testing.T) {
@@ -261,6 +267,9 @@ func TestRealNodeServing(t *testing.T) {
 	})
 	t.Run("TwoNamespaces", func(t *testing.T) {
 		rnTwoNamespaces(t, n, runHelm, values)
+	})
+	t.Run("Autoscaling", func(t *testing.T) {
+		rnAutoscale(t, n, runHelm, values)
 	})
 }
 
