@@ -312,7 +312,7 @@ func routedMetrics(t *testing.T) map[string][]string {
 	v.ShadowAgree.Inc()
 	v.Rollbacks.Inc()
 	var buf bytes.Buffer
-	set.WritePrometheus(&buf)
+	m.WritePrometheus(&buf) // as the metrics handler: the set, then go_* and process_*
 	out := map[string][]string{}
 	series := regexp.MustCompile(`^([a-z_0-9]+)(?:\{(.*)\})? `)
 	for _, line := range strings.Split(buf.String(), "\n") {

@@ -166,6 +166,23 @@ func TestRealNodeInstall(t *testing.T) {
 		}
 	})
 
+	// 4. What an image costs (issue 30), on the default pod, and the
+	// proxy's CFS throttling: small photos, then one 12 MP photo in four.
+	// Run before NoRestarts, which then covers it too.
+	t.Run("Cost", func(t *testing.T) {
+		svc := fmt.Sprintf("http://%s:9999/predict?top_k=1", clusterIP)
+		small := rnCost(t, n, pod, svc, 30*time.Second, 0)
+		t.Logf("500x375-class photos: %s", small)
+		mixed := rnCost(t, n, pod, svc, 30*time.Second, 4)
+		t.Logf("one 12 MP photo in four: %s", mixed)
+		if small.reservedCores > 1.3 {
+			t.Errorf("the default pod reserves %.2f cores, want at most 1.3 (issue 30)", small.reservedCores)
+		}
+		if share := float64(small.throttled) / max(float64(small.throttledPeriod), 1); share > 0.05 {
+			t.Errorf("the proxy was throttled in %.0f%% of its CFS periods on small photos: its CPU limit starves it", 100*share)
+		}
+	})
+
 	// 3. No container restarted between the install and now.
 	t.Run("NoRestarts", func(t *testing.T) {
 		report, problems := rnRestarts(pod)
@@ -228,7 +245,7 @@ type rnPod struct {
 type rnContainer struct {
 	Name          string
 	RestartPolicy string
-	Resources     struct{ Limits map[string]string }
+	Resources     struct{ Limits, Requests map[string]string }
 }
 
 // ready says whether the pod's Ready condition is True.
