@@ -152,10 +152,10 @@ func TestControlLoop(t *testing.T) {
 		hpa := l.hpa(loopFullname)
 		return condition(hpa, "ScalingActive") == "True" && l.hpaValue(hpa) >= 0, l.describe(loopFullname)
 	})
-	// The trend trigger's predict_linear needs two points of its 15 s
-	// subquery: up to 30 s without a value after the first scrape of a
-	// new release, which KEDA counts as failures (every poll and HPA sync,
-	// here every 5 s), so the fallback may apply for a while.
+	// Until the first scrapes, the queries have no value, which KEDA
+	// counts as failures (every poll and HPA sync, here every 5 s), so
+	// the fallback may apply for a while (the trend query proposes the
+	// utilization until it has two points of its 15 s subquery).
 	l.waitFallback(loopFullname, "False", 90*time.Second)
 	l.waitReplicas(loopFullname, loopMin, 120*time.Second)
 	if h := l.history(loopFullname, began); len(h) > 1 {

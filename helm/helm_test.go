@@ -477,7 +477,7 @@ func TestScaledObjectQuery(t *testing.T) {
 	def := find(render(t, "rel", "ns1"), "ScaledObject")
 	for i, want := range []struct{ name, query, threshold string }{
 		{"utilization", demand, "0.7"},
-		{"utilization-ahead", `clamp_min(predict_linear((` + demand + `)[120s:15s], 60), 0)`, "0.7"},
+		{"utilization-ahead", `clamp_min(predict_linear((` + demand + `)[120s:15s], 60), 0) or ` + demand, "0.7"},
 		{"expected-wait", `sum(max by (namespace, pod) (inference_expected_wait_seconds` + sel + `))`, "1"},
 	} {
 		tr := get(def, "spec", "triggers", i)

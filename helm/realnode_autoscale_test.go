@@ -61,6 +61,8 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	}
 	runHelm("install", release, chartDir(t), "-n", ns, "-f", values, "-f", av)
 	defer runHelm("uninstall", release, "-n", ns, "--wait", "--timeout", "120s")
+	rec := rnRecordScaling(t, n, ns, release)
+	defer rec.stop()
 	if out, err := n.Kubectl("rollout", "status", "-n", ns, "deploy/"+deploy, "--timeout=240s"); err != nil {
 		t.Fatalf("rollout: %v\n%s", err, out)
 	}
@@ -70,16 +72,18 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	})
 	clusterIP := strings.TrimSpace(n.KubectlT(t, "get", "service", "-n", ns, deploy, "-o", "jsonpath={.spec.clusterIP}"))
 
-	rec := rnRecordScaling(t, n, ns, release)
-	defer rec.stop()
-	// Until Prometheus has the pods' series, KEDA's query fails and the
-	// fallback (2 replicas) applies: wait for the query to work and the
-	// Deployment to be back at 1, so that growth comes from the load.
-	l.waitFor("1 replica, the ScaledObject's query working (no fallback)", 180*time.Second, func() (bool, string) {
+	// Until the first pod exports its series (after the runtime's warm-up,
+	// then two scrapes), the queries have no value, which KEDA counts as
+	// failures: past keda.fallback.failureThreshold polls the fallback (2
+	// replicas) applies (docs/autoscaling-tests.md). Wait for the queries
+	// to work and the Deployment to be back at 1, so that growth comes
+	// from the load.
+	l.waitFor("the ScaledObject's queries working (no fallback)", 180*time.Second, func() (bool, string) {
 		out, _ := n.Kubectl("get", "scaledobject", "-n", ns, deploy, "-o", `jsonpath={.status.conditions[?(@.type=="Fallback")].status}`)
 		r := rec.last()
 		return string(out) == "False" && r.replicas == 1 && len(r.ready) == 1, fmt.Sprintf("fallback %q, %s", out, r)
 	})
+	t.Logf("between the install and the load: at most %d replicas (the fallback while the first pod had no series)", rec.maxReplicas())
 	load := rnStartLoad(fmt.Sprintf("http://%s:9999/predict?top_k=1", clusterIP), 4, 100*time.Millisecond, 6000)
 	l0 := time.Now()
 	var grown time.Time
@@ -319,6 +323,17 @@ func (s *rnScaling) stop() {
 		close(s.done)
 	}
 	s.wg.Wait()
+}
+
+// maxReplicas is the most spec.replicas sampled so far.
+func (s *rnScaling) maxReplicas() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	most := 0
+	for _, r := range s.rows {
+		most = max(most, r.replicas)
+	}
+	return most
 }
 
 func (s *rnScaling) last() rnScaleRow {
