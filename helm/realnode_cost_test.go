@@ -204,3 +204,22 @@ func rnCores(q string) float64 {
 	v, _ := strconv.ParseFloat(q, 64)
 	return v
 }
+
+// rnResizeProxyCPU changes the proxy's CPU limit in place (the pod's
+// resize subresource: no restart) and waits until the kubelet has applied
+// it (the container's status shows the new limit).
+func rnResizeProxyCPU(t *testing.T, n *kubenode.Node, ns, pod, limit string) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"spec":{"containers":[{"name":"proxy","resources":{"limits":{"cpu":%q}}}]}}`, limit)
+	n.KubectlT(t, "patch", "pod", "-n", ns, pod, "--subresource", "resize", "--patch", patch)
+	want := rnCores(limit)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		out, err := n.Kubectl("get", "pod", "-n", ns, pod, "-o", `jsonpath={.status.containerStatuses[?(@.name=="proxy")].resources.limits.cpu}`)
+		if err == nil && rnCores(strings.TrimSpace(string(out))) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy's CPU limit is %q, not %s, 60 s after the resize", out, limit)
+		}
+	}
+}
