@@ -17,7 +17,7 @@ FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep
                 proxy/imageprep:FuzzVP8LHuffmanCost \
                 proxy/imageprep/turbojpeg:FuzzDecode \
                 proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler \
-                proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck
+                proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck proxy/oipgrpc:FuzzDecodeInfer
 # JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) when its
 # header and library are installed (Debian: libturbojpeg0-dev; `make test`
 # installs it), else with Go's decoder (the nojpegturbo tag, with a note).

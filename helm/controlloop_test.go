@@ -951,7 +951,7 @@ func (l *controlLoop) startProxy() {
 		"-model", testenv.ResNet50Model(t), "-ort-library", testenv.ORTLibrary(t),
 		"-ort-cache-dir", filepath.Join(l.root, ".deps", "ort-cache"), "-max-batch-size", "1"))
 	l.critical = append(l.critical, l.start("proxy", []string{"PORT=" + strconv.Itoa(l.proxyPort),
-		"METRICS_PORT=" + strconv.Itoa(l.metricsPort), "RUNTIME_SOCKET=" + socket,
+		"METRICS_PORT=" + strconv.Itoa(l.metricsPort), "GRPC_PORT=0", "RUNTIME_SOCKET=" + socket,
 		"MAX_BATCH_SIZE=1", "LOG_LEVEL=warn", "DRAIN_DELAY=0s",
 		// A closed loop keeps the queue at the number of clients as long as
 		// no request fails: on a busy machine an inference can take seconds,

@@ -884,7 +884,7 @@ func TestScaledObjectOnPrometheus(t *testing.T) {
 		"-ort-library", testenv.ORTLibrary(t), "-ort-cache-dir", filepath.Join(root, ".deps", "ort-cache"), "-max-batch-size", "1")
 	start(t, rt)
 	px := exec.Command(filepath.Join(dir, "proxy"))
-	px.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort),
+	px.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort), "GRPC_PORT=0",
 		"RUNTIME_SOCKET="+socket, "MAX_BATCH_SIZE=1", "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
 	start(t, px)
 	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", port)

@@ -171,6 +171,11 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		g.Auth, g.AuthFile, g.AuthSHA256 = k, path, sum
 		g.AuthPoll = dur("AUTH_POLL_INTERVAL", 0, 100*time.Millisecond, time.Hour)
 	}
+	// GRPC_PORT: the Open Inference Protocol over gRPC; 0 turns it off.
+	g.GRPCPort = int(bound("GRPC_PORT", 65535))
+	if p := ":" + strconv.Itoa(g.WithDefaults().GRPCPort); p == c.addr || p == c.metricsAddr {
+		errs = append(errs, fmt.Errorf("GRPC_PORT must differ from PORT (%s) and METRICS_PORT (%s)", c.addr[1:], c.metricsAddr[1:]))
+	}
 	if d := g.WithDefaults(); d.UploadMemory < 2*int64(d.MaxBodyBytes) {
 		errs = append(errs, fmt.Errorf("UPLOAD_MEMORY_BYTES=%d must hold at least two bodies of MAX_BODY_BYTES=%d (OIP JSON requests reserve up to 3x their size)", d.UploadMemory, d.MaxBodyBytes))
 	}
@@ -226,6 +231,13 @@ func main() {
 		os.Exit(1)
 	}
 	g := cfg.gateway.WithDefaults() // what New serves with
+	var gln net.Listener
+	if g.GRPCPort > 0 {
+		if gln, err = net.Listen("tcp", ":"+strconv.Itoa(g.GRPCPort)); err != nil {
+			log.Error("cannot listen for gRPC (GRPC_PORT)", "port", g.GRPCPort, "error", err)
+			os.Exit(1)
+		}
+	}
 	if g.Auth != nil {
 		log.Info("API keys required", "keys_file", g.AuthFile, "keys", g.Auth.Len(), "poll_interval", g.AuthPoll.String())
 	}
@@ -233,16 +245,23 @@ func main() {
 		log.Info("serving model versions from a routing file", "routing_file", g.RoutingFile,
 			"poll_interval", g.RoutingPoll.String(), "models", len(g.Routing.Models))
 	}
-	log.Info("proxy listening", "addr", cfg.addr, "metrics_addr", cfg.metricsAddr, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
+	log.Info("proxy listening", "addr", cfg.addr, "metrics_addr", cfg.metricsAddr, "grpc_port", g.GRPCPort, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
 		"batch_window", g.Batch.Window.String(), "queue_capacity", g.Batch.QueueCapacity, "gomaxprocs", runtime.GOMAXPROCS(0),
 		"upload_memory_mib", g.UploadMemory>>20, "decode_memory_mib", g.DecodeMemory>>20, "jpeg_decoder", imageprep.JPEGDecoder())
-	served := make(chan error, 2)
+	served := make(chan error, 3)
 	go func() { served <- p.Serve(ln) }()
 	go func() {
 		if err := p.ServeMetrics(mln); err != nil {
 			served <- fmt.Errorf("metrics server: %w", err)
 		}
 	}()
+	if gln != nil {
+		go func() {
+			if err := p.ServeGRPC(gln); err != nil {
+				served <- fmt.Errorf("grpc server: %w", err)
+			}
+		}()
+	}
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)

@@ -37,6 +37,12 @@ func TestConfigFromEnv(t *testing.T) {
 		{map[string]string{"DECODE_MEMORY_BYTES": "5"}, "DECODE_MEMORY_BYTES"},
 		{map[string]string{"JPEG_DCT_SCALING": "false"}, ""},
 		{map[string]string{"JPEG_DCT_SCALING": "no"}, "JPEG_DCT_SCALING"},
+		// GRPC_PORT: a port of its own too; 0 turns gRPC off.
+		{map[string]string{"GRPC_PORT": "0"}, ""},
+		{map[string]string{"GRPC_PORT": "8002"}, ""},
+		{map[string]string{"GRPC_PORT": "9999"}, "GRPC_PORT"}, // PORT's default
+		{map[string]string{"PORT": "8001"}, "GRPC_PORT"},      // gRPC's default
+		{map[string]string{"GRPC_PORT": "65536"}, "GRPC_PORT"},
 	} {
 		c, err := configFromEnv(func(k string) string { return tc.env[k] })
 		switch {

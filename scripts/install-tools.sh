@@ -16,9 +16,11 @@ command -v npm >/dev/null || need+=(npm)
 # (internal/kubenode, helm/realnode_test.go): containerd, runc and the CNI
 # plugins from Debian bookworm (containerd 1.6.20, runc 1.1.5, plugins
 # 1.1.1), iptables for kube-proxy and the CNI bridge, and gcc with glibc's
-# static libraries for the pause image.
+# static libraries for the pause image. protobuf-compiler: protoc, which
+# regenerates proxy/oipgrpc/inferencepb (go generate; its test checks the
+# checked-in code is current).
 for p in git curl prometheus chromium libturbojpeg0-dev python3-pil python3-numpy \
-  containerd runc containernetworking-plugins iptables gcc libc6-dev; do
+  containerd runc containernetworking-plugins iptables gcc libc6-dev protobuf-compiler; do
   installed "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

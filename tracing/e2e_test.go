@@ -45,7 +45,7 @@ func TestCollector(t *testing.T) {
 	port, metricsPort := testenv.FreePort(t), testenv.FreePort(t)
 	// No API keys: TRACING_TRUST_REMOTE=always lets the incoming sampled
 	// flags decide, as a gateway in front of the proxy would.
-	px := start(t, dir, "proxy", append(otel, "TRACING_TRUST_REMOTE=always", "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort),
+	px := start(t, dir, "proxy", append(otel, "TRACING_TRUST_REMOTE=always", "PORT="+strconv.Itoa(port), "METRICS_PORT="+strconv.Itoa(metricsPort), "GRPC_PORT=0",
 		"RUNTIME_SOCKET="+socket, "MAX_BATCH_SIZE=2", "BATCH_WINDOW=10s", "DRAIN_DELAY=0s"))
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	testenv.WaitHTTP(t, url+"/readyz")

@@ -1,10 +1,11 @@
 // Package gateway assembles the proxy: the model versions served
 // (proxy/versions: a routing file's, or the one runtime at Config.Socket as
 // a table of one model and one version), the classification service
-// (classify) and the HTTP API (httpapi) on a fasthttp server, with the
-// memory budgets that bound what clients can make it hold. It decides
-// nothing per request: every request takes the one path httpapi ->
-// versions -> classify -> a version's batcher and runtime connection.
+// (classify), the HTTP API (httpapi) on a fasthttp server and the gRPC API
+// (oipgrpc) on a grpc.Server, with the memory budgets that bound what
+// clients can make it hold. It decides nothing per request: every request
+// takes the one path httpapi (or oipgrpc) -> versions -> classify -> a
+// version's batcher and runtime connection.
 //
 // # Goroutines
 //
@@ -13,8 +14,10 @@
 // file) and, with API keys, the keys file's watcher (auth's Run); each
 // exits when Shutdown cancels their context. The versions' connections and
 // batchers are versions.Router's, stopped by its Close, which Shutdown
-// calls once the HTTP server has drained. fasthttp owns a goroutine per
-// connection, bounded by Config.MaxConnections.
+// calls once the HTTP and gRPC servers have drained. fasthttp owns a
+// goroutine per connection, bounded by Config.MaxConnections; grpc.Server
+// one per connection and per call, GRPCMaxConcurrentStreams calls a
+// connection.
 package gateway
 
 import (
@@ -39,6 +42,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/fairshare"
 	"github.com/batchgate/batchgate/proxy/httpapi"
 	"github.com/batchgate/batchgate/proxy/imageprep"
+	"github.com/batchgate/batchgate/proxy/oipgrpc"
 	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/proxy/rtconn"
 	"github.com/batchgate/batchgate/proxy/stats"
@@ -179,6 +183,13 @@ type Config struct {
 	RoutingFile   string
 	RoutingPoll   time.Duration
 	RoutingSHA256 [32]byte
+	// GRPCPort is the port of the Open Inference Protocol over gRPC
+	// (ServeGRPC; proxy/main.go listens on it, GRPC_PORT). Default 8001,
+	// Triton's; negative: no gRPC API.
+	GRPCPort int
+	// GRPCMaxConcurrentStreams bounds the gRPC calls in progress on one
+	// connection. Default 128.
+	GRPCMaxConcurrentStreams int
 }
 
 // WithDefaults returns c with every zero value replaced by its default:
@@ -233,6 +244,8 @@ func (c Config) WithDefaults() Config {
 	setDur(&c.ConnMaxAge, 30*time.Second)
 	setDur(&c.AuthPoll, 2*time.Second)
 	setDur(&c.RoutingPoll, 2*time.Second)
+	set(&c.GRPCPort, 8001)
+	set(&c.GRPCMaxConcurrentStreams, 128)
 	return c
 }
 
@@ -243,6 +256,7 @@ type Proxy struct {
 	api      *httpapi.Server
 	server   *fasthttp.Server
 	metrics  *fasthttp.Server // /metrics on its own port (ServeMetrics)
+	grpc     *oipgrpc.Server  // the gRPC API (ServeGRPC)
 	versions *versions.Router
 	stop     context.CancelFunc // ends the goroutines wg counts
 	wg       sync.WaitGroup     // every goroutine New starts; Shutdown waits
@@ -335,6 +349,12 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		NoDefaultDate:         true,
 		CloseOnShutdown:       true,
 	}
+	p.grpc = oipgrpc.New(oipgrpc.Config{
+		Router: p.versions, Metrics: m, Set: set, Log: log, Version: Version, Ready: p.api.Ready,
+		RequestTimeout: cfg.RequestTimeout, MaxMessageBytes: cfg.MaxBodyBytes, MaxElements: cfg.MaxElements,
+		MaxConcurrentStreams: uint32(cfg.GRPCMaxConcurrentStreams), ConnMaxAge: max(cfg.ConnMaxAge, 0),
+		Uploads: uploads, UploadWait: cfg.UploadWait, Auth: authn, SharedCacheAcrossKeys: cfg.SharedCacheAcrossKeys,
+	})
 	p.metrics = &fasthttp.Server{
 		Handler: p.api.MetricsHandler, Name: "batchgate", Logger: fasthttpLogger{log},
 		Concurrency: 64, MaxConnsPerIP: 8, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
@@ -387,6 +407,10 @@ func trimMemory(ctx context.Context, idle func() bool) {
 // Serve serves ln until Shutdown.
 func (p *Proxy) Serve(ln net.Listener) error { return p.server.Serve(ln) }
 
+// ServeGRPC serves the Open Inference Protocol over gRPC
+// (proxy/oipgrpc) on ln, the gRPC port, until Shutdown.
+func (p *Proxy) ServeGRPC(ln net.Listener) error { return p.grpc.Serve(ln) }
+
 // ServeMetrics serves GET /metrics on ln, the metrics port, until Shutdown.
 // Scrapes go on while the API drains.
 func (p *Proxy) ServeMetrics(ln net.Listener) error { return p.metrics.Serve(ln) }
@@ -406,7 +430,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-time.After(max(p.cfg.DrainDelay, 0)):
 	case <-ctx.Done():
 	}
-	err := p.server.ShutdownWithContext(ctx)
+	// HTTP and gRPC drain together; the runtimes close once both have.
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- p.grpc.Shutdown(ctx) }()
+	err := errors.Join(p.server.ShutdownWithContext(ctx), <-grpcDone)
 	if verr := p.versions.Close(ctx); verr != nil {
 		err = errors.Join(err, verr)
 	}

@@ -12,6 +12,14 @@ import (
 	"github.com/batchgate/batchgate/proxy/rtconn"
 )
 
+// ErrorStatus maps err as the HTTP API answers it: the status, a message
+// safe to show the client, and inference_rejections_total's reason. Other
+// front ends (proxy/oipgrpc) answer from it, so that both say the same.
+func ErrorStatus(err error) (status int, msg, reason string) {
+	e := errStatus(err)
+	return e.status, e.msg, e.reason
+}
+
 // errStatus maps an error to an HTTP status, a client-safe message and a
 // rejection reason for the metrics. Internal errors are never echoed.
 func errStatus(err error) *apiError {

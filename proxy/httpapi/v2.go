@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/flight"
 	"github.com/batchgate/batchgate/proxy/oip"
@@ -142,10 +143,39 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name, version string) (rep repl
 		return
 	}
 	defer release()
+	scores, err := InferAll(rctx, cls, req, lease)
+	if err != nil {
+		s.failErr(ctx, err)
+		return
+	}
+	ver := oip.Version
+	if rep.version != "" {
+		ver = rep.version
+	}
+	b, err := oip.InferResponseAt(&info, ver, req, scores)
+	if err != nil {
+		s.failErr(ctx, err)
+		return
+	}
+	ctx.SetStatusCode(200)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+	rep.model = info.Model
+	return rep
+}
+
+// InferAll runs the images of req on cls concurrently (they meet in the
+// batcher), the first failure cancelling the others, and returns each
+// image's scores. Each encoded image takes one reference of lease (nil:
+// the bytes are not budgeted). An image cancelled once ctx has ended
+// fails with ctx's error. Every front end (REST, gRPC) infers through it.
+func InferAll(ctx context.Context, cls Classifier, req *oip.Request, lease *budget.Lease) ([][]float32, error) {
 	scores := make([][]float32, req.N())
-	g, gctx := errgroup.WithContext(rctx)
+	g, gctx := errgroup.WithContext(ctx)
 	for i, img := range req.Images {
-		lease.Retain() // one for each image's classification
+		if lease != nil {
+			lease.Retain() // one for each image's classification
+		}
 		g.Go(guard(func() error {
 			out, err := cls.Classify(gctx, img, lease, false)
 			if err == nil {
@@ -164,26 +194,12 @@ func (s *Server) infer(ctx *fasthttp.RequestCtx, name, version string) (rep repl
 		}))
 	}
 	if err := g.Wait(); err != nil {
-		if rctx.Err() != nil && err == context.Canceled {
-			err = rctx.Err()
+		if ctx.Err() != nil && err == context.Canceled {
+			err = ctx.Err()
 		}
-		s.failErr(ctx, err)
-		return
+		return nil, err
 	}
-	ver := oip.Version
-	if rep.version != "" {
-		ver = rep.version
-	}
-	b, err := oip.InferResponseAt(&info, ver, req, scores)
-	if err != nil {
-		s.failErr(ctx, err)
-		return
-	}
-	ctx.SetStatusCode(200)
-	ctx.SetContentType("application/json")
-	ctx.SetBody(b)
-	rep.model = info.Model
-	return rep
+	return scores, nil
 }
 
 // guard turns a panic in f, which runs on an errgroup goroutine out of reach

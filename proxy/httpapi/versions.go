@@ -79,42 +79,10 @@ func routeKeys(ctx *fasthttp.RequestCtx, body []byte) RouteKeys {
 // answers for the model (a ready version with a weight) or the version,
 // infer goes to the version asked for or the one the policy picks.
 func (s *Server) v2Routed(ctx *fasthttp.RequestCtx, name, version, action string) (string, reply) {
-	statuses, ok := s.cfg.Router.Versions(name)
-	if !ok {
-		_, err := s.cfg.Router.Route(name, "", RouteKeys{}) // the router's "unknown model" message
-		if err == nil {
-			err = &NotFoundError{Msg: fmt.Sprintf("unknown model %.100q", name)}
-		}
+	statuses, ready, err := ModelVersions(s.cfg.Router, name, version)
+	if err != nil {
 		s.failErr(ctx, err)
 		return "/v2/other", reply{}
-	}
-	if version != "" {
-		var names []string
-		var one []VersionStatus
-		for _, st := range statuses {
-			names = append(names, st.Name)
-			if st.Name == version {
-				one = []VersionStatus{st}
-			}
-		}
-		if one == nil {
-			s.fail(ctx, &apiError{404, fmt.Sprintf("unknown version %.64q of model %q; its versions are %s",
-				version, name, strings.Join(names, ", ")), "not_found"})
-			return "/v2/other", reply{}
-		}
-		statuses = one
-	}
-	// One version: ready if its runtime is. The model: routing.Serving.
-	var readyWeight, totalWeight float64
-	for _, st := range statuses {
-		totalWeight += st.Weight
-		if st.Ready {
-			readyWeight += st.Weight
-		}
-	}
-	ready := routing.Serving(readyWeight, totalWeight)
-	if version != "" {
-		ready = statuses[0].Ready // the one version asked for
 	}
 	ready = ready && !s.draining.Load()
 	switch action {
@@ -161,4 +129,44 @@ func (s *Server) v2Routed(ctx *fasthttp.RequestCtx, name, version, action string
 	}
 	s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 	return "/v2/other", reply{}
+}
+
+// ModelVersions describes model name of a routing file, or its version
+// version if not "": its versions (the one asked for), and whether it is
+// ready (routing.Serving: its ready versions carry enough of its weight),
+// or the version is. An unknown model or version is a *NotFoundError. The
+// proxy's draining is the caller's. Every front end (REST, gRPC) answers
+// metadata and readiness from it.
+func ModelVersions(r Router, name, version string) ([]VersionStatus, bool, error) {
+	statuses, ok := r.Versions(name)
+	if !ok {
+		_, err := r.Route(name, "", RouteKeys{}) // the router's "unknown model" message
+		if err == nil {
+			err = &NotFoundError{Msg: fmt.Sprintf("unknown model %.100q", name)}
+		}
+		return nil, false, err
+	}
+	if version != "" {
+		var names []string
+		var one []VersionStatus
+		for _, st := range statuses {
+			names = append(names, st.Name)
+			if st.Name == version {
+				one = []VersionStatus{st}
+			}
+		}
+		if one == nil {
+			return nil, false, &NotFoundError{Msg: fmt.Sprintf("unknown version %.64q of model %q; its versions are %s",
+				version, name, strings.Join(names, ", "))}
+		}
+		return one, one[0].Ready, nil // the one version asked for
+	}
+	var readyWeight, totalWeight float64
+	for _, st := range statuses {
+		totalWeight += st.Weight
+		if st.Ready {
+			readyWeight += st.Weight
+		}
+	}
+	return statuses, routing.Serving(readyWeight, totalWeight), nil
 }

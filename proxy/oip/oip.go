@@ -79,6 +79,30 @@ type Request struct {
 // N is the number of images in the request.
 func (r *Request) N() int { return len(r.Images) + len(r.Tensors) }
 
+// SetOutput names the output the answer carries: the model's output, or
+// "classification". Every front end (REST, gRPC) checks outputs with it.
+func (r *Request) SetOutput(info *wire.Info, name []byte) error {
+	switch {
+	case string(name) == info.OutputName:
+		r.Output = info.OutputName
+	case string(name) == "classification":
+		r.Output = "classification"
+	default:
+		return errorf("unknown output %.20q; the model's output is %q", name, info.OutputName)
+	}
+	return nil
+}
+
+// SetClassify asks for the classification extension's k best classes, k
+// in [1, info.Classes].
+func (r *Request) SetClassify(info *wire.Info, k uint64) error {
+	if k < 1 || k > uint64(info.Classes) {
+		return errorf("classification must be an integer in [1, %d]", info.Classes)
+	}
+	r.Classify = int(k)
+	return nil
+}
+
 // Limits on the parts of a request's JSON, beyond Limits: a request that
 // passes one is refused as the scanner reaches it, before anything is
 // built from it.
@@ -154,21 +178,19 @@ func ParseInfer(body, headerLength []byte, info *wire.Info, lim Limits) (*Reques
 	}
 	out := &Request{ID: string(id), Output: info.OutputName}
 	for _, o := range req.outputs[:req.nout] {
-		switch {
-		case textIs(o.name, info.OutputName):
-			out.Output = info.OutputName
-		case textIs(o.name, "classification"):
-			out.Output = "classification"
-		default:
-			name, _ := unescape(buf[:0], o.name, 80) // 20 characters at most are shown
-			return nil, errorf("unknown output %.20q; the model's output is %q", name, info.OutputName)
+		// A name past the buffer is cut there: it names no output.
+		name, _ := unescape(buf[:0], o.name, len(buf))
+		if err := out.SetOutput(info, name); err != nil {
+			return nil, err
 		}
 		if o.classify != nil {
 			k, ok := parseUint(o.classify)
-			if !ok || k < 1 || k > uint64(info.Classes) {
-				return nil, errorf("classification must be an integer in [1, %d]", info.Classes)
+			if !ok {
+				k = 0 // refused by SetClassify
 			}
-			out.Classify = int(k)
+			if err := out.SetClassify(info, k); err != nil {
+				return nil, err
+			}
 		}
 	}
 	in := &req.in
@@ -446,28 +468,17 @@ func bytesElements(in *input, bin []byte, lim Limits) ([][]byte, error) {
 		return nil, err
 	}
 	if binary_ {
-		var out [][]byte
-		for rest := bin; len(rest) > 0; {
-			if len(out) == lim.MaxElements {
-				return nil, errorf("more than %d BYTES elements", lim.MaxElements)
-			}
-			if len(rest) < 4 {
-				return nil, errorf("binary BYTES element %d: truncated length prefix", len(out))
-			}
-			l := uint64(binary.LittleEndian.Uint32(rest))
-			if l > uint64(len(rest)-4) {
-				return nil, errorf("binary BYTES element %d: length %d beyond the %d bytes left", len(out), l, len(rest)-4)
-			}
-			out = append(out, rest[4:4+l:4+l])
-			rest = rest[4+l:]
+		out, err := SplitBytes(bin, lim)
+		if err != nil {
+			return nil, err
 		}
-		return out, checkShape(len(out), in.shapeOf(), lim)
+		return out, CheckBytesShape(len(out), in.shapeOf(), lim)
 	}
 	if in.data == nil || in.data[0] != '[' && string(in.data) != "null" {
 		return nil, errorf(`BYTES input "data" must be an array of base64 strings`)
 	}
 	// Counted and checked before anything is decoded.
-	if err := checkShape(in.values, in.shapeOf(), lim); err != nil {
+	if err := CheckBytesShape(in.values, in.shapeOf(), lim); err != nil {
 		return nil, err
 	}
 	out := make([][]byte, 0, in.values)
@@ -554,9 +565,35 @@ func decodeBase64(text []byte) ([]byte, bool) {
 	return out[:n], err == nil
 }
 
-// checkShape checks a BYTES input's shape, [N] or [N,1], against its n
-// elements.
-func checkShape(n int, shape []int64, lim Limits) error {
+// SplitBytes splits the binary form of a BYTES tensor, each element a
+// 4-byte little-endian length and its bytes (Triton's binary-data
+// extension, and gRPC's raw_input_contents), into its elements, which
+// alias bin. More than lim.MaxElements elements are refused.
+func SplitBytes(bin []byte, lim Limits) ([][]byte, error) {
+	if lim.MaxElements <= 0 {
+		lim.MaxElements = 16
+	}
+	var out [][]byte
+	for rest := bin; len(rest) > 0; {
+		if len(out) == lim.MaxElements {
+			return nil, errorf("more than %d BYTES elements", lim.MaxElements)
+		}
+		if len(rest) < 4 {
+			return nil, errorf("binary BYTES element %d: truncated length prefix", len(out))
+		}
+		l := uint64(binary.LittleEndian.Uint32(rest))
+		if l > uint64(len(rest)-4) {
+			return nil, errorf("binary BYTES element %d: length %d beyond the %d bytes left", len(out), l, len(rest)-4)
+		}
+		out = append(out, rest[4:4+l:4+l])
+		rest = rest[4+l:]
+	}
+	return out, nil
+}
+
+// CheckBytesShape checks a BYTES input's shape, [N] or [N,1], against its
+// n elements.
+func CheckBytesShape(n int, shape []int64, lim Limits) error {
 	if n == 0 || n > lim.MaxElements {
 		return errorf("want 1 to %d elements, got %d", lim.MaxElements, n)
 	}
@@ -571,13 +608,12 @@ func checkShape(n int, shape []int64, lim Limits) error {
 // their count is known to match the shape: 4 bytes each, from at least 2
 // bytes of JSON ("0,") or 4 of binary.
 func fp32Elements(in *input, bin []byte, info *wire.Info, lim Limits) ([][]float32, error) {
-	c, h, w := int64(info.Channels), int64(info.Height), int64(info.Width)
 	shape := in.shapeOf()
-	if len(shape) != 4 || shape[0] < 1 || shape[0] > int64(lim.MaxElements) ||
-		shape[1] != c || shape[2] != h || shape[3] != w {
-		return nil, errorf("FP32 input shape must be [N,%d,%d,%d] with 1 <= N <= %d, got %v", c, h, w, lim.MaxElements, shape)
+	n, err := CheckFP32Shape(shape, info, lim)
+	if err != nil {
+		return nil, err
 	}
-	n, size := int(shape[0]), info.ImageSize() // both small: the product cannot overflow
+	size := info.ImageSize() // n and size small: the product cannot overflow
 	binary_, err := binarySize(in, bin)
 	if err != nil {
 		return nil, err
@@ -603,11 +639,28 @@ func fp32Elements(in *input, bin []byte, info *wire.Info, lim Limits) ([][]float
 			return nil, err
 		}
 	}
+	return SplitTensors(flat, n), nil
+}
+
+// CheckFP32Shape checks an FP32 input's shape, [N,C,H,W] with the model's
+// C, H and W and 1 <= N <= lim.MaxElements, and returns N.
+func CheckFP32Shape(shape []int64, info *wire.Info, lim Limits) (int, error) {
+	c, h, w := int64(info.Channels), int64(info.Height), int64(info.Width)
+	if len(shape) != 4 || shape[0] < 1 || shape[0] > int64(lim.MaxElements) ||
+		shape[1] != c || shape[2] != h || shape[3] != w {
+		return 0, errorf("FP32 input shape must be [N,%d,%d,%d] with 1 <= N <= %d, got %.8v", c, h, w, lim.MaxElements, shape)
+	}
+	return int(shape[0]), nil
+}
+
+// SplitTensors cuts flat, n images' values, into one slice per image.
+func SplitTensors(flat []float32, n int) [][]float32 {
+	size := len(flat) / n
 	out := make([][]float32, n)
 	for i := range out {
 		out[i] = flat[i*size : (i+1)*size : (i+1)*size]
 	}
-	return out, nil
+	return out
 }
 
 // parseFloats reads the JSON array data, of len(flat) elements, into flat:

@@ -380,11 +380,3 @@ func unescape(dst, raw []byte, max int) ([]byte, bool) {
 	}
 	return dst, true
 }
-
-// textIs reports whether the text of a JSON string (raw, as str returns
-// it) reads want.
-func textIs(raw []byte, want string) bool {
-	var buf [64]byte
-	s, ok := unescape(buf[:0], raw, len(want))
-	return ok && string(s) == want
-}

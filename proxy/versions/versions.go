@@ -477,6 +477,21 @@ func (r *Router) LastModel(name, ver string) (wire.Info, bool) {
 	return last, known
 }
 
+// Models lists the models of a routing file, in its order (the first is
+// the default); nil for routing.Single's table, whose one model is named
+// by its runtime's handshake.
+func (r *Router) Models() []string {
+	if !r.Declared() {
+		return nil
+	}
+	t := r.table.Load()
+	names := make([]string, len(t.models))
+	for i, m := range t.models {
+		names[i] = m.spec.Name
+	}
+	return names
+}
+
 // Versions implements httpapi.Router.
 func (r *Router) Versions(name string) ([]httpapi.VersionStatus, bool) {
 	m, err := r.table.Load().model(name)
