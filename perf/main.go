@@ -1,22 +1,19 @@
-// Command perf measures batchgate (or any HTTP image classifier that takes a
-// multipart "file" upload) over HTTP, as clients use it, and compares
-// batch sizes and batch windows.
-//
-// For each setting it starts the runtime and the proxy, measures the
-// saturation throughput with closed-loop clients, then sends open-loop
-// Poisson arrivals at fractions of the raw runtime's capacity, with latency
-// counted from each request's scheduled send time. The raw ONNX Runtime
-// throughput, measured in the same run, is the reference: every report
-// shows the ratio stack / raw. Results go to a timestamped folder as
-// report.md, results.csv, results.json and PNG plots.
+// Command perf measures batchgate: it parses its flags into a study's
+// Config and runs that study. The first flag picks the study; without one
+// it is the batch-size and batch-window sweep (package sweep). Each study
+// has its own flags (-<study> -h):
 //
 //	go run ./perf -quick          # the `make perf` sweep with the image-size axis, about 6 minutes
 //	go run ./perf                 # the whole grid (`make perf-full`)
 //	go run ./perf -target http://host:9999/predict   # any classifier
-//	go run ./perf -autoscale-sim  # autoscaling ramp simulation (autoscale.go); -autoscale-sim -h
-//	go run ./perf -adversarial    # memory under hostile clients (adversarial.go)
-//	go run ./perf -chaos          # faults under load (chaos.go); -chaos -short: a quick one
-//	go run ./perf -preprocess     # preprocessing against PIL: speed and parity (preprocess.go)
+//	go run ./perf -autoscale-sim  # autoscaling ramp simulation (perf/autoscale); -autoscale-sim -h
+//	go run ./perf -adversarial    # memory under hostile clients (perf/adversarial)
+//	go run ./perf -chaos          # faults under load (perf/chaos); -chaos -short: a quick one
+//	go run ./perf -preprocess     # preprocessing against PIL: speed and parity (perf/preprocess)
+//	go run ./perf -tracing        # tracing's throughput cost against a real Jaeger (perf/tracing)
+//
+// What the studies share (starting stacks, load, statistics) is package
+// harness; their plots use package plot.
 package main
 
 import (
@@ -24,128 +21,292 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
+
+	"github.com/batchgate/batchgate/perf/adversarial"
+	"github.com/batchgate/batchgate/perf/autoscale"
+	"github.com/batchgate/batchgate/perf/chaos"
+	"github.com/batchgate/batchgate/perf/preprocess"
+	"github.com/batchgate/batchgate/perf/sweep"
+	"github.com/batchgate/batchgate/perf/tracing"
 )
 
-// options are the parsed flags.
-type options struct {
-	batchSizes []int
-	windows    []time.Duration
-	loads      []float64
-	duration   time.Duration
-	target     string
-	model      string
-	outDir     string
-	images     int
-	dedup      bool
-	imageSizes []string // the image-size axis (imagesizes.go)
-	variants   []string // the model-variant axis (variants.go)
+// studies are the studies other than the sweep, by their flag. Each parses
+// what follows that flag into its Config and returns the run; a parse
+// error is a usageError or flag.ErrHelp.
+var studies = map[string]func(args []string) (run func() error, err error){
+	"autoscale-sim": autoscaleStudy,
+	"adversarial":   adversarialStudy,
+	"chaos":         chaosStudy,
+	"preprocess":    preprocessStudy,
+	"tracing":       tracingStudy,
 }
 
 func main() {
-	// Modes other than the sweep, chosen by the first flag; each has its
-	// own flags (-<mode> -h).
-	modes := map[string]func([]string) int{
-		"autoscale-sim": autoscaleMain, "adversarial": adversarialMain, "chaos": chaosMain,
-		"preprocess": preprocessMain, "tracing": tracingMain,
-	}
-	if len(os.Args) > 1 {
-		if mode := modes[strings.TrimLeft(os.Args[1], "-")]; mode != nil {
-			os.Exit(mode(os.Args[2:]))
+	name, study, args := "perf", sweepStudy, os.Args[1:]
+	if len(args) > 0 {
+		if s := strings.TrimLeft(args[0], "-"); studies[s] != nil {
+			name, study, args = "perf -"+s, studies[s], args[1:]
 		}
 	}
-	opts, err := parseFlags(os.Args[1:])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "perf:", err)
+	run, err := study(args)
+	if err == nil {
+		err = run()
+	}
+	var usage usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return
+	case errors.As(err, &usage):
+		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(2)
-	}
-	run := run
-	if len(opts.variants) > 0 {
-		run = runVariants
-	}
-	if err := run(context.Background(), opts); err != nil {
-		fmt.Fprintln(os.Stderr, "perf:", err)
+	default:
+		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
 }
 
-func parseFlags(args []string) (options, error) {
+// usageError is a bad command line (exit status 2).
+type usageError struct{ error }
+
+// parse parses args into fs; any error but flag.ErrHelp is a usageError.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	return nil
+}
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+func sweepStudy(args []string) (func() error, error) {
+	c, err := sweepFlags(args)
+	return func() error { return sweep.Run(context.Background(), c) }, err
+}
+
+func sweepFlags(args []string) (sweep.Config, error) {
 	fs := flag.NewFlagSet("perf", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "the quick sweep: batch sizes 1,4,8, windows 0,2ms, loads 0.5,0.95,1.2, 4s points")
 	bs := fs.String("batch-sizes", "1,2,4,8,16,32", "MAX_BATCH_SIZE values")
 	ws := fs.String("windows", "0,2ms,10ms", "BATCH_WINDOW values")
 	ls := fs.String("loads", "0.5,0.8,0.95,1.2", "offered loads, as fractions of the raw runtime's capacity")
-	d := fs.Duration("duration", 10*time.Second, "length of each measurement")
-	target := fs.String("target", "", "measure this URL (multipart \"file\" upload) instead of starting batchgate")
-	model := fs.String("model", "", "ONNX model (default: what `runtime fetch-model` gives)")
-	out := fs.String("out", "perf/results", "parent folder of the timestamped results folder")
-	images := fs.Int("images", 64, "distinct test images")
-	dedup := fs.Bool("dedup", true, "also run the Zipf dedup scenario (cache on versus off)")
-	variants := fs.String("variants", "", `model-variant axis, e.g. "fp32,int8": the sweep once per variant's model, then variants.md (variants.go)`)
+	c := sweep.Config{}
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "length of each measurement")
+	fs.StringVar(&c.Target, "target", "", "measure this URL (multipart \"file\" upload) instead of starting batchgate")
+	fs.StringVar(&c.Model, "model", "", "ONNX model (default: what `runtime fetch-model` gives)")
+	fs.StringVar(&c.OutDir, "out", "perf/results", "parent folder of the timestamped results folder")
+	fs.IntVar(&c.Images, "images", 64, "distinct test images")
+	fs.BoolVar(&c.Dedup, "dedup", true, "also run the Zipf dedup scenario (cache on versus off)")
+	variants := fs.String("variants", "", `model-variant axis, e.g. "fp32,int8": the sweep once per variant's model, then variants.md (perf/sweep/variants.go)`)
 	sizes := fs.String("image-sizes", "small,medium,12mp", "image-size axis: small (500x375), medium (768x576), 12mp (4032x3024); empty: none")
-	fs.Bool("autoscale-sim", false, "as the first flag: run the autoscaling simulation and exit (-autoscale-sim -h: its flags)")
-	fs.Bool("adversarial", false, "as the first flag: run the adversarial memory soak and exit (-adversarial -h: its flags)")
-	fs.Bool("chaos", false, "as the first flag: apply faults under load and exit (-chaos -h: its flags)")
-	fs.Bool("preprocess", false, "as the first flag: preprocessing against PIL, speed and parity, and exit (-preprocess -h: its flags)")
-	fs.Bool("tracing", false, "as the first flag: tracing's throughput cost against a real Jaeger, and exit (-tracing -h: its flags)")
-	if err := fs.Parse(args); err != nil {
-		return options{}, err
+	for name, what := range map[string]string{
+		"autoscale-sim": "run the autoscaling simulation",
+		"adversarial":   "run the adversarial memory soak",
+		"chaos":         "apply faults under load",
+		"preprocess":    "preprocessing against PIL, speed and parity,",
+		"tracing":       "tracing's throughput cost against a real Jaeger,",
+	} {
+		fs.Bool(name, false, fmt.Sprintf("as the first flag: %s and exit (-%s -h: its flags)", what, name))
+	}
+	if err := parse(fs, args); err != nil {
+		return c, err
 	}
 	if *quick {
 		*bs, *ws, *ls = "1,4,8", "0,2ms", "0.5,0.95,1.2"
 		if !flagSet(fs, "duration") {
-			*d = 4 * time.Second
+			c.Duration = 4 * time.Second
 		}
 	}
-	o := options{duration: *d, target: *target, model: *model, outDir: *out, images: *images, dedup: *dedup}
-	for s := range strings.SplitSeq(*bs, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return o, fmt.Errorf("-batch-sizes: bad value %q", s)
-		}
-		o.batchSizes = append(o.batchSizes, n)
+	var err error
+	if c.BatchSizes, err = list("batch-sizes", *bs, strconv.Atoi, func(n int) bool { return n >= 1 }); err != nil {
+		return c, err
 	}
-	for s := range strings.SplitSeq(*ws, ",") {
-		s = strings.TrimSpace(s)
-		if s == "0" {
-			s = "0s"
-		}
-		w, err := time.ParseDuration(s)
-		if err != nil || w < 0 {
-			return o, fmt.Errorf("-windows: bad value %q", s)
-		}
-		o.windows = append(o.windows, w)
+	if c.Windows, err = list("windows", *ws, duration, func(w time.Duration) bool { return w >= 0 }); err != nil {
+		return c, err
 	}
-	for s := range strings.SplitSeq(*ls, ",") {
-		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-		if err != nil || f <= 0 {
-			return o, fmt.Errorf("-loads: bad value %q", s)
-		}
-		o.loads = append(o.loads, f)
+	if c.Loads, err = list("loads", *ls, float, func(f float64) bool { return f > 0 }); err != nil {
+		return c, err
 	}
 	for s := range strings.SplitSeq(*sizes, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			if _, ok := imageSizes[s]; !ok {
-				return o, fmt.Errorf("-image-sizes: bad value %q (small, medium or 12mp)", s)
+			if !sweep.KnownImageSize(s) {
+				return c, usagef("-image-sizes: bad value %q (small, medium or 12mp)", s)
 			}
-			o.imageSizes = append(o.imageSizes, s)
+			c.ImageSizes = append(c.ImageSizes, s)
 		}
 	}
 	if *variants != "" {
-		o.variants = strings.Split(*variants, ",")
+		c.Variants = strings.Split(*variants, ",")
 	}
-	if o.duration <= 0 || o.images < 1 {
-		return o, errors.New("-duration and -images must be positive")
+	if c.Duration <= 0 || c.Images < 1 {
+		return c, usagef("-duration and -images must be positive")
 	}
-	return o, nil
+	return c, nil
+}
+
+func autoscaleStudy(args []string) (func() error, error) {
+	if len(args) > 0 && strings.TrimLeft(args[0], "-") == "measure" {
+		if autoscale.MeasureServiceTimes == nil || len(args) < 2 {
+			return nil, usagef("usage: go run -tags autoscale_measure ./perf -autoscale-sim -measure FILE [-runs N ...]")
+		}
+		return func() error { return autoscale.MeasureServiceTimes(args[1], args[2:]) }, nil
+	}
+	c, err := autoscaleFlags(args)
+	return func() error { return autoscale.Run(c) }, err
+}
+
+func autoscaleFlags(args []string) (autoscale.Config, error) {
+	fs := flag.NewFlagSet("perf -autoscale-sim", flag.ContinueOnError)
+	c := autoscale.Config{Command: "go run ./perf -autoscale-sim " + strings.Join(args, " ")}
+	fs.Uint64Var(&c.Seed, "seed", 1, "first random seed: arrivals, service times and load balancing")
+	fs.IntVar(&c.Seeds, "seeds", 5, "runs per row, with seeds -seed, -seed+1, ...: pooled (the plots show the first)")
+	delays := fs.String("start-delays", "10s,30s,60s", "pod start delays to compare (creation to ready: image pull, model load, warm-up)")
+	targets := fs.String("targets", "1,2,4,8,16", "targetQueueDepth values swept for the queue-depth policy (the chart's is 8)")
+	up := fs.Duration("ramp-up", 5*time.Minute, "ramp from -low to -peak")
+	hold := fs.Duration("hold", 10*time.Minute, "time at -peak")
+	down := fs.Duration("ramp-down", 5*time.Minute, "ramp from -peak back to -low")
+	tail := fs.Duration("tail", 10*time.Minute, "time at -low after the ramp")
+	fs.Float64Var(&c.Low, "low", 0.2, "lowest load, in units of one pod's capacity")
+	fs.Float64Var(&c.Peak, "peak", 4, "peak load, in units of one pod's capacity")
+	fs.Float64Var(&c.ServiceScale, "service-scale", 1, "multiply every service time by this (a CPU faster or slower than the measured one)")
+	fs.String("measure", "", "as the first flag: time batches through the engine into this `file` and exit (build with -tags autoscale_measure; -measure FILE -h lists its flags)")
+	fs.StringVar(&c.ServiceTimes, "service-times", "", "service times to use instead of the embedded ones: a -measure `file` (its CPU times) or `runtime bench -min-runs 1 -min-time 0` output")
+	fs.StringVar(&c.LB, "lb", "rr", "load balancing across ready pods: rr (round-robin), random or least (shortest queue)")
+	cpuWindow := fs.Duration("cpu-window", 15*time.Second, "metrics-server resolution: CPU averaged over this window, sampled as often")
+	cpuTarget := fs.Float64("cpu-target", 50, "the seed's CPU utilization target, percent")
+	fs.Float64Var(&c.CPURequest, "cpu-request", 1, "CPU cores in the seed's HPA denominator (its usage: runtime + proxy)")
+	fs.IntVar(&c.MaxReplicas, "max-replicas", 5, "maxReplicas (the chart's keda.maxReplicas and hpa.maxReplicas); minReplicas is 1")
+	fs.StringVar(&c.ValuesPath, "values", "helm/batchgate/values.yaml", "the chart's values: its keda block is the \"chart default\" policy (trigger, targets, behavior)")
+	scen := fs.String("scenarios", "ramp,step,sawtooth", "load scenarios: ramp (-low, -peak, -ramp-up, -hold, -ramp-down, -tail), step (-low to -peak within 10 s) and sawtooth (1.5x to 3x, 2-min period)")
+	fs.BoolVar(&c.Candidates, "candidates", true, "also run the load-proportional candidates (the frontier in tradeoff.png)")
+	fs.StringVar(&c.OutDir, "out", "perf/results", "parent folder of the autoscale-<timestamp> results folder")
+	if err := parse(fs, args); err != nil {
+		return c, err
+	}
+	c.RampUp, c.Hold, c.RampDown, c.Tail = up.Seconds(), hold.Seconds(), down.Seconds(), tail.Seconds()
+	c.CPUWindow, c.CPUTarget = cpuWindow.Seconds(), *cpuTarget/100
+	var err error
+	if c.Scenarios, err = list("scenarios", *scen, word, func(s string) bool { return s == "ramp" || s == "step" || s == "sawtooth" }); err != nil {
+		return c, err
+	}
+	if c.Delays, err = list("start-delays", *delays, seconds, func(d float64) bool { return d >= 0 }); err != nil {
+		return c, err
+	}
+	if c.Targets, err = list("targets", *targets, float, func(v float64) bool { return v > 0 }); err != nil {
+		return c, err
+	}
+	switch {
+	case c.MaxReplicas < 1 || c.ServiceScale <= 0 || c.Seeds < 1:
+		return c, usagef("-max-replicas, -service-scale and -seeds must be positive")
+	case c.LB != "rr" && c.LB != "random" && c.LB != "least":
+		return c, usagef("-lb: want rr, random or least, got %q", c.LB)
+	case c.Low <= 0 || c.Peak < c.Low || c.CPUWindow <= 0 || c.CPUTarget <= 0 || c.CPURequest <= 0:
+		return c, usagef("want 0 < -low <= -peak and positive -cpu-window, -cpu-target, -cpu-request")
+	case c.RampUp < 0 || c.Hold < 0 || c.RampDown < 0 || c.Tail < 0 || c.RampUp+c.Hold+c.RampDown+c.Tail <= 0:
+		return c, usagef("the ramp's durations must be >= 0 and not all 0")
+	}
+	return c, nil
+}
+
+func adversarialStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -adversarial", flag.ContinueOnError)
+	c := adversarial.DefaultConfig()
+	fs.StringVar(&c.OutDir, "out", c.OutDir, "parent folder of the results folder")
+	fs.Float64Var(&c.Scale, "scale", c.Scale, "scale the connection counts and durations (0.1: a quick look)")
+	fs.Float64Var(&c.HonestShare, "honest-share", c.HonestShare, "pace the honest client beside each attack at this share of its quiet throughput (0: as fast as answered)")
+	return func() error { return adversarial.Run(context.Background(), c) }, parse(fs, args)
+}
+
+func chaosStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -chaos", flag.ContinueOnError)
+	c := chaos.Config{Command: "go run ./perf -chaos " + strings.Join(args, " ")}
+	fs.StringVar(&c.OutDir, "out", "perf/results", "parent folder of the results folder")
+	fs.BoolVar(&c.Short, "short", false, "each fault a few seconds, tiny model (what TestChaosShort runs)")
+	fs.StringVar(&c.Model, "model", "", `"resnet50" (generated weights, the default) or "tiny" (the default with -short)`)
+	fs.Float64Var(&c.Rate, "rate", 0, "steady requests/s (default: -load of the measured capacity)")
+	fs.Float64Var(&c.Load, "load", 0, "steady load as a fraction of the measured capacity (default 0.6)")
+	run := func() error { return chaos.Run(context.Background(), c) }
+	if err := parse(fs, args); err != nil {
+		return run, err
+	}
+	if c.Model != "" && c.Model != "resnet50" && c.Model != "tiny" {
+		return run, usagef(`-model must be "resnet50" or "tiny"`)
+	}
+	return run, nil
+}
+
+func preprocessStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -preprocess", flag.ContinueOnError)
+	var c preprocess.Config
+	fs.IntVar(&c.Runs, "runs", 30, "timed runs per image and pipeline (median)")
+	fs.IntVar(&c.Extra, "extra", 40, "extra crops of the 12 MP photo in the parity set")
+	fs.StringVar(&c.Model, "model", "", "ONNX model for the top-k agreement (default: `runtime fetch-model`'s)")
+	fs.StringVar(&c.OutDir, "out", "perf/results", "parent folder of the results folder")
+	speed := fs.Bool("speed", true, "time the pipelines (false: parity only)")
+	timeOnly := fs.Bool("time-only", false, "print this build's median ms for the files given as arguments and exit")
+	err := parse(fs, args)
+	c.NoSpeed = !*speed
+	if *timeOnly {
+		return func() error { return preprocess.TimeFiles(fs.Args(), c.Runs) }, err
+	}
+	return func() error { return preprocess.Run(context.Background(), c) }, err
+}
+
+func tracingStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -tracing", flag.ContinueOnError)
+	var c tracing.Config
+	fs.IntVar(&c.Rounds, "rounds", 3, "rounds; each measures every setting once")
+	fs.DurationVar(&c.Duration, "duration", 6*time.Second, "length of each cache-hit measurement")
+	fs.DurationVar(&c.SaturationDuration, "saturation-duration", 20*time.Second, "length of each saturation measurement (about 10 images/s: long enough to count)")
+	fs.IntVar(&c.Clients, "clients", 16, "closed-loop clients for the cache-hit measurement")
+	ratios := fs.String("ratios", "0.01,1", "sampling ratios to compare with tracing off")
+	fs.StringVar(&c.Model, "model", "", "ONNX model (default: what `runtime fetch-model` gives)")
+	run := func() error { return tracing.Run(context.Background(), c) }
+	if err := parse(fs, args); err != nil {
+		return run, err
+	}
+	if c.Rounds < 1 || c.Duration <= 0 || c.SaturationDuration <= 0 || c.Clients < 1 {
+		return run, usagef("-rounds, -clients, -duration and -saturation-duration must be positive")
+	}
+	var err error
+	c.Ratios, err = list("ratios", *ratios, float, func(r float64) bool { return r >= 0 && r <= 1 })
+	return run, err
+}
+
+// list parses the comma-separated values of flag -name, each one that
+// parse reads and ok accepts.
+func list[T any](name, s string, parse func(string) (T, error), ok func(T) bool) ([]T, error) {
+	var out []T
+	for v := range strings.SplitSeq(s, ",") {
+		x, err := parse(strings.TrimSpace(v))
+		if err != nil || !ok(x) {
+			return nil, usagef("-%s: bad value %q", name, v)
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// The parsers for list.
+func float(s string) (float64, error) { return strconv.ParseFloat(s, 64) }
+func word(s string) (string, error)   { return s, nil }
+
+func duration(s string) (time.Duration, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	return time.ParseDuration(s)
+}
+
+func seconds(s string) (float64, error) {
+	d, err := time.ParseDuration(s)
+	return d.Seconds(), err
 }
 
 func flagSet(fs *flag.FlagSet, name string) bool {
@@ -153,423 +314,3 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
 }
-
-// point is one measurement.
-type point struct {
-	Setting     string             `json:"setting"`
-	BatchSize   int                `json:"batch_size"`
-	Window      string             `json:"window"`
-	Mode        string             `json:"mode"` // "closed" (saturation), "open", "dedup-cache", "dedup-nocache"
-	Load        float64            `json:"load"` // fraction of raw capacity (open loop)
-	OfferedRPS  float64            `json:"offered_rps"`
-	Requests    int                `json:"requests"`
-	Throughput  float64            `json:"throughput_rps"`
-	P50ms       float64            `json:"p50_ms"`
-	P90ms       float64            `json:"p90_ms"`
-	P99ms       float64            `json:"p99_ms"`
-	MaxMs       float64            `json:"max_ms"`
-	Statuses    map[string]int     `json:"statuses"`
-	MeanBatch   float64            `json:"mean_batch_size"`
-	BatchHist   map[string]float64 `json:"batch_size_buckets"` // le -> batches
-	QueueWaitMs float64            `json:"mean_queue_wait_ms"`
-	ExecMs      float64            `json:"mean_batch_exec_ms"`
-	ProxyCPUms  float64            `json:"proxy_cpu_ms_per_image"`
-	RtCPUms     float64            `json:"runtime_cpu_ms_per_image"`
-	RawRPS      float64            `json:"raw_images_per_s"`
-	Ratio       float64            `json:"stack_over_raw"`
-	HitRatio    float64            `json:"cache_hit_ratio"`
-	// OverheadP50ms is the median of latency minus the inference time the
-	// answer reports: what the proxy and HTTP add (image-size axis).
-	OverheadP50ms float64 `json:"overhead_p50_ms,omitempty"`
-	InferP50ms    float64 `json:"inference_p50_ms,omitempty"`
-}
-
-// report is everything one run produces.
-type report struct {
-	Started    time.Time       `json:"started"`
-	Machine    string          `json:"machine"`
-	Target     string          `json:"target"`
-	Model      string          `json:"model"`
-	Raw        map[int]float64 `json:"raw_images_per_s"` // batch size -> images/s
-	AvgImageKB int             `json:"avg_image_kb"`
-	Points     []point         `json:"points"`
-}
-
-func run(ctx context.Context, o options) error {
-	root, err := repoRoot()
-	if err != nil {
-		return err
-	}
-	stamp := time.Now().UTC().Format("20060102-150405")
-	dir := filepath.Join(o.outDir, stamp)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	pool, avg, err := imagePool(filepath.Join(root, "proxy/testdata/grace_hopper.jpg"), o.images, 1)
-	if err != nil {
-		return err
-	}
-	rep := &report{Started: time.Now().UTC(), Machine: machine(), Target: o.target, AvgImageKB: avg / 1024, Raw: map[int]float64{}}
-	bar := newProgress(os.Stderr)
-	defer bar.done()
-
-	if o.target != "" {
-		rep.Points, err = measureTarget(ctx, o, pool, bar)
-		if err != nil {
-			return err
-		}
-		return writeReport(dir, rep)
-	}
-
-	bins, err := buildBinaries(root, dir+"/bin")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir + "/bin")
-	ortLib := os.Getenv("ORT_LIBRARY")
-	if ortLib == "" {
-		ortLib = filepath.Join(root, ".deps/onnxruntime/libonnxruntime.so.1")
-	}
-	if o.model == "" {
-		out, err := exec.Command(bins.runtime, "fetch-model", "-dir", filepath.Join(root, ".deps/models")).Output()
-		if err != nil {
-			return fmt.Errorf("cannot get the model: %w", err)
-		}
-		o.model = strings.TrimSpace(string(out))
-	}
-	rep.Model = filepath.Base(o.model)
-	cache := filepath.Join(root, ".deps/ort-cache")
-
-	// The reference: raw ONNX Runtime, same model, one thread, no HTTP.
-	bar.phase("raw ONNX Runtime reference")
-	sizes := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(o.batchSizes)), ","), "[]")
-	raw, err := exec.Command(bins.runtime, "bench", "-model", o.model, "-ort-library", ortLib, "-ort-cache-dir", cache,
-		"-batch-sizes", sizes, "-min-time", (o.duration / 2).String()).Output()
-	if err != nil {
-		return fmt.Errorf("raw benchmark failed: %w", err)
-	}
-	for line := range strings.SplitSeq(string(raw), "\n") {
-		f := strings.Split(line, "\t")
-		if len(f) == 6 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				rep.Raw[n], _ = strconv.ParseFloat(f[5], 64)
-			}
-		}
-	}
-	capacity := rep.Raw[o.batchSizes[0]]
-	if capacity <= 0 {
-		return fmt.Errorf("raw benchmark gave no throughput:\n%s", raw)
-	}
-
-	total := len(o.batchSizes)*len(o.windows)*(1+len(o.loads)) + 2*len(o.imageSizes)
-	if o.dedup {
-		total += 2
-	}
-	bar.setTotal(total)
-	for _, bs := range o.batchSizes {
-		for _, w := range o.windows {
-			cfg := stackConfig{model: o.model, ortLibrary: ortLib, ortCache: cache, maxBatch: bs, window: w}
-			pts, err := measureSetting(ctx, bins, cfg, o, pool, capacity, bar)
-			if err != nil {
-				return err
-			}
-			for i := range pts {
-				pts[i].RawRPS = rep.Raw[bs]
-				if pts[i].Mode == "closed" && rep.Raw[bs] > 0 {
-					pts[i].Ratio = pts[i].Throughput / rep.Raw[bs]
-				}
-			}
-			rep.Points = append(rep.Points, pts...)
-		}
-	}
-	if len(o.imageSizes) > 0 {
-		// The proxy's defaults: batch 8 (or the sweep's largest below
-		// it), no batch window.
-		bs := o.batchSizes[0]
-		for _, b := range o.batchSizes {
-			if b <= 8 {
-				bs = max(bs, b)
-			}
-		}
-		pts, err := measureImageSizes(ctx, bins, stackConfig{model: o.model, ortLibrary: ortLib, ortCache: cache, maxBatch: bs},
-			o, rep.Raw[1], bar)
-		if err != nil {
-			return err
-		}
-		rep.Points = append(rep.Points, pts...)
-	}
-	if o.dedup {
-		pts, err := measureDedup(ctx, bins, stackConfig{model: o.model, ortLibrary: ortLib, ortCache: cache,
-			maxBatch: o.batchSizes[len(o.batchSizes)-1]}, o, bar)
-		if err != nil {
-			return err
-		}
-		rep.Points = append(rep.Points, pts...)
-	}
-	return writeReport(dir, rep)
-}
-
-// measureSetting starts one stack and measures saturation and each load.
-func measureSetting(ctx context.Context, bins binaries, cfg stackConfig, o options, pool []upload, capacity float64, bar *progress) ([]point, error) {
-	setting := fmt.Sprintf("batch=%d window=%v", cfg.maxBatch, cfg.window)
-	bar.phase("starting " + setting)
-	s, err := startStack(bins, cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer s.stop()
-	c := newClient(s.url + "/predict")
-	base := point{Setting: setting, BatchSize: cfg.maxBatch, Window: cfg.window.String()}
-	var pts []point
-
-	// Saturation: enough closed-loop clients to fill two batches.
-	bar.phase(setting + " saturation")
-	p, err := measure(s, base, func(n *int, elapsed *time.Duration) []result {
-		res, total, took := closedLoop(ctx, c, 2*cfg.maxBatch+4, warmup(o.duration), o.duration, func(r *rand.Rand) upload { return pool[r.IntN(len(pool))] }, true, bar.tick)
-		*n = total
-		*elapsed = took
-		return res
-	})
-	if err != nil {
-		return nil, err
-	}
-	p.Mode = "closed"
-	pts = append(pts, p)
-	bar.step()
-
-	rng := rand.New(rand.NewPCG(uint64(cfg.maxBatch), uint64(cfg.window)))
-	for _, load := range o.loads {
-		bar.phase(fmt.Sprintf("%s load %.2f", setting, load))
-		rate := load * capacity
-		sched := poissonSchedule(rng, rate, o.duration)
-		p, err := measure(s, base, func(n *int, elapsed *time.Duration) []result {
-			*n = len(sched)
-			start := time.Now()
-			res := openLoop(ctx, c, sched, func(i int) upload { return pool[i%len(pool)] }, true, 4096, bar.tick)
-			*elapsed = time.Since(start)
-			return res
-		})
-		if err != nil {
-			return nil, err
-		}
-		// Offered: what this Poisson sample actually sent, not the rate
-		// parameter (a few seconds of arrivals vary by tens of percent).
-		p.Mode, p.Load, p.OfferedRPS = "open", load, float64(len(sched))/o.duration.Seconds()
-		pts = append(pts, p)
-		bar.step()
-	}
-	return pts, nil
-}
-
-// measure runs load against s and fills a point from the results, the
-// metrics and the CPU time it cost.
-// load returns the measured results and reports the number of requests
-// answered in all (warm-up included) and the time the results cover.
-func measure(s *stack, base point, load func(n *int, elapsed *time.Duration) []result) (point, error) {
-	before, err := scrape(s.metrics)
-	if err != nil {
-		return base, err
-	}
-	pcpu, rcpu := cpuSeconds(s.px.Process.Pid), cpuSeconds(s.rt.Process.Pid)
-	var n int
-	var took time.Duration
-	res := load(&n, &took)
-	after, err := scrape(s.metrics)
-	if err != nil {
-		return base, err
-	}
-	d := delta(before, after)
-	p := fill(base, res, took)
-	// CPU per image: all the CPU spent, warm-up included, over every
-	// request answered, warm-up included (n).
-	if n > 0 {
-		p.ProxyCPUms = 1000 * (cpuSeconds(s.px.Process.Pid) - pcpu) / float64(n)
-		p.RtCPUms = 1000 * (cpuSeconds(s.rt.Process.Pid) - rcpu) / float64(n)
-	}
-	if cnt := d["inference_batch_size_count"]; cnt > 0 {
-		p.MeanBatch = d["inference_batch_size_sum"] / cnt
-		p.QueueWaitMs = 1000 * d["inference_queue_wait_seconds_sum"] / max(d["inference_queue_wait_seconds_count"], 1)
-		p.ExecMs = 1000 * d["inference_runtime_seconds_sum"] / max(d["inference_runtime_seconds_count"], 1)
-		p.BatchHist = map[string]float64{}
-		prev := 0.0
-		for _, le := range []string{"1", "2", "4", "8", "16", "32", "64", "+Inf"} {
-			v := d[`inference_batch_size_bucket{le="`+le+`"}`]
-			p.BatchHist[le] = v - prev // per-bucket, not cumulative
-			prev = v
-		}
-	}
-	return p, nil
-}
-
-// fill computes throughput, latency percentiles and statuses.
-func fill(p point, res []result, took time.Duration) point {
-	p.Requests = len(res)
-	p.Statuses = map[string]int{}
-	var ok []time.Duration
-	hits := 0
-	for _, r := range res {
-		p.Statuses[strconv.Itoa(r.status)]++
-		if r.status == 200 {
-			ok = append(ok, r.latency)
-			if r.cached {
-				hits++
-			}
-		}
-	}
-	p.Throughput = float64(len(ok)) / took.Seconds()
-	s := summarize(ok)
-	p.P50ms, p.P90ms, p.P99ms, p.MaxMs = ms(s.P50), ms(s.P90), ms(s.P99), ms(s.Max)
-	if len(ok) > 0 {
-		p.HitRatio = float64(hits) / float64(len(ok))
-	}
-	return p
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// measureDedup sends Zipf-distributed requests over a pool of images, with
-// the cache on and off.
-func measureDedup(ctx context.Context, bins binaries, cfg stackConfig, o options, bar *progress) ([]point, error) {
-	root, _ := repoRoot()
-	pool, _, err := imagePool(filepath.Join(root, "proxy/testdata/grace_hopper.jpg"), 200, 2)
-	if err != nil {
-		return nil, err
-	}
-	var pts []point
-	for _, entries := range []int{10000, 0} {
-		mode := map[bool]string{true: "dedup-cache", false: "dedup-nocache"}[entries > 0]
-		bar.phase(mode)
-		cfg.cacheEntries = entries
-		s, err := startStack(bins, cfg)
-		if err != nil {
-			return nil, err
-		}
-		c := newClient(s.url + "/predict")
-		base := point{Setting: fmt.Sprintf("batch=%d zipf(1.1) over %d images", cfg.maxBatch, len(pool)), BatchSize: cfg.maxBatch, Window: "0s"}
-		p, err := measure(s, base, func(n *int, elapsed *time.Duration) []result {
-			res, total, took := closedLoop(ctx, c, 2*cfg.maxBatch+4, warmup(o.duration), o.duration, func(r *rand.Rand) upload {
-				return pool[newZipf(r, 1.1, len(pool))()]
-			}, false, bar.tick)
-			*n = total
-			*elapsed = took
-			return res
-		})
-		s.stop()
-		if err != nil {
-			return nil, err
-		}
-		p.Mode = mode
-		pts = append(pts, p)
-		bar.step()
-	}
-	return pts, nil
-}
-
-// measureTarget measures an external classifier: saturation, then the
-// loads as fractions of that saturation throughput.
-func measureTarget(ctx context.Context, o options, pool []upload, bar *progress) ([]point, error) {
-	c := newClient(o.target)
-	bar.setTotal(1 + len(o.loads))
-	base := point{Setting: "target " + o.target}
-	bar.phase("saturation")
-	res, _, took := closedLoop(ctx, c, 8, warmup(o.duration), o.duration, func(r *rand.Rand) upload { return pool[r.IntN(len(pool))] }, true, bar.tick)
-	sat := fill(base, res, took)
-	sat.Mode = "closed"
-	bar.step()
-	if sat.Throughput == 0 {
-		return nil, fmt.Errorf("no successful request to %s: statuses %v", o.target, sat.Statuses)
-	}
-	pts := []point{sat}
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, load := range o.loads {
-		bar.phase(fmt.Sprintf("load %.2f", load))
-		sched := poissonSchedule(rng, load*sat.Throughput, o.duration)
-		start := time.Now()
-		r := openLoop(ctx, c, sched, func(i int) upload { return pool[i%len(pool)] }, true, 4096, bar.tick)
-		p := fill(base, r, time.Since(start))
-		p.Mode, p.Load, p.OfferedRPS = "open", load, float64(len(sched))/o.duration.Seconds()
-		pts = append(pts, p)
-		bar.step()
-	}
-	return pts, nil
-}
-
-// warmup is the unmeasured start of a closed-loop run: a quarter of the
-// measurement, at most 2 s.
-func warmup(d time.Duration) time.Duration { return min(d/4, 2*time.Second) }
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run perf inside the batchgate repository")
-		}
-		dir = parent
-	}
-}
-
-// machine describes where the numbers come from.
-func machine() string {
-	cpu := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%s, %d CPUs", cpu, runtime.NumCPU())
-}
-
-// progress draws a progress bar on stderr.
-type progress struct {
-	w            *os.File
-	total, steps atomic.Int64
-	requests     atomic.Int64
-	label        atomic.Value
-	stop         chan struct{}
-	finished     chan struct{}
-}
-
-func newProgress(w *os.File) *progress {
-	p := &progress{w: w, stop: make(chan struct{}), finished: make(chan struct{})}
-	p.label.Store("")
-	go func() {
-		defer close(p.finished)
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.stop:
-				p.draw()
-				fmt.Fprintln(p.w)
-				return
-			case <-t.C:
-				p.draw()
-			}
-		}
-	}()
-	return p
-}
-
-func (p *progress) draw() {
-	total := max(p.total.Load(), 1)
-	frac := min(float64(p.steps.Load())/float64(total), 1)
-	const width = 30
-	bar := strings.Repeat("=", int(frac*width)) + strings.Repeat(" ", width-int(frac*width))
-	fmt.Fprintf(p.w, "\r[%s] %3.0f%% %d/%d points, %d requests  %-50.50s", bar, frac*100, p.steps.Load(), total, p.requests.Load(), p.label.Load())
-}
-
-func (p *progress) setTotal(n int) { p.total.Store(int64(n)) }
-func (p *progress) phase(s string) { p.label.Store(s) }
-func (p *progress) tick()          { p.requests.Add(1) }
-func (p *progress) step()          { p.steps.Add(1) }
-func (p *progress) done()          { close(p.stop); <-p.finished }

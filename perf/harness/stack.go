@@ -1,0 +1,283 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Binaries are the built runtime and proxy.
+type Binaries struct{ Runtime, Proxy string }
+
+// DefaultModel is the model `runtime fetch-model` gives (fetched into
+// root's .deps/models if need be): its path.
+func (b Binaries) DefaultModel(root string) (string, error) {
+	out, err := exec.Command(b.Runtime, "fetch-model", "-dir", filepath.Join(root, ".deps/models")).Output()
+	if err != nil {
+		return "", fmt.Errorf("cannot get the model: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// BuildBinaries compiles runtime and proxy into dir.
+func BuildBinaries(root, dir string) (Binaries, error) {
+	b := Binaries{Runtime: filepath.Join(dir, "runtime"), Proxy: filepath.Join(dir, "proxy")}
+	for pkg, out := range map[string]string{"./runtime": b.Runtime, "./proxy": b.Proxy} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		if o, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("cannot build %s: %v\n%s", pkg, err, o)
+		}
+	}
+	return b, nil
+}
+
+// StackConfig is one setting of the system under test.
+type StackConfig struct {
+	Model, ORTLibrary, ORTCache string
+	MaxBatch                    int
+	Window                      time.Duration
+	CacheEntries                int
+	Env                         []string // more environment for both processes (perf -tracing: OTEL_*)
+}
+
+// Stack is a running runtime + proxy pair.
+type Stack struct {
+	Runtime, Proxy *exec.Cmd
+	URL            string // base URL of the proxy's API (PORT)
+	Metrics        string // base URL of its /metrics (METRICS_PORT)
+	dir            string
+}
+
+// freePorts returns n distinct free ports: each listener stays open until
+// all are chosen, so the kernel cannot hand the same port out twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
+}
+
+// ProxyPorts returns a free API port (PORT) and a free metrics port
+// (METRICS_PORT) for a proxy: every proxy needs both, and the metrics
+// port's default, 9464, may be taken by another proxy or a developer's.
+func ProxyPorts() (api, metrics int, err error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return 0, 0, err
+	}
+	return p[0], p[1], nil
+}
+
+// ProxyPortEnv is the environment that puts a proxy on those ports, with
+// its gRPC listener off (GRPC_PORT=0): its fixed default port would
+// collide between the proxies a study starts side by side.
+func ProxyPortEnv(api, metrics int) []string {
+	return []string{"PORT=" + strconv.Itoa(api), "METRICS_PORT=" + strconv.Itoa(metrics), "GRPC_PORT=0"}
+}
+
+// StartStack starts the runtime and the proxy and waits until /readyz says
+// ready (at most 3 minutes: warm-up of big batch sizes takes a while). A
+// proxy that exits at start, as when another process took one of its free
+// ports meanwhile, is tried again on other ports, three times in all.
+func StartStack(bins Binaries, cfg StackConfig) (*Stack, error) {
+	var err error
+	for range 3 {
+		var s *Stack
+		if s, err = startStack(bins, cfg); !errors.Is(err, errProxyExited) {
+			return s, err
+		}
+	}
+	return nil, err
+}
+
+// errProxyExited is the proxy of a stack exiting before it was ready.
+var errProxyExited = errors.New("the proxy exited at start (its log is above)")
+
+func startStack(bins Binaries, cfg StackConfig) (*Stack, error) {
+	dir, err := os.MkdirTemp("", "batchgate-perf-")
+	if err != nil {
+		return nil, err
+	}
+	port, mport, err := ProxyPorts()
+	if err != nil {
+		return nil, err
+	}
+	socket := filepath.Join(dir, "rt.sock")
+	common := append([]string{"RUNTIME_SOCKET=" + socket, "MAX_BATCH_SIZE=" + strconv.Itoa(cfg.MaxBatch), "LOG_LEVEL=warn"}, cfg.Env...)
+	s := &Stack{dir: dir, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Metrics: fmt.Sprintf("http://127.0.0.1:%d", mport)}
+	s.Runtime = exec.Command(bins.Runtime, "serve")
+	s.Runtime.Env = append(os.Environ(), append(common, "MODEL_PATH="+cfg.Model, "ORT_LIBRARY="+cfg.ORTLibrary, "ORT_CACHE_DIR="+cfg.ORTCache)...)
+	s.Proxy = exec.Command(bins.Proxy)
+	s.Proxy.Env = append(os.Environ(), append(append(common, ProxyPortEnv(port, mport)...), "BATCH_WINDOW="+cfg.Window.String(),
+		"CACHE_ENTRIES="+strconv.Itoa(cfg.CacheEntries), "DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")...)
+	for _, c := range []*exec.Cmd{s.Runtime, s.Proxy} {
+		c.Stdout, c.Stderr = os.Stderr, os.Stderr
+		if err := c.Start(); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	what := fmt.Sprintf("stack (batch %d, window %v)", cfg.MaxBatch, cfg.Window)
+	proxyGone := func() error {
+		if exited(s.Proxy.Process.Pid) {
+			return fmt.Errorf("%s: %w", what, errProxyExited)
+		}
+		return nil
+	}
+	if err := WaitReady(context.Background(), s.URL, what, 3*time.Minute, proxyGone); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// WaitReady polls the /readyz of the proxy at url until it answers 200,
+// for at most within. Between polls it calls gone, when not nil: an error
+// from it (the process has exited) ends the wait with that error.
+func WaitReady(ctx context.Context, url, what string, within time.Duration, gone func() error) error {
+	c := &http.Client{Timeout: time.Second}
+	for deadline := time.Now().Add(within); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(50 * time.Millisecond) {
+		if resp, err := c.Get(url + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		if gone != nil {
+			if err := gone(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%s not ready after %v", what, within)
+}
+
+// Stop sends SIGTERM to both processes and waits for them.
+func (s *Stack) Stop() {
+	Terminate(s.Proxy, s.Runtime)
+	os.RemoveAll(s.dir)
+}
+
+// Terminate sends SIGTERM to each started process in turn and waits for it
+// to exit, killing it after 30 s.
+func Terminate(cmds ...*exec.Cmd) {
+	for _, c := range cmds {
+		if c != nil && c.Process != nil {
+			c.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { c.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				c.Process.Kill()
+				<-done
+			}
+		}
+	}
+}
+
+// exited says whether the child pid has exited: it is gone, or a zombie
+// not yet waited for.
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) == 0 || f[0] == "Z" || f[0] == "X"
+}
+
+// CPUSeconds returns the user+system CPU time of pid so far.
+func CPUSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) start after ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// Scrape returns every sample on base's /metrics, keyed by name{labels}.
+// base is the proxy's metrics port (METRICS_PORT): on its API port
+// /metrics is a 404, which is an error here, not an empty set.
+func Scrape(base string) (map[string]float64, error) {
+	out := map[string]float64{}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("scrape: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape: GET %s/metrics: %s", base, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape: %s/metrics: %w", base, err)
+	}
+	return out, nil
+}
+
+// Delta returns after - before for every key of after.
+func Delta(before, after map[string]float64) map[string]float64 {
+	d := map[string]float64{}
+	for k, v := range after {
+		d[k] = v - before[k]
+	}
+	return d
+}
+
+// RSSMiB reads a process's resident memory.
+func RSSMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}
