@@ -63,6 +63,10 @@ var defaultChanges = []change{
 	{path: "ScaledObject/rel-batchgate: spec.triggers*", now: "*", why: "utilization, the same ahead and the expected wait replace the queue depth"},
 	{path: "ScaledObject/rel-batchgate: spec.advanced.horizontalPodAutoscalerConfig.behavior.*", now: "*", why: "+100%/+4 pods per 15 s up, a 125 s scale-down window"},
 
+	// Issue 26: the Open Inference Protocol over gRPC.
+	{path: "Deployment/rel-batchgate: spec.template.spec.containers[proxy].env[GRPC_PORT]*", now: "*", why: "the proxy serves OIP over gRPC on 8001"},
+	{path: "Deployment/rel-batchgate: spec.template.spec.containers[proxy].ports[grpc]*", now: "*", why: "its container port, named grpc"},
+	{path: "Service/rel-batchgate: spec.ports[grpc]*", now: "*", why: "the Service carries it, appProtocol grpc"},
 	// Issue 30: the pod reserves what it uses (TestRealNodeInstall/Cost).
 	{path: "Deployment/rel-batchgate: spec.template.spec.containers[proxy].resources.requests.cpu", now: "250m",
 		why: "the proxy uses 6-9% of the runtime's CPU on ordinary photos: 250m is that with about 3x headroom; the pod reserves 1.25 cores, not 2"},

@@ -59,20 +59,20 @@ func TestMetricsPort(t *testing.T) {
 		want ports
 	}{
 		{"default", nil, ports{"9999", "9464", 9999, 9464, "9464", "/metrics",
-			[]string{"http:9999->http"}, nil, "", probes}},
+			[]string{"http:9999->http", "grpc:8001->grpc"}, nil, "", probes}},
 		{"PodMonitor", api, ports{"9999", "9464", 9999, 9464, "9464", "/metrics",
-			[]string{"http:9999->http"}, nil, "PodMonitor metrics /metrics", probes}},
+			[]string{"http:9999->http", "grpc:8001->grpc"}, nil, "PodMonitor metrics /metrics", probes}},
 		{"ServiceMonitor", append([]string{"--set", "monitoring.serviceMonitor.enabled=true"}, api...), ports{"9999", "9464", 9999, 9464, "9464", "/metrics",
-			[]string{"http:9999->http"}, []string{"metrics:9464->metrics"}, "ServiceMonitor metrics /metrics", probes}},
+			[]string{"http:9999->http", "grpc:8001->grpc"}, []string{"metrics:9464->metrics"}, "ServiceMonitor metrics /metrics", probes}},
 		{"own ports", append([]string{"--set", "monitoring.metricsPort=9100,service.port=8080"}, api...), ports{"8080", "9100", 8080, 9100, "9100", "/metrics",
-			[]string{"http:8080->http"}, nil, "PodMonitor metrics /metrics", probes}},
+			[]string{"http:8080->http", "grpc:8001->grpc"}, nil, "PodMonitor metrics /metrics", probes}},
 		{"LoadBalancer API with a ServiceMonitor", []string{"--set", "service.type=LoadBalancer,monitoring.serviceMonitor.enabled=true,monitoring.metricsPort=9100"},
 			ports{"9999", "9100", 9999, 9100, "9100", "/metrics",
-				[]string{"http:9999->http"}, []string{"metrics:9100->metrics"}, "ServiceMonitor metrics /metrics", probes}},
+				[]string{"http:9999->http", "grpc:8001->grpc"}, []string{"metrics:9100->metrics"}, "ServiceMonitor metrics /metrics", probes}},
 		{"models", append([]string{"-f", filepath.Join(chartDir(t), "ci/models.yaml")}, api...), ports{"9999", "9464", 9999, 9464, "9464", "/metrics",
-			[]string{"http:9999->http"}, nil, "PodMonitor metrics /metrics", probes}},
+			[]string{"http:9999->http", "grpc:8001->grpc"}, nil, "PodMonitor metrics /metrics", probes}},
 		{"annotations off", []string{"--set", "monitoring.scrapeAnnotations=false"}, ports{"9999", "9464", 9999, 9464, nil, nil,
-			[]string{"http:9999->http"}, nil, "", probes}},
+			[]string{"http:9999->http", "grpc:8001->grpc"}, nil, "", probes}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			docs := render(t, "rel", "ns1", tc.args...)
@@ -198,21 +198,26 @@ func TestNetworkPolicyMetrics(t *testing.T) {
 	}{
 		{"API by namespace", "networkPolicy: {enabled: true, apiFromAnywhere: false}", map[string][]string{
 			"9999": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
+			"8001": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 			"9464": {"namespace monitoring"},
 		}},
 		{"own namespaces", "networkPolicy: {enabled: true, apiFromAnywhere: false, allowNamespaces: [ingress-nginx], metricsNamespaces: [prometheus, observability]}", map[string][]string{
 			"9999": {"namespace ingress-nginx", "own namespace"},
+			"8001": {"namespace ingress-nginx", "own namespace"},
 			"9464": {"namespace observability", "namespace prometheus"},
 		}},
 		{"own ports", "networkPolicy: {enabled: true, apiFromAnywhere: false}\nservice: {port: 8080}\nmonitoring: {metricsPort: 9100}", map[string][]string{
 			"8080": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
+			"8001": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 			"9100": {"namespace monitoring"},
 		}},
 		{"no metricsNamespaces: metrics port closed", "networkPolicy: {enabled: true, apiFromAnywhere: false, metricsNamespaces: []}", map[string][]string{
 			"9999": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
+			"8001": {"namespace monitoring", "namespace ingress-nginx", "own namespace"},
 		}},
 		{"tracing-auth profile", "", map[string][]string{
 			"9999": {"anywhere"},
+			"8001": {"anywhere"},
 			"9464": {"namespace monitoring"},
 		}},
 	} {
@@ -226,25 +231,27 @@ func TestNetworkPolicyMetrics(t *testing.T) {
 			for _, r := range get(np, "spec", "ingress").([]any) {
 				ps, _ := get(r, "ports").([]any)
 				from, _ := get(r, "from").([]any)
-				if len(ps) != 1 {
-					t.Errorf("rule %v: want one port", r)
+				if len(ps) == 0 {
+					t.Errorf("rule %v: no port", r)
 					continue
 				}
-				port := fmt.Sprint(get(ps[0], "port"))
-				if len(from) == 0 {
-					got[port] = []string{"anywhere"} // no source listed admits every source
-				}
-				for _, f := range from {
-					switch {
-					case get(f, "namespaceSelector") != nil:
-						got[port] = append(got[port], "namespace "+fmt.Sprint(get(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name")))
-					case get(f, "podSelector") != nil && len(get(f, "podSelector").(object)) == 0:
-						got[port] = append(got[port], "own namespace")
-					default:
-						got[port] = append(got[port], fmt.Sprint(f))
+				for _, p := range ps { // the API's rule covers HTTP and gRPC
+					port := fmt.Sprint(get(p, "port"))
+					if len(from) == 0 {
+						got[port] = []string{"anywhere"} // no source listed admits every source
 					}
+					for _, f := range from {
+						switch {
+						case get(f, "namespaceSelector") != nil:
+							got[port] = append(got[port], "namespace "+fmt.Sprint(get(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name")))
+						case get(f, "podSelector") != nil && len(get(f, "podSelector").(object)) == 0:
+							got[port] = append(got[port], "own namespace")
+						default:
+							got[port] = append(got[port], fmt.Sprint(f))
+						}
+					}
+					slices.Sort(got[port])
 				}
-				slices.Sort(got[port])
 			}
 			for _, s := range tc.want {
 				slices.Sort(s)

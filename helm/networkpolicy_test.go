@@ -137,16 +137,28 @@ networkPolicy:
 			got := map[string][]string{}
 			for _, r := range get(np, "spec", "ingress").([]any) {
 				ps, _ := get(r, "ports").([]any)
-				if len(ps) != 1 || get(ps[0], "protocol") != "TCP" {
-					t.Errorf("rule %v: want one TCP port", r)
-					continue
+				if len(ps) == 0 {
+					t.Errorf("rule %v: no port", r)
 				}
-				port := fmt.Sprint(get(ps[0], "port"))
-				if _, dup := got[port]; dup {
-					t.Errorf("two rules for port %s", port)
+				for _, p := range ps { // the API's rule: HTTP and gRPC
+					if get(p, "protocol") != "TCP" {
+						t.Errorf("rule %v: want TCP ports", r)
+						continue
+					}
+					port := fmt.Sprint(get(p, "port"))
+					if _, dup := got[port]; dup {
+						t.Errorf("two rules for port %s", port)
+					}
+					got[port] = peers(r)
 				}
-				got[port] = peers(r)
 			}
+			// gRPC (service.grpcPort 8001) is the API: the same sources
+			// as the HTTP port.
+			api := fmt.Sprint(get(named(docs, "Service", "rel-batchgate"), "spec", "ports", 0, "port"))
+			if !reflect.DeepEqual(got["8001"], got[api]) {
+				t.Errorf("gRPC's port 8001 admits %v, the API port %s %v", got["8001"], api, got[api])
+			}
+			delete(got, "8001")
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("sources by port\n %v\nwant\n %v", got, tc.want)
 			}

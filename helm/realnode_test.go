@@ -2,6 +2,7 @@ package helm_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +17,9 @@ import (
 
 	"github.com/batchgate/batchgate/internal/kubenode"
 	"github.com/batchgate/batchgate/internal/testenv"
+	"github.com/batchgate/batchgate/proxy/oipgrpc/inferencepb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // The chart's images as containers/test.sh builds them (podman, local
@@ -164,6 +168,23 @@ func TestRealNodeInstall(t *testing.T) {
 		} else {
 			t.Logf("GET %s: no answer (%v)", url, err)
 		}
+	})
+
+	// 3b. The Open Inference Protocol over gRPC through the Service's
+	// grpc port (h2c through kube-proxy): the server is ready.
+	t.Run("GRPC", func(t *testing.T) {
+		conn, err := grpc.NewClient(fmt.Sprintf("%s:8001", clusterIP), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := inferencepb.NewGRPCInferenceServiceClient(conn).ServerReady(ctx, &inferencepb.ServerReadyRequest{})
+		if err != nil || !r.GetReady() {
+			t.Fatalf("ServerReady through %s:8001: %v, %v", clusterIP, r, err)
+		}
+		t.Logf("gRPC ServerReady through the Service's grpc port: ready")
 	})
 
 	// 4. What an image costs (issue 30), on the default pod, and the
