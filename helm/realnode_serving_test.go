@@ -797,24 +797,14 @@ func rnTwoNamespaces(t *testing.T, n *kubenode.Node, runHelm func(...string), va
 		}
 		r.podIP = pods[0].Status.PodIP
 	}
-	requests := func(r *rel) float64 {
-		resp, err := http.Get(fmt.Sprintf("http://%s:9464/metrics", r.podIP))
-		if err != nil {
-			t.Fatalf("%s metrics: %v", r.ns, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		// Absent before the first /predict (series are created on first
-		// use): 0 then.
-		var sum float64
-		for _, s := range testenv.MustParseMetrics(t, b).Samples() {
-			if s.Name == "inference_requests_total" && s.Labels["route"] == "/predict" {
-				sum += s.Value
-			}
-		}
-		return sum
-	}
 	client := &http.Client{Timeout: 10 * time.Second}
+	requests := func(r *rel) float64 {
+		v, ok := rnPodRequests(client, r.podIP)
+		if !ok {
+			t.Fatalf("%s: no metrics from its pod", r.ns)
+		}
+		return v
+	}
 	for i, to := range rels {
 		before := []float64{requests(rels[0]), requests(rels[1])}
 		const k = 20
