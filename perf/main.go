@@ -11,6 +11,8 @@
 //	go run ./perf -chaos          # faults under load (perf/chaos); -chaos -short: a quick one
 //	go run ./perf -preprocess     # preprocessing against PIL: speed and parity (perf/preprocess)
 //	go run ./perf -tracing        # tracing's throughput cost against a real Jaeger (perf/tracing)
+//	go run ./perf -protocols      # OIP over gRPC against HTTP: one-client p50, saturation (perf/protocols)
+//	go run ./perf -latency        # where one request's time goes: timings against the client's latency (perf/latency)
 //
 // What the studies share (starting stacks, load, statistics) is package
 // harness; their plots use package plot.
@@ -29,7 +31,9 @@ import (
 	"github.com/batchgate/batchgate/perf/adversarial"
 	"github.com/batchgate/batchgate/perf/autoscale"
 	"github.com/batchgate/batchgate/perf/chaos"
+	"github.com/batchgate/batchgate/perf/latency"
 	"github.com/batchgate/batchgate/perf/preprocess"
+	"github.com/batchgate/batchgate/perf/protocols"
 	"github.com/batchgate/batchgate/perf/sweep"
 	"github.com/batchgate/batchgate/perf/tracing"
 )
@@ -41,7 +45,9 @@ var studies = map[string]func(args []string) (run func() error, err error){
 	"autoscale-sim": autoscaleStudy,
 	"adversarial":   adversarialStudy,
 	"chaos":         chaosStudy,
+	"latency":       latencyStudy,
 	"preprocess":    preprocessStudy,
+	"protocols":     protocolsStudy,
 	"tracing":       tracingStudy,
 }
 
@@ -256,6 +262,41 @@ func preprocessStudy(args []string) (func() error, error) {
 		return func() error { return preprocess.TimeFiles(fs.Args(), c.Runs) }, err
 	}
 	return func() error { return preprocess.Run(context.Background(), c) }, err
+}
+
+func latencyStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -latency", flag.ContinueOnError)
+	var c latency.Config
+	fs.IntVar(&c.Requests, "requests", 200, "measured requests")
+	fs.IntVar(&c.Warmup, "warmup", 20, "unmeasured requests first")
+	fs.StringVar(&c.Model, "model", "", "ONNX model (default: what `runtime fetch-model` gives)")
+	run := func() error { return latency.Run(context.Background(), c) }
+	if err := parse(fs, args); err != nil {
+		return run, err
+	}
+	if c.Requests < 1 || c.Warmup < 0 {
+		return run, usagef("-requests must be positive and -warmup at least 0")
+	}
+	return run, nil
+}
+
+func protocolsStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -protocols", flag.ContinueOnError)
+	var c protocols.Config
+	fs.IntVar(&c.Rounds, "rounds", 5, "rounds; each measures both protocols once")
+	fs.IntVar(&c.Requests, "requests", 40, "one-client requests per protocol and round")
+	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "length of each saturation measurement")
+	fs.IntVar(&c.Clients, "clients", 8, "closed-loop clients at saturation")
+	fs.IntVar(&c.K, "k", 5, "classes asked per image")
+	fs.StringVar(&c.Model, "model", "", "ONNX model (default: what `runtime fetch-model` gives)")
+	run := func() error { return protocols.Run(context.Background(), c) }
+	if err := parse(fs, args); err != nil {
+		return run, err
+	}
+	if c.Rounds < 1 || c.Requests < 1 || c.Duration <= 0 || c.Clients < 1 || c.K < 1 {
+		return run, usagef("-rounds, -requests, -duration, -clients and -k must be positive")
+	}
+	return run, nil
 }
 
 func tracingStudy(args []string) (func() error, error) {

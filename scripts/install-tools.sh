@@ -18,9 +18,12 @@ command -v npm >/dev/null || need+=(npm)
 # 1.1.1), iptables for kube-proxy and the CNI bridge, and gcc with glibc's
 # static libraries for the pause image. protobuf-compiler: protoc, which
 # regenerates proxy/oipgrpc/inferencepb (go generate; its test checks the
-# checked-in code is current).
+# checked-in code is current). python3-grpcio and python3-grpc-tools: the
+# gRPC test's Python client (proxy/gateway/grpcclients_test.go generates its
+# stubs with grpc_tools.protoc and runs examples/python/grpc_client.py).
 for p in git curl prometheus chromium libturbojpeg0-dev python3-pil python3-numpy \
-  containerd runc containernetworking-plugins iptables gcc libc6-dev protobuf-compiler; do
+  containerd runc containernetworking-plugins iptables gcc libc6-dev protobuf-compiler \
+  python3-grpcio python3-grpc-tools; do
   installed "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -38,4 +41,13 @@ tools=$(cd "$(dirname "$0")/.." && pwd)/.deps/tools
 if [ ! -x "$tools/helm" ]; then
   echo "install-tools: go install helm.sh/helm/v3/cmd/helm@v3.22.0 (about 1.5 minutes)" >&2
   GOBIN="$tools" go install helm.sh/helm/v3/cmd/helm@v3.22.0
+fi
+
+# grpcurl, built from its Go module (pinned), into .deps/tools: the gRPC
+# test drives the proxy with it through server reflection
+# (proxy/gateway/grpcclients_test.go). The version ldflag is what
+# `grpcurl -version` prints.
+if [ ! -x "$tools/grpcurl" ]; then
+  echo "install-tools: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4 (about 3 minutes)" >&2
+  GOBIN="$tools" go install -trimpath -ldflags "-s -w -X main.version=v1.9.4" github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 fi

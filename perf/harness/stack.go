@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +31,48 @@ func (b Binaries) DefaultModel(root string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// Built is what a study of one stack setting starts from: the checkout,
+// its binaries and the model they serve.
+type Built struct {
+	Root  string
+	Bins  Binaries
+	Model string
+	dir   string
+}
+
+// Build compiles the runtime and the proxy of the checkout that holds the
+// working directory into a temporary folder, and finds model ("": what
+// `runtime fetch-model` gives). Close removes the folder.
+func Build(model string) (*Built, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "batchgate-perf-bin-")
+	if err != nil {
+		return nil, err
+	}
+	b := &Built{Root: root, Model: model, dir: dir}
+	if b.Bins, err = BuildBinaries(root, dir); err == nil && model == "" {
+		b.Model, err = b.Bins.DefaultModel(root)
+	}
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// Close removes the binaries.
+func (b *Built) Close() { os.RemoveAll(b.dir) }
+
+// Stack is cfg's stack of these binaries, on their model, with the
+// checkout's ONNX Runtime and optimized-graph cache.
+func (b *Built) Stack(cfg StackConfig) (*Stack, error) {
+	cfg.Model, cfg.ORTLibrary, cfg.ORTCache = b.Model, ORTLibrary(b.Root), filepath.Join(b.Root, ".deps/ort-cache")
+	return StartStack(b.Bins, cfg)
+}
+
 // BuildBinaries compiles runtime and proxy into dir.
 func BuildBinaries(root, dir string) (Binaries, error) {
 	b := Binaries{Runtime: filepath.Join(dir, "runtime"), Proxy: filepath.Join(dir, "proxy")}
@@ -49,7 +92,10 @@ type StackConfig struct {
 	MaxBatch                    int
 	Window                      time.Duration
 	CacheEntries                int
-	Env                         []string // more environment for both processes (perf -tracing: OTEL_*)
+	// Env is more environment for both processes (perf -tracing:
+	// OTEL_*); it wins over the stack's own settings (perf -protocols:
+	// GRPC_PORT).
+	Env []string
 }
 
 // Stack is a running runtime + proxy pair.
@@ -61,11 +107,18 @@ type Stack struct {
 }
 
 // freePorts returns n distinct free ports: each listener stays open until
-// all are chosen, so the kernel cannot hand the same port out twice.
+// all are chosen, so the kernel cannot hand the same port out twice. They
+// are chosen below the kernel's ephemeral range (ip_local_port_range),
+// where no outgoing connection takes them as its source port between the
+// choice and the proxy's listen: with many connections in flight (the
+// load clients, tests beside perf's), a port from the ephemeral range was
+// taken in that gap often enough to fail a study. Where that range cannot
+// be read, or no port below it is free after a few tries, the kernel
+// picks.
 func freePorts(n int) ([]int, error) {
 	ports := make([]int, n)
 	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := listenBelowEphemeral()
 		if err != nil {
 			return nil, err
 		}
@@ -73,6 +126,38 @@ func freePorts(n int) ([]int, error) {
 		ports[i] = ln.Addr().(*net.TCPAddr).Port
 	}
 	return ports, nil
+}
+
+// listenBelowEphemeral listens on a loopback port between 10000 and the
+// start of the ephemeral range, else on one the kernel picks.
+func listenBelowEphemeral() (net.Listener, error) {
+	low := 32768 // Linux's default start of the range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	for range 20 {
+		if low <= 10001 {
+			break
+		}
+		port := 10000 + rand.IntN(low-10000)
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			return ln, nil
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// FreePort returns a free loopback port.
+func FreePort() (int, error) {
+	p, err := freePorts(1)
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
 }
 
 // ProxyPorts returns a free API port (PORT) and a free metrics port
@@ -126,8 +211,9 @@ func startStack(bins Binaries, cfg StackConfig) (*Stack, error) {
 	s.Runtime = exec.Command(bins.Runtime, "serve")
 	s.Runtime.Env = append(os.Environ(), append(common, "MODEL_PATH="+cfg.Model, "ORT_LIBRARY="+cfg.ORTLibrary, "ORT_CACHE_DIR="+cfg.ORTCache)...)
 	s.Proxy = exec.Command(bins.Proxy)
-	s.Proxy.Env = append(os.Environ(), append(append(common, ProxyPortEnv(port, mport)...), "BATCH_WINDOW="+cfg.Window.String(),
-		"CACHE_ENTRIES="+strconv.Itoa(cfg.CacheEntries), "DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")...)
+	proxyEnv := append(append(common, ProxyPortEnv(port, mport)...), "BATCH_WINDOW="+cfg.Window.String(),
+		"CACHE_ENTRIES="+strconv.Itoa(cfg.CacheEntries), "DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")
+	s.Proxy.Env = append(append(os.Environ(), proxyEnv...), cfg.Env...) // the last of a name wins
 	for _, c := range []*exec.Cmd{s.Runtime, s.Proxy} {
 		c.Stdout, c.Stderr = os.Stderr, os.Stderr
 		if err := c.Start(); err != nil {

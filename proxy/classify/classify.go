@@ -50,7 +50,8 @@ type Inference struct {
 	Scores    []float32
 	BatchSize int
 	QueueWait time.Duration
-	Exec      time.Duration
+	Exec      time.Duration // the model's execution of the batch
+	Transfer  time.Duration // the rest of the runtime call (rtconn.Result's)
 }
 
 // Outcome is a classification with what the answer reports about it.

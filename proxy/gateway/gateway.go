@@ -354,6 +354,7 @@ func New(cfg Config, log *slog.Logger, set *metrics.Set) *Proxy {
 		RequestTimeout: cfg.RequestTimeout, MaxMessageBytes: cfg.MaxBodyBytes, MaxElements: cfg.MaxElements,
 		MaxConcurrentStreams: uint32(cfg.GRPCMaxConcurrentStreams), ConnMaxAge: max(cfg.ConnMaxAge, 0),
 		Uploads: uploads, UploadWait: cfg.UploadWait, Auth: authn, SharedCacheAcrossKeys: cfg.SharedCacheAcrossKeys,
+		Tracing: cfg.Tracing, TrustRemoteSampling: cfg.TrustRemoteSampling,
 	})
 	p.metrics = &fasthttp.Server{
 		Handler: p.api.MetricsHandler, Name: "batchgate", Logger: fasthttpLogger{log},

@@ -276,8 +276,8 @@ func TestGRPCErrors(t *testing.T) {
 	if _, err := client.ModelMetadata(ctx, &pb.ModelMetadataRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
 		t.Errorf("ModelMetadata of an unknown model: %v, want NotFound", err)
 	}
-	if _, err := client.ModelStatistics(ctx, &pb.ModelStatisticsRequest{}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("ModelStatistics: %v, want Unimplemented", err)
+	if _, err := client.ModelStatistics(ctx, &pb.ModelStatisticsRequest{Name: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("ModelStatistics of an unknown model: %v, want NotFound", err)
 	}
 	// Still serving.
 	if _, err := client.ModelInfer(ctx, &pb.ModelInferRequest{ModelName: "resnet50", Inputs: image(1), RawInputContents: [][]byte{rawBytes(jpeg)}}); err != nil {

@@ -358,7 +358,8 @@ func TestPredict(t *testing.T) {
 			}
 		}
 		timings, _ := r.body["timings"].(map[string]any)
-		if tc.cached != (len(timings) == 0) || (!tc.cached && timings["batch_size"] != 3.0) {
+		_, inferred := timings["inference_ms"]
+		if tc.cached == inferred || (!tc.cached && timings["batch_size"] != 3.0) || timings["server_ms"] == nil || timings["other_ms"] == nil {
 			t.Errorf("%s: timings %v (cached %v)", tc.name, timings, tc.cached)
 		}
 		ts.fc.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"math"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -21,6 +22,7 @@ type prediction struct {
 // Everything that can be checked from the headers is, before the body is
 // read.
 func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
+	begin := time.Now()
 	info, ok := s.cfg.Router.LastModel("", "")
 	if !ok {
 		s.failErr(ctx, classify.ErrUnavailable)
@@ -44,9 +46,11 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 	if bytes.HasPrefix(contentType, []byte("multipart/")) {
 		limit += multipartSlack
 	}
+	readStart := time.Now()
 	data, lease, ae := s.readBody(rctx, ctx, limit, 1, func(r io.Reader, n int, buf []byte) ([]byte, *apiError) {
 		return readImage(contentType, r, n, s.cfg.MaxBodyBytes, buf)
 	})
+	read := time.Since(readStart)
 	if ae != nil {
 		s.failErr(ctx, ae)
 		return reply{}
@@ -92,22 +96,44 @@ func (s *Server) predict(ctx *fasthttp.RequestCtx) reply {
 	if rep.version != "" {
 		resp["model_version"] = rep.version
 	}
-	timings := map[string]float64{}
 	rep.cached, rep.coalesced, rep.model = out.Cached, out.Coalesced, out.Model.Model
 	if inf := out.Inference; inf != nil {
-		timings["preprocess_ms"] = ms(out.Prep)
-		timings["queue_ms"] = ms(inf.QueueWait)
-		timings["inference_ms"] = ms(inf.Exec)
-		timings["batch_size"] = float64(inf.BatchSize)
 		rep.batchSize, rep.queueWait = inf.BatchSize, inf.QueueWait
 	}
-	resp["timings"] = timings
 	if out.Model.Generated {
 		resp["generated_weights"] = true
 		resp["warning"] = "the model has generated pseudo-random weights: these predictions are meaningless"
 	}
+	resp["timings"] = timings(out, read, time.Since(begin))
 	jsonReply(ctx, 200, resp)
 	return rep
+}
+
+// timings is where a /predict answer's server time went, in ms: reading
+// the body (read_ms), decoding and resizing (preprocess_ms), the batcher's
+// queue (queue_ms), the runtime call less the model (transfer_ms: the
+// tensors over the socket, the runtime's checks, the scores back), the
+// model's execution (inference_ms), and the rest (other_ms: routing, the
+// wait for a decode slot, handing the result back, top-k, the answer's
+// map). They add up to server_ms, the handler's time until the answer is
+// encoded. An answer from the cache, or coalesced with an identical image
+// in flight, did no inference of its own: read_ms, other_ms and server_ms
+// only.
+func timings(out *classify.Outcome, read, server time.Duration) map[string]float64 {
+	t := map[string]float64{"read_ms": ms(read), "server_ms": ms(server)}
+	other := server - read
+	if inf := out.Inference; inf != nil {
+		t["preprocess_ms"] = ms(out.Prep)
+		t["queue_ms"] = ms(inf.QueueWait)
+		t["transfer_ms"] = ms(inf.Transfer)
+		t["inference_ms"] = ms(inf.Exec)
+		t["batch_size"] = float64(inf.BatchSize)
+		other -= out.Prep + inf.QueueWait + inf.Transfer + inf.Exec
+	}
+	// The parts are measured on their own clocks; rounding and the
+	// runtime's clock can leave other a few microseconds below zero.
+	t["other_ms"] = ms(max(other, 0))
+	return t
 }
 
 // softmax returns probabilities from logits, in float64.

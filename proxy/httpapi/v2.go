@@ -35,6 +35,9 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 		return "/v2/other", reply{}
 	}
+	if rest == "stats" { // every model's statistics (stats.go)
+		return s.modelStats(ctx, "", "")
+	}
 	parts := strings.Split(rest, "/")
 	name, action, version := parts[0], "", ""
 	declared := s.cfg.Router.Declared()
@@ -57,6 +60,9 @@ func (s *Server) v2(ctx *fasthttp.RequestCtx, path string) (string, reply) {
 	case len(parts) > 2:
 		s.fail(ctx, &apiError{404, "no such route; see /docs", "not_found"})
 		return "/v2/other", reply{}
+	}
+	if action == "stats" && name != "" { // the version was checked above
+		return s.modelStats(ctx, name, version)
 	}
 	if declared {
 		return s.v2Routed(ctx, name, version, action)

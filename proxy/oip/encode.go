@@ -29,7 +29,7 @@ func ServerMetadata(version string) map[string]any {
 const ServerName = "batchgate"
 
 // Extensions are the protocol extensions served.
-func Extensions() []string { return []string{"classification", "binary_tensor_data"} }
+func Extensions() []string { return []string{"classification", "binary_tensor_data", "statistics"} }
 
 // Platform is the models' platform in their metadata.
 const Platform = "onnxruntime_onnx"

@@ -56,6 +56,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/batchgate/batchgate/batching"
@@ -66,6 +67,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/httpapi"
 	pb "github.com/batchgate/batchgate/proxy/oipgrpc/inferencepb"
 	"github.com/batchgate/batchgate/proxy/stats"
+	"github.com/batchgate/batchgate/tracing"
 )
 
 // Config configures a Server. proxy/gateway fills it from its own Config,
@@ -108,6 +110,11 @@ type Config struct {
 	Auth *auth.Authenticator
 	// SharedCacheAcrossKeys: as httpapi.Config's.
 	SharedCacheAcrossKeys bool
+	// Tracing makes a span of each call (docs/tracing.md), continuing the
+	// traceparent of its metadata; TrustRemoteSampling says whose sampled
+	// flag is honoured, as httpapi.Config's.
+	Tracing             bool
+	TrustRemoteSampling tracing.TrustRemote
 }
 
 // Server serves GRPCInferenceService, health and reflection.
@@ -136,6 +143,7 @@ func New(cfg Config) *Server {
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minPing, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(kp),
+		grpc.InTapHandle(s.admit),
 		grpc.ChainUnaryInterceptor(s.observe),
 		grpc.ChainStreamInterceptor(s.observeStream),
 	)
@@ -218,6 +226,8 @@ func (s *Server) observe(ctx context.Context, req any, in *grpc.UnaryServerInfo,
 	grpc.SetHeader(ctx, metadata.Pairs("x-request-id", rid))
 	ci := &callInfo{status: 200}
 	ctx = context.WithValue(ctx, callInfoKey{}, ci)
+	authenticated, _ := ctx.Value(admittedKey{}).(bool)
+	ctx, span := s.startSpan(ctx, md, in.FullMethod, authenticated)
 	defer func() {
 		if p := recover(); p != nil {
 			s.cfg.Metrics.Panics.Inc()
@@ -227,8 +237,8 @@ func (s *Server) observe(ctx context.Context, req any, in *grpc.UnaryServerInfo,
 		}
 		took := time.Since(start)
 		code := status.Code(err)
-		s.cfg.Set.GetOrCreateCounter(fmt.Sprintf(`inference_grpc_requests_total{method=%q,code=%q}`, in.FullMethod, code)).Inc()
-		s.cfg.Set.GetOrCreatePrometheusHistogram(fmt.Sprintf(`inference_grpc_latency_seconds{method=%q}`, in.FullMethod)).Update(took.Seconds())
+		s.count(in.FullMethod, code, took)
+		endSpan(span, code, rid, ci)
 		if ci.done != nil {
 			ci.done(ci.status, took)
 		}
@@ -239,8 +249,12 @@ func (s *Server) observe(ctx context.Context, req any, in *grpc.UnaryServerInfo,
 		if p, ok := peer.FromContext(ctx); ok {
 			remote = p.Addr.String()
 		}
-		s.cfg.Log.Info("request", "protocol", "grpc", "request_id", rid, "method", in.FullMethod, "code", code.String(),
-			"latency_ms", float64(took.Microseconds())/1000, "model_version", ci.version, "key_id", ci.keyID, "remote", remote)
+		args := []any{"protocol", "grpc", "request_id", rid, "method", in.FullMethod, "code", code.String(),
+			"latency_ms", float64(took.Microseconds()) / 1000, "model_version", ci.version, "key_id", ci.keyID, "remote", remote}
+		if sc := span.SpanContext(); sc.IsValid() {
+			args = append(args, "trace_id", sc.TraceID().String(), "span_id", sc.SpanID().String(), "trace_sampled", sc.IsSampled())
+		}
+		s.cfg.Log.Info("request", args...)
 	}()
 	if scope, ok := methodScopes[in.FullMethod]; ok {
 		if err := s.authorize(ctx, ci, []auth.Scope{scope}); err != nil {
@@ -254,9 +268,52 @@ func (s *Server) observe(ctx context.Context, req any, in *grpc.UnaryServerInfo,
 func (s *Server) observeStream(srv any, ss grpc.ServerStream, in *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	err := handler(srv, ss)
-	s.cfg.Set.GetOrCreateCounter(fmt.Sprintf(`inference_grpc_requests_total{method=%q,code=%q}`, in.FullMethod, status.Code(err))).Inc()
-	s.cfg.Set.GetOrCreatePrometheusHistogram(fmt.Sprintf(`inference_grpc_latency_seconds{method=%q}`, in.FullMethod)).Update(time.Since(start).Seconds())
+	s.count(in.FullMethod, status.Code(err), time.Since(start))
 	return err
+}
+
+// count counts a call in inference_grpc_requests_total and
+// inference_grpc_latency_seconds.
+func (s *Server) count(method string, code codes.Code, took time.Duration) {
+	s.cfg.Set.GetOrCreateCounter(fmt.Sprintf(`inference_grpc_requests_total{method=%q,code=%q}`, method, code)).Inc()
+	s.cfg.Set.GetOrCreatePrometheusHistogram(fmt.Sprintf(`inference_grpc_latency_seconds{method=%q}`, method)).Update(took.Seconds())
+}
+
+// admittedKey marks the context of a call whose API key admit accepted.
+type admittedKey struct{}
+
+// admit runs when a call's headers arrive, before its message is read
+// (grpc.InTapHandle; on the connection's reader goroutine, so it only
+// looks up the key): a call to a method that needs an API key (ModelInfer
+// and those of methodScopes) is refused as its handler would refuse it
+// (UNAUTHENTICATED, PERMISSION_DENIED, or RESOURCE_EXHAUSTED with retry
+// info when the key's rate limiter is empty), so that a client without a
+// valid key cannot make the proxy buffer a message of up to
+// MaxMessageBytes. It takes no token: the handler does (authorize), once
+// it knows the call's images and version.
+func (s *Server) admit(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if s.cfg.Auth == nil {
+		return ctx, nil
+	}
+	scope, ok := methodScopes[info.FullMethodName]
+	if info.FullMethodName == pb.GRPCInferenceService_ModelInfer_FullMethodName {
+		scope, ok = auth.Predict, true
+	}
+	if !ok {
+		return ctx, nil
+	}
+	d := s.cfg.Auth.CheckAll([]byte(first(info.Header, "authorization")), []byte(first(info.Header, "x-api-key")), []auth.Scope{scope}, false)
+	if d.Allowed() {
+		return context.WithValue(ctx, admittedKey{}, true), nil
+	}
+	// No stream exists yet: the retry-after trailer cannot be set, but
+	// the status keeps its RetryInfo detail.
+	err := s.authError(ctx, &callInfo{}, d)
+	code := status.Code(err)
+	s.count(info.FullMethodName, code, 0)
+	s.cfg.Log.Info("request", "protocol", "grpc", "method", info.FullMethodName, "code", code.String(),
+		"key_id", d.KeyID, "refused", "before its message was read")
+	return nil, err
 }
 
 func first(md metadata.MD, key string) string {

@@ -232,6 +232,10 @@ type Result struct {
 	BatchSize int
 	QueueWait time.Duration
 	Exec      time.Duration // the batch's execution time in the runtime
+	// Transfer is the rest of the batch's call to the runtime: its tensors
+	// over the socket, the runtime's checks and tensor set-up, and the
+	// scores back (the call's round trip less Exec).
+	Transfer time.Duration
 	// BatchSpan is the span of the batch that ran the item, for the
 	// request's queue span to link to; invalid when no member was sampled.
 	BatchSpan trace.SpanContext
@@ -310,7 +314,9 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 		for _, i := range chunk {
 			in = append(in, items[i].Tensor...)
 		}
+		sent := time.Now()
 		res, err := c.RunTraced(bctx, len(chunk), in, wiretrace.ToWire(bsc))
+		roundTrip := time.Since(sent)
 		capped := errors.Is(context.Cause(bctx), errBatchTimeout)
 		expired := bctx.Err() != nil // before cancel, which ends bctx anyway
 		cancel()
@@ -355,6 +361,7 @@ func (r *Runner) RunBatch(ctx context.Context, items []*Item, results []batching
 				BatchSize: len(chunk),
 				QueueWait: start.Sub(items[i].Submitted),
 				Exec:      exec,
+				Transfer:  max(roundTrip-exec, 0),
 				BatchSpan: bsc,
 			}
 		}

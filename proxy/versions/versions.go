@@ -24,6 +24,7 @@ import (
 	"github.com/batchgate/batchgate/proxy/budget"
 	"github.com/batchgate/batchgate/proxy/classify"
 	"github.com/batchgate/batchgate/proxy/httpapi"
+	"github.com/batchgate/batchgate/proxy/modelstats"
 	"github.com/batchgate/batchgate/proxy/routing"
 	"github.com/batchgate/batchgate/proxy/rtconn"
 	"github.com/batchgate/batchgate/proxy/stats"
@@ -118,6 +119,9 @@ type version struct {
 	batcher *batching.Batcher[*rtconn.Item, *rtconn.Result]
 	metrics *stats.Version     // nil for routing.Single's: the unlabelled series count it
 	cancel  context.CancelFunc // stops the Conn
+	// stats is the version's statistics extension (GET .../stats,
+	// ModelStatistics): its Done, its classifier and its runner record.
+	stats modelstats.Recorder
 
 	window     atomic.Pointer[routing.Window] // nil: no rollback limits
 	rolledBack atomic.Bool
@@ -244,7 +248,7 @@ func (r *Router) startVersion(model string, vs routing.Version) *version {
 	bc.Observer = r.m
 	if model == "" { // routing.Single's: no series nor log attributes of its own
 		v.conn = rtconn.New(rc, r.log)
-		v.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(v.conn, r.m), bc)
+		v.batcher = batching.New[*rtconn.Item, *rtconn.Result](v.statsRunner(rtconn.NewRunner(v.conn, r.m)), bc)
 		r.runConn(v)
 		return v
 	}
@@ -262,7 +266,7 @@ func (r *Router) startVersion(model string, vs routing.Version) *version {
 	})
 	v.conn = rtconn.New(rc, r.log.With("version", vs.Name))
 	bc.Observer = v.metrics
-	v.batcher = batching.New[*rtconn.Item, *rtconn.Result](rtconn.NewRunner(v.conn, r.m), bc)
+	v.batcher = batching.New[*rtconn.Item, *rtconn.Result](v.statsRunner(rtconn.NewRunner(v.conn, r.m)), bc)
 	r.runConn(v)
 	r.log.Info("version started", "model", model, "version", vs.Name, "socket", vs.Socket, "weight", vs.Weight)
 	return v
@@ -544,12 +548,13 @@ func (r *Router) Route(name, ver string, keys httpapi.RouteKeys) (*httpapi.Route
 		var once sync.Once
 		return &httpapi.Routed{
 			Version:    name,
-			Classifier: versionClassifier{r.svc, target},
+			Classifier: versionClassifier{r.svc, target, &v.stats},
 			Done: func(status int, took time.Duration) {
 				once.Do(func() {
 					if v.metrics != nil {
 						v.metrics.Request(status, took)
 					}
+					v.stats.Request(status >= 200 && status < 300, took, time.Now())
 					v.release()
 				})
 			},
@@ -642,7 +647,8 @@ func (v *version) infer(ctx context.Context, tensor []float32, modelSHA string, 
 	if err != nil {
 		return nil, err
 	}
-	return &classify.Inference{Scores: res.Scores, BatchSize: res.BatchSize, QueueWait: res.QueueWait, Exec: res.Exec}, nil
+	v.stats.Computed(res.QueueWait, res.Exec, res.Transfer)
+	return &classify.Inference{Scores: res.Scores, BatchSize: res.BatchSize, QueueWait: res.QueueWait, Exec: res.Exec, Transfer: res.Transfer}, nil
 }
 
 // observe feeds the rollback window with a request's time in the version
@@ -773,10 +779,12 @@ func (r *Router) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// versionClassifier is httpapi's Classifier for one routed request.
+// versionClassifier is httpapi's Classifier for one routed request. It
+// counts its outcomes in its version's statistics.
 type versionClassifier struct {
-	svc *classify.Service
-	t   classify.Target
+	svc   *classify.Service
+	t     classify.Target
+	stats *modelstats.Recorder
 }
 
 func (c versionClassifier) Model() (wire.Info, bool) {
@@ -790,11 +798,20 @@ func (c versionClassifier) LastModel() (wire.Info, bool) {
 }
 
 func (c versionClassifier) Classify(ctx context.Context, data []byte, lease *budget.Lease, noCache bool) (*classify.Outcome, error) {
-	return c.svc.ClassifyOn(ctx, c.t, data, lease, noCache)
+	start := time.Now()
+	out, err := c.svc.ClassifyOn(ctx, c.t, data, lease, noCache)
+	if err == nil {
+		recordOutcome(c.stats, out, !noCache, time.Since(start))
+	}
+	return out, err
 }
 
 func (c versionClassifier) InferTensor(ctx context.Context, tensor []float32) (*classify.Outcome, error) {
-	return c.svc.InferTensorOn(ctx, c.t, tensor)
+	out, err := c.svc.InferTensorOn(ctx, c.t, tensor)
+	if err == nil {
+		recordOutcome(c.stats, out, false, 0)
+	}
+	return out, err
 }
 
 // Run polls the routing file, if there is one, and applies each valid new
