@@ -250,16 +250,20 @@ func chaosStudy(args []string) (func() error, error) {
 func preprocessStudy(args []string) (func() error, error) {
 	fs := flag.NewFlagSet("perf -preprocess", flag.ContinueOnError)
 	var c preprocess.Config
-	fs.IntVar(&c.Runs, "runs", 30, "timed runs per image and pipeline (median)")
+	fs.IntVar(&c.Rounds, "rounds", 7, "rounds of the speed comparison; each times every image through every pipeline once")
+	fs.IntVar(&c.Runs, "runs", 5, "timed runs per image, pipeline and round (their median is the round's)")
 	fs.IntVar(&c.Extra, "extra", 40, "extra crops of the 12 MP photo in the parity set")
 	fs.StringVar(&c.Model, "model", "", "ONNX model for the top-k agreement (default: `runtime fetch-model`'s)")
 	fs.StringVar(&c.OutDir, "out", "perf/results", "parent folder of the results folder")
 	speed := fs.Bool("speed", true, "time the pipelines (false: parity only)")
-	timeOnly := fs.Bool("time-only", false, "print this build's median ms for the files given as arguments and exit")
+	serve := fs.Bool("time-serve", false, "answer timing requests on stdin (\"RUNS PATH\" lines) with this build's median ms; what the comparison starts")
 	err := parse(fs, args)
 	c.NoSpeed = !*speed
-	if *timeOnly {
-		return func() error { return preprocess.TimeFiles(fs.Args(), c.Runs) }, err
+	if *serve {
+		return func() error { return preprocess.ServeTimes(os.Stdin, os.Stdout) }, err
+	}
+	if err == nil && (c.Rounds < 1 || c.Runs < 1) {
+		err = usagef("-rounds and -runs must be positive")
 	}
 	return func() error { return preprocess.Run(context.Background(), c) }, err
 }

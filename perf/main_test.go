@@ -44,7 +44,12 @@ func TestDocumentedCommandLines(t *testing.T) {
 		"-preprocess",
 		"-preprocess -runs 30 -extra 170",
 		"-preprocess -model resnet50-v1-12.onnx",
-		"-preprocess -time-only a.jpg b.jpg",
+		"-preprocess -rounds 3 -runs 9",
+		"-preprocess -time-serve",
+		"-latency",
+		"-latency -requests 50 -warmup 0",
+		"-protocols",
+		"-protocols -rounds 3 -clients 4 -duration 5s",
 		"-tracing",
 		"-tracing -rounds 5",
 	} {
@@ -53,13 +58,14 @@ func TestDocumentedCommandLines(t *testing.T) {
 			t.Errorf("perf %s: %v", line, err)
 		}
 	}
-	for _, line := range []string{"-h", "-autoscale-sim -h", "-chaos -h", "-adversarial -h", "-preprocess -h", "-tracing -h"} {
+	for _, line := range []string{"-h", "-autoscale-sim -h", "-chaos -h", "-adversarial -h", "-preprocess -h", "-tracing -h", "-latency -h", "-protocols -h"} {
 		s, args := study(strings.Fields(line))
 		if _, err := s(args); !errors.Is(err, flag.ErrHelp) {
 			t.Errorf("perf %s: %v, want flag.ErrHelp", line, err)
 		}
 	}
-	for _, line := range []string{"-windows 2x", "-image-sizes huge", "-autoscale-sim -lb x", "-chaos -model big", "-tracing -ratios 2"} {
+	for _, line := range []string{"-windows 2x", "-image-sizes huge", "-autoscale-sim -lb x", "-chaos -model big", "-tracing -ratios 2",
+		"-preprocess -rounds 0", "-latency -requests 0", "-protocols -clients 0"} {
 		s, args := study(strings.Fields(line))
 		var usage usageError
 		if _, err := s(args); !errors.As(err, &usage) {

@@ -10,6 +10,10 @@ torch is not installable here; numpy does ToTensor and Normalize in float32, as 
   pil_reference.py time N IMAGE...            median ms over N runs per IMAGE of the whole pipeline (decode,
                                               convert, resize, crop, ToTensor, Normalize), without and with
                                               draft(); one line "time NAME EXACT_MS DRAFT_MS" per image
+  pil_reference.py serve                      times on request, for perf -preprocess's interleaved comparison:
+                                              each stdin line "RUNS DRAFT PATH" (DRAFT 0 or 1) is answered
+                                              "ms MEDIAN" over RUNS runs after one unmeasured
+  pil_reference.py versions                   one line: the Python, PIL, numpy, libjpeg-turbo, zlib and libwebp versions
   pil_reference.py make-images DIR SEED       writes the varied test set (sizes, progressive, gray, CMYK,
                                               EXIF orientation, 12 MP with noise) from proxy/testdata/grace_hopper.jpg
   pil_reference.py variants IMAGE DIR         writes the small PNG/GIF/WebP test images
@@ -113,7 +117,9 @@ def make_images(d, seed):
     save("wide_2048x512.jpg", sized(2048, 512, 4), quality=90)
     save("tall_600x1800.jpg", sized(600, 1800, 4), quality=90)
     save("png_640x480.png", sized(640, 480, 3))
+    save("png_1600x1200.png", sized(1600, 1200, 3))
     save("webp_1920x1440.webp", sized(1920, 1440, 4), quality=80)
+    save("webp_1600x1200.webp", sized(1600, 1200, 4), quality=80)
     # Crops of the 12 MP photo at other framings: more large images.
     big = sized(4032, 3024, 6)
     for i in range(int(os.environ.get("PARITY_EXTRA", "8"))):
@@ -146,6 +152,21 @@ if __name__ == "__main__":
             exact = median_ms(lambda: pipeline(data), n)
             draft = median_ms(lambda: pipeline(data, True), n)
             print("time %s %.3f %.3f" % (os.path.basename(path), exact, draft), flush=True)
+    elif cmd == "serve":
+        cache = {}
+        for line in sys.stdin:
+            runs, draft, path = line.rstrip("\n").split(" ", 2)
+            if path not in cache:
+                cache[path] = open(path, "rb").read()
+            data, draft = cache[path], draft == "1"
+            pipeline(data, draft)  # unmeasured
+            print("ms %.3f" % median_ms(lambda: pipeline(data, draft), int(runs)), flush=True)
+    elif cmd == "versions":
+        from PIL import features
+        import PIL
+        print("python %s, PIL %s, numpy %s, libjpeg-turbo %s, zlib %s, libwebp %s" % (
+            sys.version.split()[0], PIL.__version__, np.__version__, features.version("libjpeg_turbo"),
+            features.version("zlib"), features.version("webp")))
     elif cmd == "accepts":
         for path in sys.argv[2:]:
             data = open(path, "rb").read()

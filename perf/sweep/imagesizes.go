@@ -136,8 +136,12 @@ func sizesMarkdown(rep *report) string {
 		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.1f | %.1f | %s | %s | %s | %s | %s |\n", p.Setting, p.Throughput, p.Throughput/sat[0].Throughput,
 			p.ProxyCPUms, p.RtCPUms, errorsText(p.Statuses), p50, inf, over, raw)
 	}
-	fmt.Fprintf(&b, "\nInference is what each answer's timings.inference_ms reports (the runtime's batch, socket included); "+
-		"raw is the raw benchmark at batch 1 (%.1f ms), measured minutes earlier. Goals: the largest size at least 0.9x "+
-		"the first's throughput; at one client, the proxy adds at most 5 ms to raw inference on the first size.\n", 1000/max(raw1, 1e-9))
+	rawText := "not measured: the batch sizes swept did not include 1"
+	if raw1 > 0 {
+		rawText = fmt.Sprintf("%.1f ms, measured minutes earlier", 1000/raw1)
+	}
+	fmt.Fprintf(&b, "\nInference is what each answer's timings.inference_ms reports (the model's execution of its batch); "+
+		"raw is the raw benchmark at batch 1 (%s). Goals: the largest size at least 0.9x "+
+		"the first's throughput; at one client, the proxy adds at most 5 ms to raw inference on the first size.\n", rawText)
 	return b.String()
 }

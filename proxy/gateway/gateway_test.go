@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"image"
+	"image/jpeg"
 	"image/png"
 	"io"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"mime/multipart"
 	"net"
 	"net/http"
@@ -499,12 +501,17 @@ func TestDecodeOverload(t *testing.T) {
 	// A roomy batch queue and a decode queue of 2, no bound per client:
 	// what rejects must be the decode limit.
 	cfg.Batch.QueueCapacity, cfg.DecodeQueue, cfg.ImagesPerClient = 64, 2, -1
-	// Full-size decodes (tens of ms, not a few): 24 requests at once always
-	// find the two places taken, even when the race detector slows the
-	// clients more than the decodes.
+	// 24 uploads of 3 MB from one address: no bound on its uploads at
+	// once or its share of the upload memory either.
+	cfg.UploadsPerClient, cfg.UploadMemoryPerClient = -1, -1
+	// Full-size decodes of a 3 MP photo of noise (tens of ms each, not
+	// a few): 24 requests at once always find the two places taken,
+	// with or without the race detector slowing the clients. (The
+	// committed 512x600 photo decoded too fast without it: all 24 passed
+	// one at a time often enough to fail the test.)
 	cfg.FullSizeJPEG = true
 	tp := startProxy(t, cfg)
-	big := testenv.Image(t, "grace_hopper.jpg")
+	big := noiseJPEG(t, 2000, 1500)
 	const n = 24
 	statuses := make([]int, n)
 	var wg sync.WaitGroup
@@ -531,7 +538,8 @@ func TestDecodeOverload(t *testing.T) {
 	decode := metricValue(t, tp.metricsURL, `inference_rejections_total{reason="decode_queue_full"}`)
 	batch := metricValue(t, tp.metricsURL, `inference_rejections_total{reason="queue_full"}`)
 	if decode != float64(count[429]) || batch != 0 {
-		t.Errorf("rejections: %v decode_queue_full, %v queue_full; want all %d from the decode queue", decode, batch, count[429])
+		t.Errorf("rejections: %v decode_queue_full, %v queue_full; want all %d from the decode queue (all reasons: %v)", decode, batch, count[429],
+			metricValue(t, tp.metricsURL, "inference_rejections_total"))
 	}
 }
 
@@ -916,4 +924,20 @@ func TestCacheHitsAddNoDemand(t *testing.T) {
 	if w := metricValue(t, tp.metricsURL, "inference_expected_wait_seconds"); w != 0 {
 		t.Errorf("inference_expected_wait_seconds %v when idle, want 0", w)
 	}
+}
+
+// noiseJPEG is a w x h JPEG of random pixels: as slow to decode as a photo
+// of its size can be.
+func noiseJPEG(t *testing.T, w, h int) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	rng := rand.New(rand.NewPCG(uint64(w), uint64(h)))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(rng.Uint32())
+	}
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: 90}); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }

@@ -422,25 +422,7 @@ func TestGRPCDrain(t *testing.T) {
 // UNAUTHENTICATED, a key without the method's scope PERMISSION_DENIED;
 // liveness and health need none.
 func TestGRPCAuth(t *testing.T) {
-	keys := map[string]string{}
-	file := "keys:\n"
-	for id, scopes := range map[string][]auth.Scope{"infer": {auth.Predict}, "meta": {auth.Metadata}} {
-		key, sum, err := auth.GenerateKey(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys[id] = key
-		file += auth.Key{ID: id, SHA256: sum, Scopes: scopes}.Entry()
-	}
-	parsed, err := auth.Parse([]byte(file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
-	cfg := testConfig(rt.socket)
-	cfg.Auth = parsed
-	tp := startProxy(t, cfg)
-	conn := serveGRPC(t, tp)
+	keys, _, conn := keyedGRPC(t, map[string][]auth.Scope{"infer": {auth.Predict}, "meta": {auth.Metadata}})
 	client := pb.NewGRPCInferenceServiceClient(conn)
 	bg, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -476,4 +458,30 @@ func TestGRPCAuth(t *testing.T) {
 	if h, err := healthgrpc.NewHealthClient(conn).Check(bg, &healthgrpc.HealthCheckRequest{}); err != nil || h.Status != healthgrpc.HealthCheckResponse_SERVING {
 		t.Errorf("health without a key: %v, %v", h, err)
 	}
+}
+
+// keyedGRPC starts a runtime on the tiny model and a proxy serving gRPC
+// that requires API keys: one key per id, with its scopes. It returns the
+// keys by id, the proxy and a client connection.
+func keyedGRPC(t *testing.T, scopes map[string][]auth.Scope) (map[string]string, *testProxy, *grpc.ClientConn) {
+	t.Helper()
+	keys := map[string]string{}
+	file := "keys:\n"
+	for id, sc := range scopes {
+		key, sum, err := auth.GenerateKey(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[id] = key
+		file += auth.Key{ID: id, SHA256: sum, Scopes: sc}.Entry()
+	}
+	parsed, err := auth.Parse([]byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
+	cfg := testConfig(rt.socket)
+	cfg.Auth = parsed
+	tp := startProxy(t, cfg)
+	return keys, tp, serveGRPC(t, tp)
 }

@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"os"
 	"sync"
@@ -87,7 +86,11 @@ type Server struct {
 	log   *slog.Logger
 	ready atomic.Bool
 
-	jobs     chan job
+	jobs chan job
+	// images pools the buffers batches are decoded into (*[]float32): a
+	// batch of the largest size is 602 KB per image, too much to allocate
+	// (and fault in) for each.
+	images   sync.Pool
 	quit     chan struct{} // closed by Shutdown, under mu
 	quitOnce sync.Once
 	exec     chan struct{} // closed when the executor exits
@@ -116,6 +119,9 @@ type Server struct {
 type job struct {
 	c     *conn
 	batch wire.Batch
+	// images is batch.Images' buffer, from Server.images: whoever ends
+	// the job (run, rejectQueued) puts it back.
+	images *[]float32
 }
 
 // conn is one client connection.
@@ -170,6 +176,7 @@ func New(model Model, cfg Config) *Server {
 		refusing:   make(chan struct{}, cfg.MaxConnections),
 		selfUID:    uint32(os.Geteuid()),
 	}
+	s.images.New = func() any { return new([]float32) }
 	s.lastFinish.Store(time.Now().UnixNano())
 	go s.executor()
 	return s
@@ -364,16 +371,21 @@ func (s *Server) handle(c *conn) {
 			}
 			c.write(func(b []byte) []byte { return wire.AppendStats(b, id, s.Stats()) })
 		case wire.TypeBatch:
-			batch, code, err := wire.ParseBatch(body, size, maxN)
+			images := s.images.Get().(*[]float32)
+			batch, code, err := wire.ParseBatchInto(body, size, maxN, *images)
+			*images = batch.Images[:0]
 			switch {
 			case err != nil:
+				s.images.Put(images)
 				s.replyError(c, batch.ID, code, err.Error())
 			case !s.ready.Load():
+				s.images.Put(images)
 				s.replyError(c, batch.ID, wire.CodeNotReady, "runtime is warming up")
 			default:
 				select {
-				case s.jobs <- job{c: c, batch: batch}:
+				case s.jobs <- job{c: c, batch: batch, images: images}:
 				case <-s.quit:
+					s.images.Put(images)
 					s.replyError(c, batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
 				}
 			}
@@ -415,6 +427,7 @@ func (s *Server) rejectQueued() {
 	for {
 		select {
 		case j := <-s.jobs:
+			s.images.Put(j.images)
 			s.replyError(j.c, j.batch.ID, wire.CodeShuttingDown, "runtime is shutting down")
 		default:
 			return
@@ -424,12 +437,13 @@ func (s *Server) rejectQueued() {
 
 // run executes one batch, leaving out items with non-finite values.
 func (s *Server) run(j job) {
+	defer s.images.Put(j.images)
 	size, classes := s.cfg.Info.ImageSize(), s.cfg.Info.Classes
 	b := j.batch
 	res := &wire.Result{ID: b.ID, Classes: classes, Scores: make([]float32, b.N*classes), Errors: make([]string, b.N)}
 	valid := make([]int, 0, b.N)
 	for i := range b.N {
-		if finite(b.Images[i*size : (i+1)*size]) {
+		if wire.Finite(b.Images[i*size : (i+1)*size]) {
 			valid = append(valid, i)
 		} else {
 			res.Errors[i] = "input holds NaN or infinite values"
@@ -493,15 +507,6 @@ func (s *Server) traceRun(b wire.Batch, n int, start, end time.Time, err error) 
 
 // tracer names the runtime's spans' instrumentation scope.
 var tracer = otel.Tracer("github.com/batchgate/batchgate/runtime/server")
-
-func finite(xs []float32) bool {
-	for _, x := range xs {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return false
-		}
-	}
-	return true
-}
 
 // Warmup runs one batch of every size from 1 to the max batch size, so that
 // no client pays for a first run, and returns how long that took. It stops

@@ -288,6 +288,12 @@ type Batch struct {
 // maxN images. On error it still returns the id when the body holds one, so
 // the error can be sent back for the right batch.
 func ParseBatch(body []byte, imageSize, maxN int) (Batch, uint16, error) {
+	return ParseBatchInto(body, imageSize, maxN, nil)
+}
+
+// ParseBatchInto is ParseBatch with the images decoded into buf when it
+// has room for them (a buffer the caller reuses), else into a new slice.
+func ParseBatchInto(body []byte, imageSize, maxN int, buf []float32) (Batch, uint16, error) {
 	if len(body) < 12 {
 		return Batch{}, CodeBadRequest, fmt.Errorf("batch: header needs 12 bytes, got %d", len(body))
 	}
@@ -314,10 +320,12 @@ func ParseBatch(body []byte, imageSize, maxN int) (Batch, uint16, error) {
 		}
 		data = data[:b.N*imageSize*4]
 	}
-	b.Images = make([]float32, b.N*imageSize)
-	for i := range b.Images {
-		b.Images[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+	if n := b.N * imageSize; cap(buf) >= n {
+		b.Images = buf[:n]
+	} else {
+		b.Images = make([]float32, n)
 	}
+	readFloats(b.Images, data)
 	return b, 0, nil
 }
 
@@ -440,14 +448,6 @@ func ParseError(body []byte) (*Error, error) {
 		return nil, fmt.Errorf("error: header needs 10 bytes, got %d", len(body))
 	}
 	return &Error{ID: binary.BigEndian.Uint64(body), Code: binary.BigEndian.Uint16(body[8:]), Message: string(body[10:])}, nil
-}
-
-func appendFloats(b []byte, fs []float32) []byte {
-	b = grow(b, 4*len(fs))
-	for _, f := range fs {
-		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(f))
-	}
-	return b
 }
 
 func grow(b []byte, n int) []byte {

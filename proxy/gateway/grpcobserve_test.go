@@ -92,19 +92,8 @@ func containsLine(log string, parts ...string) bool {
 // the headers, the server waits for the message and the call runs into
 // its deadline.
 func TestGRPCRefusedBeforeMessage(t *testing.T) {
-	key, sum, err := auth.GenerateKey("meta")
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := auth.Parse([]byte("keys:\n" + auth.Key{ID: "meta", SHA256: sum, Scopes: []auth.Scope{auth.Metadata}}.Entry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := startRuntime(t, testenv.TinyModel(t), 8, "")
-	cfg := testConfig(rt.socket)
-	cfg.Auth = parsed
-	tp := startProxy(t, cfg)
-	conn := serveGRPC(t, tp)
+	keys, tp, conn := keyedGRPC(t, map[string][]auth.Scope{"meta": {auth.Metadata}})
+	key := keys["meta"]
 	for _, tc := range []struct {
 		name string
 		md   []string
@@ -130,5 +119,22 @@ func TestGRPCRefusedBeforeMessage(t *testing.T) {
 	}
 	if got := metricValue(t, tp.metricsURL, `inference_grpc_requests_total{method="/inference.GRPCInferenceService/ModelInfer",code="Unauthenticated"}`); got != 2 {
 		t.Errorf("Unauthenticated ModelInfer calls counted: %v, want 2", got)
+	}
+}
+
+// TestGRPCUnimplemented: the RPCs of Triton's service that the proxy does
+// not serve (streaming inference, model configuration, repository control)
+// answer UNIMPLEMENTED, and the proxy keeps serving.
+func TestGRPCUnimplemented(t *testing.T) {
+	tp, client, ctx := tinyGRPC(t)
+	conn := serveGRPC(t, tp)
+	for _, method := range []string{"ModelStreamInfer", "ModelConfig", "RepositoryModelLoad", "RepositoryModelUnload"} {
+		err := conn.Invoke(ctx, "/inference.GRPCInferenceService/"+method, &pb.ServerLiveRequest{}, new(pb.ServerLiveResponse))
+		if status.Code(err) != codes.Unimplemented {
+			t.Errorf("%s: %v, want Unimplemented", method, err)
+		}
+	}
+	if r, err := client.ServerLive(ctx, &pb.ServerLiveRequest{}); err != nil || !r.Live {
+		t.Errorf("ServerLive after the unimplemented calls: %v, %v", r, err)
 	}
 }
