@@ -51,20 +51,17 @@ func settingName(r float64) string {
 }
 
 func runTracing(ctx context.Context, settings []float64, rounds int, d, sd time.Duration, clients int, model string) error {
-	root, err := harness.RepoRoot()
+	b, err := harness.Build(model)
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "batchgate-perf-tracing-")
+	defer b.Close()
+	dir, err := os.MkdirTemp("", "batchgate-perf-tracing-") // Jaeger's storage
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bins, err := harness.BuildBinaries(root, dir)
-	if err != nil {
-		return err
-	}
-	bin, err := jaegertest.Binary(root)
+	bin, err := jaegertest.Binary(b.Root)
 	if err != nil {
 		return err
 	}
@@ -73,13 +70,7 @@ func runTracing(ctx context.Context, settings []float64, rounds int, d, sd time.
 		return fmt.Errorf("cannot start jaeger: %w", err)
 	}
 	defer stopJaeger()
-	ortLib := harness.ORTLibrary(root)
-	if model == "" {
-		if model, err = bins.DefaultModel(root); err != nil {
-			return err
-		}
-	}
-	pool, _, err := harness.ImagePool(filepath.Join(root, "proxy/testdata/grace_hopper.jpg"), 16, 1)
+	pool, _, err := harness.ImagePool(filepath.Join(b.Root, "proxy/testdata/grace_hopper.jpg"), 16, 1)
 	if err != nil {
 		return err
 	}
@@ -88,13 +79,12 @@ func runTracing(ctx context.Context, settings []float64, rounds int, d, sd time.
 	sat := map[float64][]float64{}
 	for round := 1; round <= rounds; round++ {
 		for _, r := range settings {
-			cfg := harness.StackConfig{Model: model, ORTLibrary: ortLib, ORTCache: filepath.Join(root, ".deps/ort-cache"),
-				MaxBatch: maxBatch, Window: 2 * time.Millisecond, CacheEntries: 10000}
+			cfg := harness.StackConfig{MaxBatch: maxBatch, Window: 2 * time.Millisecond, CacheEntries: 10000}
 			if r >= 0 {
 				cfg.Env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + j.OTLPEndpoint(),
 					"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=" + strconv.FormatFloat(r, 'g', -1, 64)}
 			}
-			s, err := harness.StartStack(bins, cfg)
+			s, err := b.Stack(cfg)
 			if err != nil {
 				return err
 			}

@@ -373,7 +373,9 @@ func (s *Server) handle(c *conn) {
 		case wire.TypeBatch:
 			images := s.images.Get().(*[]float32)
 			batch, code, err := wire.ParseBatchInto(body, size, maxN, *images)
-			*images = batch.Images[:0]
+			if batch.Images != nil { // a refused frame leaves the buffer as it was
+				*images = batch.Images[:0]
+			}
 			switch {
 			case err != nil:
 				s.images.Put(images)
