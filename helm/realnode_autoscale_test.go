@@ -1,9 +1,9 @@
 package helm_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -44,7 +44,9 @@ proxy:
 // pods become Ready and serve a share of the requests; the Deployment
 // shrinks once the load stops. No request fails but 429s with Retry-After.
 // The replicas and each pod's requests over time are written as a CSV and
-// an SVG plot to the folder the test logs.
+// an SVG plot to the folder the test logs. A second release of the same
+// chart and triggers, in a namespace of its own and without load, stays at
+// one replica throughout: each release scales on its own pods' metrics.
 func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values string) {
 	const ns, release = "scaling", "as"
 	deploy := release + "-batchgate"
@@ -63,27 +65,42 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	defer runHelm("uninstall", release, "-n", ns, "--wait", "--timeout", "120s")
 	rec := rnRecordScaling(t, n, ns, release)
 	defer rec.stop()
-	if out, err := n.Kubectl("rollout", "status", "-n", ns, "deploy/"+deploy, "--timeout=240s"); err != nil {
-		t.Fatalf("rollout: %v\n%s", err, out)
+	// The idle release: small CPU requests, so that it schedules beside
+	// three replicas of the loaded one on 2 cores.
+	n.KubectlT(t, "create", "namespace", rnIdleNamespace)
+	iv := filepath.Join(t.TempDir(), "idle.yaml")
+	if err := os.WriteFile(iv, []byte("proxy: {resources: {requests: {cpu: 10m}}}\nruntime: {resources: {requests: {cpu: 50m}}}\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	l.waitFor("the ScaledObject Ready, its HPA created", 120*time.Second, func() (bool, string) {
-		out, err := n.Kubectl("get", "scaledobject", "-n", ns, deploy, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.hpaName}`)
-		return err == nil && strings.HasPrefix(string(out), "True keda-hpa-"), string(out)
-	})
+	runHelm("install", rnIdleRelease, chartDir(t), "-n", rnIdleNamespace, "-f", values, "-f", av, "-f", iv)
+	defer runHelm("uninstall", rnIdleRelease, "-n", rnIdleNamespace, "--wait", "--timeout", "120s")
+	idle := rnRecordScaling(t, n, rnIdleNamespace, rnIdleRelease)
+	defer idle.stop()
+	for _, r := range []struct {
+		ns, deploy string
+		rec        *rnScaling
+	}{{ns, deploy, rec}, {rnIdleNamespace, rnIdleRelease + "-batchgate", idle}} {
+		if out, err := n.Kubectl("rollout", "status", "-n", r.ns, "deploy/"+r.deploy, "--timeout=240s"); err != nil {
+			t.Fatalf("rollout of %s/%s: %v\n%s", r.ns, r.deploy, err, out)
+		}
+		l.waitFor("the ScaledObject Ready, its HPA created in "+r.ns, 120*time.Second, func() (bool, string) {
+			out, err := n.Kubectl("get", "scaledobject", "-n", r.ns, r.deploy, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.hpaName}`)
+			return err == nil && strings.HasPrefix(string(out), "True keda-hpa-"), string(out)
+		})
+		// Until the first pod exports its series (after the runtime's
+		// warm-up, then two scrapes), the queries have no value, which
+		// KEDA counts as failures: past keda.fallback.failureThreshold
+		// polls the fallback (2 replicas) applies
+		// (docs/autoscaling-tests.md). Wait for the queries to work and the
+		// Deployment to be back at 1, so that growth comes from the load.
+		l.waitFor("the ScaledObject's queries working (no fallback) in "+r.ns, 180*time.Second, func() (bool, string) {
+			out, _ := n.Kubectl("get", "scaledobject", "-n", r.ns, r.deploy, "-o", `jsonpath={.status.conditions[?(@.type=="Fallback")].status}`)
+			last := r.rec.last()
+			return string(out) == "False" && last.replicas == 1 && len(last.ready) == 1, fmt.Sprintf("fallback %q, %s", out, last)
+		})
+		t.Logf("%s: between the install and the load, at most %d replicas (the fallback while the first pod had no series)", r.ns, r.rec.maxReplicas())
+	}
 	clusterIP := strings.TrimSpace(n.KubectlT(t, "get", "service", "-n", ns, deploy, "-o", "jsonpath={.spec.clusterIP}"))
-
-	// Until the first pod exports its series (after the runtime's warm-up,
-	// then two scrapes), the queries have no value, which KEDA counts as
-	// failures: past keda.fallback.failureThreshold polls the fallback (2
-	// replicas) applies (docs/autoscaling-tests.md). Wait for the queries
-	// to work and the Deployment to be back at 1, so that growth comes
-	// from the load.
-	l.waitFor("the ScaledObject's queries working (no fallback)", 180*time.Second, func() (bool, string) {
-		out, _ := n.Kubectl("get", "scaledobject", "-n", ns, deploy, "-o", `jsonpath={.status.conditions[?(@.type=="Fallback")].status}`)
-		r := rec.last()
-		return string(out) == "False" && r.replicas == 1 && len(r.ready) == 1, fmt.Sprintf("fallback %q, %s", out, r)
-	})
-	t.Logf("between the install and the load: at most %d replicas (the fallback while the first pod had no series)", rec.maxReplicas())
 	load := rnStartLoad(fmt.Sprintf("http://%s:9999/predict?top_k=1", clusterIP), 4, 100*time.Millisecond, 6000)
 	l0 := time.Now()
 	var grown time.Time
@@ -102,6 +119,16 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	// pods became Ready.
 	time.Sleep(20 * time.Second)
 	mid := rec.last()
+	// What each release's HPA sees now: the loaded one above its target,
+	// the idle one near 0 (its own pod has no load).
+	loadedM, idleM := rnHPAMetrics(t, n, ns), rnHPAMetrics(t, n, rnIdleNamespace)
+	t.Logf("HPA metrics under load: %s %v; %s %v (target 0.7 per replica)", ns, loadedM, rnIdleNamespace, idleM)
+	for _, v := range idleM {
+		if v > 0.35 {
+			t.Errorf("the idle release's HPA sees %v while only %s has load: its triggers count the other release's pods", idleM, ns)
+			break
+		}
+	}
 	time.Sleep(10 * time.Second)
 	end := rec.last()
 	res := load.stop()
@@ -132,6 +159,9 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 			t.Fatalf("still %s 150 s after the load stopped", rec.last())
 		}
 	}
+	if most := idle.maxReplicasSince(l0); most != 1 {
+		t.Errorf("the idle release in %s went to %d replicas while only %s had load: it scales on the other release's metric", rnIdleNamespace, most, ns)
+	}
 	dir, err := rec.write(l0)
 	if err != nil {
 		t.Error(err)
@@ -139,52 +169,95 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	t.Logf("replicas and per-pod requests over time: %s", dir)
 }
 
-// rnPrometheus starts Prometheus scraping the pods the chart annotates
-// (prometheus.io/scrape, port and path), labelled namespace and pod as the
-// chart's queries expect. Debian's Prometheus (2.42) is built without
-// Kubernetes discovery (kubernetes_sd_configs is refused), so a goroutine
-// plays it: every second it lists the node's pods from the API server and
-// writes those annotated, with the labels kubernetes_sd's usual relabelling
-// gives, to a file_sd file.
+// The release beside rnAutoscale's that gets no load.
+const rnIdleNamespace, rnIdleRelease = "scaling-idle", "idle"
+
+// rnHPAMetrics is the current value of each metric of the (one) HPA in ns,
+// per replica as the HPA compares it with its target.
+func rnHPAMetrics(t *testing.T, n *kubenode.Node, ns string) []float64 {
+	t.Helper()
+	out, err := n.Kubectl("get", "hpa", "-n", ns, "-o", "jsonpath={.items[0].status.currentMetrics[*].external.current.averageValue}")
+	if err != nil {
+		t.Errorf("HPA metrics in %s: %v\n%s", ns, err, out)
+		return nil
+	}
+	var vs []float64
+	for _, q := range strings.Fields(string(out)) {
+		v, err := rnQuantity(q)
+		if err != nil {
+			t.Errorf("HPA metric in %s: %v", ns, err)
+			continue
+		}
+		vs = append(vs, v)
+	}
+	if len(vs) == 0 {
+		t.Errorf("the HPA in %s has no current metric (%q)", ns, out)
+	}
+	return vs
+}
+
+// TestRNQuantity: the HPA's quantities as rnHPAMetrics reads them.
+func TestRNQuantity(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want float64
+	}{{"0", 0}, {"1400m", 1.4}, {"2", 2}, {"350u", 0.00035}, {"1k", 1000}} {
+		if got, err := rnQuantity(tc.in); err != nil || math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("rnQuantity(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := rnQuantity("1.4Gi"); err == nil {
+		t.Error("rnQuantity(1.4Gi): no error")
+	}
+}
+
+// rnQuantity parses a Kubernetes quantity as an HPA reports a metric:
+// a decimal with an optional n, u, m or k suffix.
+func rnQuantity(q string) (float64, error) {
+	scale := 1.0
+	for suffix, f := range map[string]float64{"n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3} {
+		if strings.HasSuffix(q, suffix) {
+			q, scale = strings.TrimSuffix(q, suffix), f
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(q, 64)
+	if err != nil {
+		return 0, fmt.Errorf("quantity %q: %w", q, err)
+	}
+	return v * scale, nil
+}
+
+// rnPrometheus starts Prometheus discovering the node's pods through the
+// API server (kubernetes_sd_configs, role pod, with the node's kubeconfig)
+// and scraping those the chart annotates (prometheus.io/scrape, port and
+// path), labelled namespace and pod as the chart's queries expect: the
+// relabelling of Prometheus's own Kubernetes example, which is what users
+// run. Debian's Prometheus (2.42, the other chart tests') is built without
+// Kubernetes discovery, so this is Prometheus built from its Go module
+// with it (scripts/install-tools.sh: prometheus-k8s).
 func rnPrometheus(t *testing.T, l *controlLoop, n *kubenode.Node) string {
 	dir := filepath.Join(l.dir, "prometheus")
 	os.MkdirAll(dir, 0o755)
-	targets := filepath.Join(dir, "targets.json")
-	if err := os.WriteFile(targets, []byte("[]"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	cfg := fmt.Sprintf(`global: {scrape_interval: 2s, evaluation_interval: 2s}
 scrape_configs:
   - job_name: pods
-    file_sd_configs: [{files: [%q], refresh_interval: 1s}]
-`, targets)
+    kubernetes_sd_configs: [{role: pod, kubeconfig_file: %q}]
+    relabel_configs:
+      - {source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape], action: keep, regex: "true"}
+      - {source_labels: [__meta_kubernetes_pod_phase], action: drop, regex: Pending|Succeeded|Failed}
+      - {source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path], action: replace, target_label: __metrics_path__, regex: (.+)}
+      - {source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port], action: replace,
+         regex: '([^:]+)(?::\d+)?;(\d+)', replacement: '$1:$2', target_label: __address__}
+      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
+      - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
+`, n.Kubeconfig)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // exits at the test's end
-		defer wg.Done()
-		for {
-			if out, err := n.Kubectl("get", "pods", "-A", "-o", "json"); err == nil {
-				if b, err := rnScrapeTargets(out); err == nil {
-					os.WriteFile(targets+".tmp", b, 0o644)
-					os.Rename(targets+".tmp", targets)
-				}
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(time.Second):
-			}
-		}
-	}()
-	t.Cleanup(func() { close(done); wg.Wait() })
-
 	port := testenv.FreePort(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	l.prom = l.start("prometheus", nil, l.bin("prometheus"), "--config.file="+filepath.Join(dir, "prometheus.yml"),
+	l.prom = l.start("prometheus", nil, l.bin("prometheus-k8s"), "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port))
 	l.waitFor("Prometheus /-/ready", 60*time.Second, func() (bool, string) {
 		resp, err := loopHTTP.Get(url + "/-/ready")
@@ -195,42 +268,6 @@ scrape_configs:
 		return resp.StatusCode == 200, resp.Status
 	})
 	return url
-}
-
-// rnScrapeTargets turns a pod list (kubectl get pods -o json) into file_sd
-// target groups: the running pods with prometheus.io/scrape "true", at
-// podIP:prometheus.io/port, path prometheus.io/path, labelled namespace
-// and pod.
-func rnScrapeTargets(podList []byte) ([]byte, error) {
-	var pods struct {
-		Items []struct {
-			Metadata struct {
-				Name, Namespace string
-				Annotations     map[string]string
-			}
-			Status struct{ Phase, PodIP string }
-		}
-	}
-	if err := json.Unmarshal(podList, &pods); err != nil {
-		return nil, err
-	}
-	type group struct {
-		Targets []string          `json:"targets"`
-		Labels  map[string]string `json:"labels"`
-	}
-	groups := []group{}
-	for _, p := range pods.Items {
-		a := p.Metadata.Annotations
-		if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] == "" || p.Status.PodIP == "" || p.Status.Phase != "Running" {
-			continue
-		}
-		labels := map[string]string{"namespace": p.Metadata.Namespace, "pod": p.Metadata.Name}
-		if path := a["prometheus.io/path"]; path != "" {
-			labels["__metrics_path__"] = path
-		}
-		groups = append(groups, group{Targets: []string{p.Status.PodIP + ":" + a["prometheus.io/port"]}, Labels: labels})
-	}
-	return json.Marshal(groups)
 }
 
 // rnScaleRow is one sample: the Deployment's spec.replicas, its Ready
@@ -325,16 +362,21 @@ func (s *rnScaling) stop() {
 	s.wg.Wait()
 }
 
-// maxReplicas is the most spec.replicas sampled so far.
-func (s *rnScaling) maxReplicas() int {
+// maxReplicasSince is the most spec.replicas sampled at or after t0.
+func (s *rnScaling) maxReplicasSince(t0 time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	most := 0
 	for _, r := range s.rows {
-		most = max(most, r.replicas)
+		if !r.at.Before(t0) {
+			most = max(most, r.replicas)
+		}
 	}
 	return most
 }
+
+// maxReplicas is the most spec.replicas sampled so far.
+func (s *rnScaling) maxReplicas() int { return s.maxReplicasSince(time.Time{}) }
 
 func (s *rnScaling) last() rnScaleRow {
 	s.mu.Lock()

@@ -13,6 +13,7 @@
 //	go run ./perf -tracing        # tracing's throughput cost against a real Jaeger (perf/tracing)
 //	go run ./perf -protocols      # OIP over gRPC against HTTP: one-client p50, saturation (perf/protocols)
 //	go run ./perf -latency        # where one request's time goes: timings against the client's latency (perf/latency)
+//	go run ./perf -cost           # core-seconds per 1000 images, reserved and used, fp32 and int8, and the FastAPI anchor (perf/cost)
 //
 // What the studies share (starting stacks, load, statistics) is package
 // harness; their plots use package plot.
@@ -31,6 +32,7 @@ import (
 	"github.com/batchgate/batchgate/perf/adversarial"
 	"github.com/batchgate/batchgate/perf/autoscale"
 	"github.com/batchgate/batchgate/perf/chaos"
+	"github.com/batchgate/batchgate/perf/cost"
 	"github.com/batchgate/batchgate/perf/latency"
 	"github.com/batchgate/batchgate/perf/preprocess"
 	"github.com/batchgate/batchgate/perf/protocols"
@@ -45,6 +47,7 @@ var studies = map[string]func(args []string) (run func() error, err error){
 	"autoscale-sim": autoscaleStudy,
 	"adversarial":   adversarialStudy,
 	"chaos":         chaosStudy,
+	"cost":          costStudy,
 	"latency":       latencyStudy,
 	"preprocess":    preprocessStudy,
 	"protocols":     protocolsStudy,
@@ -280,6 +283,31 @@ func latencyStudy(args []string) (func() error, error) {
 	}
 	if c.Requests < 1 || c.Warmup < 0 {
 		return run, usagef("-requests must be positive and -warmup at least 0")
+	}
+	return run, nil
+}
+
+func costStudy(args []string) (func() error, error) {
+	fs := flag.NewFlagSet("perf -cost", flag.ContinueOnError)
+	c := cost.DefaultConfig()
+	variants := fs.String("variants", strings.Join(c.Variants, ","), "model variants, fp32 and/or int8")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "length of each measurement, after a warm-up")
+	fs.IntVar(&c.Clients, "clients", c.Clients, "closed-loop clients at saturation")
+	fs.StringVar(&c.Values, "values", "", "the chart's values.yaml (default: the checkout's helm/batchgate/values.yaml)")
+	fs.BoolVar(&c.Anchor, "anchor", c.Anchor, "also measure the FastAPI + PyTorch anchor (needs its Debian packages)")
+	fs.BoolVar(&c.Tiny, "tiny", false, "the tiny test models instead of ResNet50 (a quick check)")
+	run := func() error { return cost.Run(context.Background(), c) }
+	if err := parse(fs, args); err != nil {
+		return run, err
+	}
+	c.Variants = strings.Split(*variants, ",")
+	for _, v := range c.Variants {
+		if v != "fp32" && v != "int8" {
+			return run, usagef("-variants: want fp32 and/or int8, got %q", v)
+		}
+	}
+	if c.Duration <= 0 || c.Clients < 1 {
+		return run, usagef("-duration and -clients must be positive")
 	}
 	return run, nil
 }

@@ -48,6 +48,8 @@ func TestDocumentedCommandLines(t *testing.T) {
 		"-preprocess -time-serve",
 		"-latency",
 		"-latency -requests 50 -warmup 0",
+		"-cost",
+		"-cost -variants fp32 -duration 60s -anchor=false",
 		"-protocols",
 		"-protocols -rounds 3 -clients 4 -duration 5s",
 		"-tracing",
@@ -58,14 +60,14 @@ func TestDocumentedCommandLines(t *testing.T) {
 			t.Errorf("perf %s: %v", line, err)
 		}
 	}
-	for _, line := range []string{"-h", "-autoscale-sim -h", "-chaos -h", "-adversarial -h", "-preprocess -h", "-tracing -h", "-latency -h", "-protocols -h"} {
+	for _, line := range []string{"-h", "-autoscale-sim -h", "-chaos -h", "-adversarial -h", "-preprocess -h", "-tracing -h", "-latency -h", "-protocols -h", "-cost -h"} {
 		s, args := study(strings.Fields(line))
 		if _, err := s(args); !errors.Is(err, flag.ErrHelp) {
 			t.Errorf("perf %s: %v, want flag.ErrHelp", line, err)
 		}
 	}
 	for _, line := range []string{"-windows 2x", "-image-sizes huge", "-autoscale-sim -lb x", "-chaos -model big", "-tracing -ratios 2",
-		"-preprocess -rounds 0", "-latency -requests 0", "-protocols -clients 0"} {
+		"-preprocess -rounds 0", "-latency -requests 0", "-protocols -clients 0", "-cost -variants fp16"} {
 		s, args := study(strings.Fields(line))
 		var usage usageError
 		if _, err := s(args); !errors.As(err, &usage) {

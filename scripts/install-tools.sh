@@ -51,3 +51,20 @@ if [ ! -x "$tools/grpcurl" ]; then
   echo "install-tools: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4 (about 3 minutes)" >&2
   GOBIN="$tools" go install -trimpath -ldflags "-s -w -X main.version=v1.9.4" github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 fi
+
+# Prometheus with Kubernetes service discovery, built from its Go module
+# (pinned; v0.316.0 is Prometheus 3.16.0) with that discovery alone
+# (-tags remove_all_sd,enable_kubernetes_sd), into .deps/tools as
+# prometheus-k8s: the real-node autoscaling test (helm/realnode_autoscale_test.go)
+# has it discover the chart's pods by their prometheus.io annotations, as
+# users run it. Debian's Prometheus (2.42, the other chart tests') is built
+# without Kubernetes discovery.
+if [ ! -x "$tools/prometheus-k8s" ]; then
+  echo "install-tools: go install github.com/prometheus/prometheus/cmd/prometheus@v0.316.0 (about 3 minutes)" >&2
+  bin=$(mktemp -d)
+  GOBIN="$bin" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.16.0" \
+    github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
+  mv "$bin/prometheus" "$tools/prometheus-k8s"
+  rmdir "$bin"
+fi

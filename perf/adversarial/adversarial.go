@@ -26,7 +26,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/batchgate/batchgate/perf/harness"
@@ -82,9 +81,8 @@ type scenarioResult struct {
 
 // soakStack is the proxy and runtime under test.
 type soakStack struct {
-	rt, px  *exec.Cmd
+	*harness.Stack
 	addr    string // host:port of the proxy
-	dir     string
 	cgroup  string // memory cgroup folder, or "" when GOMEMLIMIT stands in
 	limited string // how the memory limit was applied
 }
@@ -94,54 +92,25 @@ type soakStack struct {
 // cgroup when one can be made (v1 or v2, as root), else with GOMEMLIMIT at
 // 90% of it as automemlimit would set.
 func startSoakStack(bins harness.Binaries, model, ortLibrary string) (*soakStack, error) {
-	dir, err := os.MkdirTemp("", "batchgate-soak-")
-	if err != nil {
-		return nil, err
-	}
-	port, mport, err := harness.ProxyPorts()
-	if err != nil {
-		return nil, err
-	}
-	s := &soakStack{dir: dir, addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	socket := filepath.Join(dir, "rt.sock")
-	s.rt = exec.Command(bins.Runtime, "serve")
-	s.rt.Env = append(os.Environ(), "RUNTIME_SOCKET="+socket, "MODEL_PATH="+model, "ORT_LIBRARY="+ortLibrary,
-		"ORT_CACHE_DIR=off", "LOG_LEVEL=warn")
-	env := append(append(os.Environ(), harness.ProxyPortEnv(port, mport)...), "RUNTIME_SOCKET="+socket, "LOG_LEVEL=warn", "DRAIN_DELAY=0s")
-	s.cgroup, err = memoryCgroup(limitMiB << 20)
-	if err == nil {
-		// Join the cgroup before exec, so automemlimit reads its limit.
-		s.px = exec.Command("/bin/sh", "-c", `echo $$ > "$1" && exec "$2"`, "sh", s.cgroup+"/cgroup.procs", bins.Proxy)
+	cfg := harness.StackConfig{Model: model, ORTLibrary: ortLibrary, ORTCache: "off", ProxyDefaults: true,
+		ProxyEnv: []string{"DRAIN_DELAY=0s"}}
+	s := &soakStack{}
+	var err error
+	if s.cgroup, err = memoryCgroup(limitMiB << 20); err == nil {
+		cfg.ProxyCgroup = s.cgroup
 		s.limited = "memory cgroup " + s.cgroup + " limited to 512 MiB (GOMEMLIMIT from it)"
 	} else {
-		s.px = exec.Command(bins.Proxy)
-		env = append(env, fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10))
+		cfg.ProxyEnv = append(cfg.ProxyEnv, fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10))
 		s.limited = fmt.Sprintf("no memory cgroup (%v): GOMEMLIMIT=%dMiB only, no kernel limit", err, limitMiB*9/10)
 	}
-	s.px.Env = env
-	for _, c := range []*exec.Cmd{s.rt, s.px} {
-		c.Stdout, c.Stderr = os.Stderr, os.Stderr
-		if err := c.Start(); err != nil {
-			s.stop()
-			return nil, err
+	if s.Stack, err = harness.StartStack(bins, cfg); err != nil {
+		if s.cgroup != "" {
+			os.Remove(s.cgroup)
 		}
+		return nil, fmt.Errorf("soak stack: %w", err)
 	}
-	if err := waitReady(s.addr, func() bool { return !s.alive() }, "soak stack"); err != nil {
-		s.stop()
-		return nil, err
-	}
+	s.addr = strings.TrimPrefix(s.URL, "http://")
 	return s, nil
-}
-
-// waitReady waits, at most a minute, for the proxy at addr (host:port) to
-// answer /readyz with 200; exited says whether its process has gone.
-func waitReady(addr string, exited func() bool, what string) error {
-	return harness.WaitReady(context.Background(), "http://"+addr, what, time.Minute, func() error {
-		if exited() {
-			return fmt.Errorf("the %s's proxy exited at start (its log is above)", what)
-		}
-		return nil
-	})
 }
 
 // memoryCgroup creates a memory cgroup limited to limit bytes.
@@ -173,17 +142,14 @@ func memoryCgroup(limit int64) (string, error) {
 }
 
 func (s *soakStack) stop() {
-	harness.Terminate(s.px, s.rt)
+	s.Stop()
 	if s.cgroup != "" {
 		os.Remove(s.cgroup)
 	}
-	os.RemoveAll(s.dir)
 }
 
 // alive reports whether the proxy process still runs (an OOM kill ends it).
-func (s *soakStack) alive() bool {
-	return s.px.ProcessState == nil && s.px.Process.Signal(syscall.Signal(0)) == nil
-}
+func (s *soakStack) alive() bool { return !s.Proxy().Exited() }
 
 // peakSampler records the highest RSS of pid until stopped.
 func peakSampler(pid int) (stop func() float64) {
@@ -400,7 +366,7 @@ func idleConns(addr string, n int, d time.Duration) *outcomes {
 
 // runSoak runs every scenario against s and returns their results.
 func runSoak(s *soakStack, k *keyedStack, cfg soakConfig, jpeg []byte, logf func(string, ...any)) []scenarioResult {
-	pid := s.px.Process.Pid
+	pid := s.Proxy().Pid()
 	gray, rgba := bombPNG(true), bombPNG(false)
 	scenarios := []scenario{
 		{fmt.Sprintf("%d concurrent %d MiB uploads held open %v", cfg.heldUploads, cfg.uploadBytes>>20, cfg.hold), cfg.heldUploads,
@@ -453,7 +419,7 @@ func runSoak(s *soakStack, k *keyedStack, cfg soakConfig, jpeg []byte, logf func
 	logf("soak: keyed proxy, honest client alone: %.1f images/s, p50 %v, p99 %v", quiet.PerSec, quiet.P50, quiet.P99)
 	results = append(results, scenarioResult{Name: "keyed proxy, quiet: the honest client alone, paced as above, with its key",
 		PeakRSSMiB: -1, Outcomes: map[string]int{}, Took: quiet.Elapsed, RecoverSec: -1, Honest: quiet, HonestRatio: 1})
-	more, _ = runScenarios(keyedScenarios(k, cfg.attack, jpeg), len(scenarios), k.px.Pid(), k.alive, honest, quiet, cfg, logf)
+	more, _ = runScenarios(keyedScenarios(k, cfg.attack, jpeg), len(scenarios), k.Proxy().Pid(), k.alive, honest, quiet, cfg, logf)
 	return append(results, more...)
 }
 
@@ -607,8 +573,8 @@ func adversarial(ctx context.Context, cfg soakConfig, logf func(string, ...any))
 		return nil, "", err
 	}
 	defer s.stop()
-	logf("soak: proxy pid %d; %s", s.px.Process.Pid, s.limited)
-	k, err := startKeyedProxy(bins, filepath.Join(s.dir, "rt.sock"), model, ort)
+	logf("soak: proxy pid %d; %s", s.Proxy().Pid(), s.limited)
+	k, err := startKeyedProxy(bins, s.Socket, model, ort)
 	if err != nil {
 		return nil, "", fmt.Errorf("cannot start the keyed proxy: %w", err)
 	}

@@ -9,6 +9,7 @@ package adversarial
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -30,12 +32,12 @@ const (
 	attackerSecret = "attack-soak-secret-0000000000000000000000000"
 )
 
-// keyedStack is the second proxy, the runtime of its version v2, and its
-// OTLP sink.
+// keyedStack is the second proxy, the runtime of its version v2 (its
+// harness.Stack), and its OTLP sink.
 type keyedStack struct {
-	px, rt   *harness.Proc
-	addr     string
-	dir      string
+	*harness.Stack
+	addr     string // host:port of the keyed proxy
+	dir      string // its keys and routing files
 	sink     *http.Server
 	otlp     atomic.Int64 // bytes of spans received
 	honestHd string       // the honest client's header line
@@ -49,17 +51,6 @@ func startKeyedProxy(bins harness.Binaries, socket, model, ortLibrary string) (*
 		return nil, err
 	}
 	k := &keyedStack{dir: dir, honestHd: "Authorization: Bearer honest." + honestSecret + "\r\n"}
-	digest := func(s string) string { d := sha256.Sum256([]byte(s)); return hex.EncodeToString(d[:]) }
-	keys := fmt.Sprintf("keys:\n  - {id: honest, sha256: %s, scopes: [predict, metadata]}\n"+
-		"  - {id: attacker, sha256: %s, scopes: [predict], rate: 1}\n", digest(honestSecret), digest(attackerSecret))
-	v2 := filepath.Join(dir, "v2.sock")
-	routing := fmt.Sprintf("models:\n  - name: resnet50\n    versions:\n      - {name: v1, socket: %q, weight: 100}\n      - {name: v2, socket: %q, weight: 0}\n", socket, v2)
-	for name, body := range map[string]string{"keys.yaml": keys, "routing.yaml": routing} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			k.stop()
-			return nil, err
-		}
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		k.stop()
@@ -71,28 +62,28 @@ func startKeyedProxy(bins harness.Binaries, socket, model, ortLibrary string) (*
 		w.WriteHeader(200)
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go k.sink.Serve(ln)
-	port, mport, err := harness.ProxyPorts()
+	k.Stack, err = harness.NewStack(bins, harness.StackConfig{Model: model, ORTLibrary: ortLibrary, ORTCache: "off", ProxyDefaults: true,
+		ProxyEnv: []string{"AUTH_KEYS_FILE=" + filepath.Join(dir, "keys.yaml"), "ROUTING_FILE=" + filepath.Join(dir, "routing.yaml"),
+			"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://" + ln.Addr().String() + "/v1/traces", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
+			fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10), "DRAIN_DELAY=0s"}})
 	if err != nil {
 		k.stop()
 		return nil, err
 	}
-	k.addr = fmt.Sprintf("127.0.0.1:%d", port)
-	k.rt, err = harness.StartProc(bins.Runtime, []string{"serve"}, []string{"RUNTIME_SOCKET=" + v2, "MODEL_PATH=" + model,
-		"ORT_LIBRARY=" + ortLibrary, "ORT_CACHE_DIR=off", "LOG_LEVEL=warn"}, os.Stderr)
-	if err != nil {
-		k.stop()
-		return nil, err
+	k.addr = strings.TrimPrefix(k.URL, "http://")
+	digest := func(s string) string { d := sha256.Sum256([]byte(s)); return hex.EncodeToString(d[:]) }
+	keys := fmt.Sprintf("keys:\n  - {id: honest, sha256: %s, scopes: [predict, metadata]}\n"+
+		"  - {id: attacker, sha256: %s, scopes: [predict], rate: 1}\n", digest(honestSecret), digest(attackerSecret))
+	routing := fmt.Sprintf("models:\n  - name: resnet50\n    versions:\n      - {name: v1, socket: %q, weight: 100}\n      - {name: v2, socket: %q, weight: 0}\n", socket, k.Socket)
+	for name, body := range map[string]string{"keys.yaml": keys, "routing.yaml": routing} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			k.stop()
+			return nil, err
+		}
 	}
-	k.px, err = harness.StartProc(bins.Proxy, nil, append(harness.ProxyPortEnv(port, mport),
-		"AUTH_KEYS_FILE="+filepath.Join(dir, "keys.yaml"), "ROUTING_FILE="+filepath.Join(dir, "routing.yaml"),
-		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://"+ln.Addr().String()+"/v1/traces", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
-		fmt.Sprintf("GOMEMLIMIT=%dMiB", limitMiB*9/10), "LOG_LEVEL=warn", "DRAIN_DELAY=0s"), os.Stderr)
-	if err == nil {
-		err = waitReady(k.addr, k.px.Exited, "keyed proxy")
-	}
-	if err != nil {
+	if err := k.Start(context.Background(), time.Minute); err != nil {
 		k.stop()
-		return nil, err
+		return nil, fmt.Errorf("keyed proxy: %w", err)
 	}
 	return k, nil
 }
@@ -100,8 +91,9 @@ func startKeyedProxy(bins harness.Binaries, socket, model, ortLibrary string) (*
 // stop stops the proxy and the runtime (by their PIDs) and the sink, and
 // removes the files.
 func (k *keyedStack) stop() {
-	k.px.Stop(10 * time.Second)
-	k.rt.Stop(10 * time.Second)
+	if k.Stack != nil {
+		k.Stop()
+	}
 	if k.sink != nil {
 		k.sink.Close()
 	}
@@ -109,7 +101,7 @@ func (k *keyedStack) stop() {
 }
 
 // alive reports whether the keyed proxy still runs.
-func (k *keyedStack) alive() bool { return !k.px.Exited() }
+func (k *keyedStack) alive() bool { return !k.Proxy().Exited() }
 
 // oipImages is an OIP infer body of n BYTES images, each a distinct copy
 // of jpeg (tagged with i), base64 in JSON.

@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -135,7 +136,10 @@ type chaosRun struct {
 	since    time.Time // time origin of every offset: the load's start
 	machine  string
 	command  string
-	stack    *chaosStack
+	stack    *harness.Stack
+	bins     harness.Binaries
+	rtLog    io.Writer // the runtimes' log: the stack's, and the event lines
+	pxLog    io.Writer // the proxies'
 	pool     []chaosImage
 	models   [2]chaosModel // A (served first) and B (after the swap)
 	capacity float64       // measured requests/s
@@ -159,10 +163,10 @@ func (r *chaosRun) event(format string, args ...any) {
 	r.events = append(r.events, msg)
 	r.logf("chaos: %s", msg)
 	// The same line in both processes' logs, to read them side by side.
-	if s := r.stack; s != nil {
+	if r.rtLog != nil {
 		line := fmt.Sprintf("---- chaos: %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), msg)
-		s.rtLog.Write([]byte(line))
-		s.pxLog.Write([]byte(line))
+		r.rtLog.Write([]byte(line))
+		r.pxLog.Write([]byte(line))
 	}
 }
 
@@ -245,14 +249,6 @@ func chaos(ctx context.Context, cfg chaosConfig, dir, command string, logf func(
 		return nil, err
 	}
 
-	sockDir, err := os.MkdirTemp("", "bg-chaos-sock-") // short: unix socket paths are limited
-	if err != nil {
-		return nil, err
-	}
-	port, mport, err := harness.ProxyPorts()
-	if err != nil {
-		return nil, err
-	}
 	rtLog, err := os.Create(filepath.Join(dir, "runtime.log"))
 	if err != nil {
 		return nil, err
@@ -263,11 +259,21 @@ func chaos(ctx context.Context, cfg chaosConfig, dir, command string, logf func(
 		return nil, err
 	}
 	defer pxLog.Close()
-	s := &chaosStack{bins: bins, dir: sockDir, socket: filepath.Join(sockDir, "rt.sock"), port: port, metricsPort: mport,
-		url: fmt.Sprintf("http://127.0.0.1:%d", port), ortLib: ort, ortCache: filepath.Join(root, ".deps", "ort-cache"),
-		maxBatch: cfg.MaxBatch, drainDelay: cfg.DrainDelay, rtLog: &syncWriter{w: rtLog}, pxLog: &syncWriter{w: pxLog}}
-	r.stack = s
-	defer s.stop()
+	r.rtLog, r.pxLog = &syncWriter{w: rtLog}, &syncWriter{w: pxLog}
+	// The proxy keeps its defaults (the faults test what users get) but
+	// MAX_BATCH_SIZE, DRAIN_DELAY when set, and a quieter log; the
+	// runtime logs at info, for the timeline beside the events.
+	scfg := harness.StackConfig{ORTLibrary: ort, ORTCache: filepath.Join(root, ".deps", "ort-cache"), MaxBatch: cfg.MaxBatch,
+		ProxyDefaults: true, RuntimeEnv: []string{"LOG_LEVEL=info"}, RuntimeLog: r.rtLog, ProxyLog: r.pxLog}
+	if cfg.DrainDelay >= 0 {
+		scfg.ProxyEnv = []string{"DRAIN_DELAY=" + cfg.DrainDelay.String()}
+	}
+	s, err := harness.NewStack(bins, scfg)
+	if err != nil {
+		return nil, err
+	}
+	r.stack, r.bins = s, bins
+	defer s.Stop()
 
 	if err := r.quietRuns(ctx); err != nil {
 		return r, err
@@ -285,7 +291,7 @@ func chaos(ctx context.Context, cfg chaosConfig, dir, command string, logf func(
 	var bg sync.WaitGroup
 	loadCtx, cancelLoad := context.WithCancel(ctx)
 	defer cancelLoad()
-	client := newChaosClient(s.url+"/predict", cfg.Deadline)
+	client := newChaosClient(s.URL+"/predict", cfg.Deadline)
 	maxDur := 2 * time.Hour
 	steady := &chaosLoad{c: client, pool: r.pool, rate: r.rate, maxN: int(r.rate*maxDur.Seconds()) + 1, maxDur: maxDur,
 		maxInFlight: 1024, seed: 1, rec: &r.rec, since: r.since}
@@ -340,13 +346,13 @@ func (r *chaosRun) makeModels(dir string) error {
 func (r *chaosRun) quietRuns(ctx context.Context) error {
 	cfg, s := r.cfg, r.stack
 	var err error
-	if err := s.startRuntime(r.models[1].Path); err != nil {
+	if err := r.startRuntime(r.models[1].Path); err != nil {
 		return err
 	}
-	if err := s.startProxy(); err != nil {
+	if err := r.startProxy(); err != nil {
 		return err
 	}
-	if _, err := s.waitReady(ctx, cfg.RecoverWithin); err != nil {
+	if _, err := r.waitReady(ctx, cfg.RecoverWithin); err != nil {
 		return err
 	}
 	for _, m := range []int{1, 0} {
@@ -370,15 +376,15 @@ func (r *chaosRun) quietRuns(ctx context.Context) error {
 		}
 	}
 	r.logf("chaos: %d of %d images have another top-1 under each model; %d near ties", r.differ, len(r.pool), r.ambig)
-	px := s.proxy()
+	px := s.Proxy()
 	px.Signal(syscall.SIGTERM)
 	if !px.Wait(time.Minute) {
 		return errors.New("the proxy did not stop within a minute after the quiet runs")
 	}
-	if err := s.startProxy(); err != nil {
+	if err := r.startProxy(); err != nil {
 		return err
 	}
-	if _, err := s.waitReady(ctx, cfg.RecoverWithin); err != nil {
+	if _, err := r.waitReady(ctx, cfg.RecoverWithin); err != nil {
 		return err
 	}
 	return nil
@@ -393,7 +399,7 @@ func (r *chaosRun) measureCapacity(ctx context.Context) error {
 	for i := range r.pool {
 		ups[i] = r.pool[i].up
 	}
-	c := harness.NewClient(s.url + "/predict")
+	c := harness.NewClient(s.URL + "/predict")
 	res, _, took := harness.ClosedLoop(ctx, c, 2*cfg.MaxBatch+4, harness.Warmup(cfg.Measure), cfg.Measure,
 		func(rng *rand.Rand) harness.Upload { return ups[rng.IntN(len(ups))] }, true, func() {})
 	ok := 0
@@ -412,46 +418,70 @@ func (r *chaosRun) measureCapacity(ctx context.Context) error {
 	}
 	r.logf("chaos: capacity %.1f requests/s; steady load %.1f requests/s", r.capacity, r.rate)
 	// Let the closed loop's requests drain before the load starts.
-	if _, err := s.waitReady(ctx, cfg.RecoverWithin); err != nil {
+	if _, err := r.waitReady(ctx, cfg.RecoverWithin); err != nil {
 		return err
 	}
 	return nil
 }
 
-// faultSequence applies every fault in turn.
+// faultSequence injects the faults in turn, under the steady load, each
+// step a method below; the first error ends the run.
 func (r *chaosRun) faultSequence(ctx context.Context, client *chaosClient, loadCtx context.Context) error {
-	cfg, s := r.cfg, r.stack
+	for _, step := range []func(context.Context) error{
+		r.baseline, r.runtimeKills, r.runtimeStall, r.proxyRestart, r.runtimeTerm, r.socketRemoved, r.modelSwap,
+		func(ctx context.Context) error { return r.overload(ctx, client, loadCtx) },
+	} {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// baseline: steady load, no fault.
+func (r *chaosRun) baseline(ctx context.Context) error {
 	base := r.begin("steady load, no fault", faultBaseline, "base")
-	if err := sleepCtx(ctx, cfg.Baseline); err != nil {
+	if err := sleepCtx(ctx, r.cfg.Baseline); err != nil {
 		return err
 	}
 	base.Lift, base.Ready = r.now(), r.now()
+	return nil
+}
 
-	for i := range cfg.Kills {
-		f := r.begin(fmt.Sprintf("runtime SIGKILL #%d, restart after %v", i+1, cfg.Down), faultKill, fmt.Sprintf("K%d", i+1))
-		rt := s.runtime()
+// runtimeKills: SIGKILL of the runtime, a new one after cfg.Down, Kills
+// times.
+func (r *chaosRun) runtimeKills(ctx context.Context) error {
+	for i := range r.cfg.Kills {
+		f := r.begin(fmt.Sprintf("runtime SIGKILL #%d, restart after %v", i+1, r.cfg.Down), faultKill, fmt.Sprintf("K%d", i+1))
+		rt := r.stack.Runtime()
 		rt.Signal(syscall.SIGKILL)
 		rt.Wait(10 * time.Second)
 		r.event("runtime exited: %s", rt.ExitText())
-		if err := sleepCtx(ctx, cfg.Down); err != nil {
+		if err := sleepCtx(ctx, r.cfg.Down); err != nil {
 			return err
 		}
-		if err := r.lift(f, func() error { return s.startRuntime(r.modelPath()) }); err != nil {
+		if err := r.lift(f, func() error { return r.startRuntime(r.modelPath()) }); err != nil {
 			return err
 		}
 	}
+	return nil
+}
 
-	f := r.begin(fmt.Sprintf("runtime SIGSTOP for %v, then SIGCONT", cfg.Stall), faultStop, "STOP")
-	rt := s.runtime()
+// runtimeStall: SIGSTOP of the runtime for cfg.Stall, then SIGCONT.
+func (r *chaosRun) runtimeStall(ctx context.Context) error {
+	f := r.begin(fmt.Sprintf("runtime SIGSTOP for %v, then SIGCONT", r.cfg.Stall), faultStop, "STOP")
+	rt := r.stack.Runtime()
 	rt.Signal(syscall.SIGSTOP)
-	serr := sleepCtx(ctx, cfg.Stall)
-	if err := cmp.Or(r.lift(f, func() error { return rt.Signal(syscall.SIGCONT) }), serr); err != nil {
-		return err
-	}
+	serr := sleepCtx(ctx, r.cfg.Stall)
+	return cmp.Or(r.lift(f, func() error { return rt.Signal(syscall.SIGCONT) }), serr)
+}
 
+// proxyRestart: SIGTERM of the proxy (it drains), a new one on the same
+// port once it has exited.
+func (r *chaosRun) proxyRestart(ctx context.Context) error {
 	drain := "DRAIN_DELAY 5s (default)"
-	if cfg.DrainDelay >= 0 {
-		drain = "DRAIN_DELAY " + cfg.DrainDelay.String()
+	if r.cfg.DrainDelay >= 0 {
+		drain = "DRAIN_DELAY " + r.cfg.DrainDelay.String()
 	}
 	// The old proxy closes its listener DRAIN_DELAY after SIGTERM, and the
 	// kernel resets any connection still queued for accept at that instant,
@@ -465,60 +495,67 @@ func (r *chaosRun) faultSequence(ctx context.Context, client *chaosClient, loadC
 			return err
 		}
 	}
-	f = r.begin("proxy SIGTERM ("+drain+"), new proxy on the same port", faultProxyTerm, "PXY")
-	px := s.proxy()
+	f := r.begin("proxy SIGTERM ("+drain+"), new proxy on the same port", faultProxyTerm, "PXY")
+	px := r.stack.Proxy()
 	px.Signal(syscall.SIGTERM)
 	t0 := time.Now()
-	if !px.Wait(cfg.Deadline + time.Minute) {
+	if !px.Wait(r.cfg.Deadline + time.Minute) {
 		px.Stop(0)
 		f.Notes = append(f.Notes, "the old proxy did not exit; killed")
 	}
 	f.Notes = append(f.Notes, fmt.Sprintf("old proxy exited %.2f s after SIGTERM (%s)", time.Since(t0).Seconds(), px.ExitText()))
 	r.event("old proxy exited: %s", px.ExitText())
-	if err := r.lift(f, s.startProxy); err != nil {
-		return err
-	}
+	return r.lift(f, r.startProxy)
+}
 
-	f = r.begin("runtime SIGTERM, restart", faultRtTerm, "TERM")
-	if err := r.restartRuntime(r.modelPath(), 0, f); err != nil {
-		return err
-	}
+// runtimeTerm: SIGTERM of the runtime (it drains), then a new one.
+func (r *chaosRun) runtimeTerm(context.Context) error {
+	f := r.begin("runtime SIGTERM, restart", faultRtTerm, "TERM")
+	return r.restartRuntime(r.modelPath(), 0, f)
+}
 
-	f = r.begin(fmt.Sprintf("socket file removed, %v left so, then runtime restarted", cfg.SocketHold), faultSocket, "SOCK")
-	if err := os.Remove(s.socket); err != nil {
+// socketRemoved: the socket file deleted under a live runtime for
+// cfg.SocketHold (`runtime probe` tried halfway), then a new runtime.
+func (r *chaosRun) socketRemoved(ctx context.Context) error {
+	hold, socket := r.cfg.SocketHold, r.stack.Socket
+	f := r.begin(fmt.Sprintf("socket file removed, %v left so, then runtime restarted", hold), faultSocket, "SOCK")
+	if err := os.Remove(socket); err != nil {
 		return fmt.Errorf("cannot remove the socket: %w", err)
 	}
-	if err := sleepCtx(ctx, cfg.SocketHold/2); err != nil {
+	if err := sleepCtx(ctx, hold/2); err != nil {
 		return err
 	}
-	out, perr := exec.Command(s.bins.Runtime, "probe", "-socket", s.socket, "-timeout", "1s").CombinedOutput()
+	out, perr := exec.Command(r.bins.Runtime, "probe", "-socket", socket, "-timeout", "1s").CombinedOutput()
 	probe := "succeeded"
 	if perr != nil {
 		probe = fmt.Sprintf("failed (%v: %s)", perr, strings.TrimSpace(string(out)))
 	}
 	f.Notes = append(f.Notes, "`runtime probe` during the hold "+probe)
 	r.event("runtime probe during the hold: %s", probe)
-	if err := sleepCtx(ctx, cfg.SocketHold-cfg.SocketHold/2); err != nil {
+	if err := sleepCtx(ctx, hold-hold/2); err != nil {
 		return err
 	}
 	f.Lift = r.now() // the remedy starts with the SIGTERM
-	if err := r.restartRuntime(r.modelPath(), 0, f); err != nil {
-		return err
-	}
+	return r.restartRuntime(r.modelPath(), 0, f)
+}
 
-	f = r.begin("runtime restarted with a different model", faultModelSwap, "SWAP")
+// modelSwap: the runtime restarted with the other model.
+func (r *chaosRun) modelSwap(context.Context) error {
+	f := r.begin("runtime restarted with a different model", faultModelSwap, "SWAP")
 	f.oldSHA, f.newSHA = r.models[0].SHA, r.models[1].SHA
-	if err := r.restartRuntime(r.models[1].Path, 1, f); err != nil {
-		return err
-	}
+	return r.restartRuntime(r.models[1].Path, 1, f)
+}
 
-	f = r.begin(fmt.Sprintf("%gx load for %v", cfg.OverloadX, cfg.Overload), faultOverload, "OVL")
+// overload: cfg.OverloadX times the steady load for cfg.Overload.
+func (r *chaosRun) overload(ctx context.Context, client *chaosClient, loadCtx context.Context) error {
+	cfg := r.cfg
+	f := r.begin(fmt.Sprintf("%gx load for %v", cfg.OverloadX, cfg.Overload), faultOverload, "OVL")
 	extra := &chaosLoad{c: client, pool: r.pool, rate: (cfg.OverloadX - 1) * r.rate, maxDur: cfg.Overload, maxInFlight: 1024,
 		overload: true, seed: 2, rec: &r.rec, since: r.since}
 	extra.maxN = int(extra.rate*cfg.Overload.Seconds()) + 1
 	var wg sync.WaitGroup
 	wg.Go(func() { extra.run(loadCtx, nil) })
-	serr = sleepCtx(ctx, cfg.Overload)
+	serr := sleepCtx(ctx, cfg.Overload)
 	err := r.lift(f, func() error { return nil })
 	wg.Wait() // its last requests are answered or timed out
 	return cmp.Or(serr, err)
@@ -558,7 +595,7 @@ func (r *chaosRun) lift(f *chaosFault, remedy func() error) error {
 	if err := remedy(); err != nil {
 		return err
 	}
-	at, err := r.stack.waitReady(r.ctx, r.cfg.RecoverWithin)
+	at, err := r.waitReady(r.ctx, r.cfg.RecoverWithin)
 	if err != nil {
 		f.Notes = append(f.Notes, "not ready: "+err.Error())
 		return err
@@ -583,7 +620,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // the lift; outside one (the quiet runs), it just waits for readiness.
 func (r *chaosRun) restartRuntime(model string, m int, faults ...*chaosFault) error {
 	s := r.stack
-	rt := s.runtime()
+	rt := s.Runtime()
 	rt.Signal(syscall.SIGTERM)
 	t0 := time.Now()
 	if !rt.Wait(45 * time.Second) {
@@ -591,16 +628,16 @@ func (r *chaosRun) restartRuntime(model string, m int, faults ...*chaosFault) er
 	}
 	took := time.Since(t0)
 	if len(faults) == 0 {
-		if err := s.startRuntime(model); err != nil {
+		if err := r.startRuntime(model); err != nil {
 			return err
 		}
-		_, err := s.waitReady(r.ctx, r.cfg.RecoverWithin)
+		_, err := r.waitReady(r.ctx, r.cfg.RecoverWithin)
 		return err
 	}
 	f := faults[0]
 	f.Notes = append(f.Notes, fmt.Sprintf("old runtime exited %.2f s after SIGTERM (%s)", took.Seconds(), rt.ExitText()))
 	r.event("runtime exited after SIGTERM: %s", rt.ExitText())
-	return r.lift(f, func() error { return s.startRuntime(model) })
+	return r.lift(f, func() error { return r.startRuntime(model) })
 }
 
 // quietRun sends every pool image (its exact bytes) with no-cache, twice,
@@ -609,7 +646,7 @@ func (r *chaosRun) restartRuntime(model string, m int, faults ...*chaosFault) er
 // the two passes disagree, both classes are accepted. It returns the
 // model's sha256.
 func (r *chaosRun) quietRun(ctx context.Context) (string, error) {
-	c := newChaosClient(r.stack.url+"/predict", 30*time.Second)
+	c := newChaosClient(r.stack.URL+"/predict", 30*time.Second)
 	type answer struct {
 		sha        string
 		top1, top2 int

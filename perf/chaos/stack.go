@@ -25,88 +25,26 @@ import (
 	"github.com/batchgate/batchgate/perf/harness"
 )
 
-// chaosStack is the runtime and the proxy under test; either may be
-// replaced during the run.
-type chaosStack struct {
-	bins        harness.Binaries
-	dir         string // temporary: the socket
-	socket      string
-	port        int // PORT, the API
-	metricsPort int // METRICS_PORT: every proxy listens there too
-	url         string
-	ortLib      string
-	ortCache    string
-	maxBatch    int
-	drainDelay  time.Duration // DRAIN_DELAY; <0: the proxy's default
-	rtLog       io.Writer
-	pxLog       io.Writer
-
-	mu sync.Mutex
-	rt *harness.Proc
-	px *harness.Proc
+// startRuntime starts a runtime serving model on the stack's socket, with
+// a line in the runtimes' log that says so.
+func (r *chaosRun) startRuntime(model string) error {
+	fmt.Fprintf(r.rtLog, "---- chaos: %s starting runtime with %s\n", time.Now().Format(time.RFC3339Nano), filepath.Base(model))
+	return r.stack.StartRuntime(model)
 }
 
-func (s *chaosStack) runtime() *harness.Proc { s.mu.Lock(); defer s.mu.Unlock(); return s.rt }
-
-func (s *chaosStack) proxy() *harness.Proc { s.mu.Lock(); defer s.mu.Unlock(); return s.px }
-
-// startRuntime starts a runtime serving model on the stack's socket.
-func (s *chaosStack) startRuntime(model string) error {
-	fmt.Fprintf(s.rtLog, "---- chaos: %s starting runtime with %s\n", time.Now().Format(time.RFC3339Nano), filepath.Base(model))
-	p, err := harness.StartProc(s.bins.Runtime, []string{"serve"}, []string{
-		"RUNTIME_SOCKET=" + s.socket, "MODEL_PATH=" + model, "ORT_LIBRARY=" + s.ortLib, "ORT_CACHE_DIR=" + s.ortCache,
-		"MAX_BATCH_SIZE=" + strconv.Itoa(s.maxBatch), "LOG_LEVEL=info",
-	}, s.rtLog)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.rt = p
-	s.mu.Unlock()
-	return nil
-}
-
-// startProxy starts a proxy on the stack's ports (API and metrics) with
-// its default settings but MAX_BATCH_SIZE, DRAIN_DELAY and a quieter log.
-func (s *chaosStack) startProxy() error {
-	fmt.Fprintf(s.pxLog, "---- chaos: %s starting proxy\n", time.Now().Format(time.RFC3339Nano))
-	env := append(harness.ProxyPortEnv(s.port, s.metricsPort), "RUNTIME_SOCKET="+s.socket,
-		"MAX_BATCH_SIZE="+strconv.Itoa(s.maxBatch), "LOG_LEVEL=warn")
-	if s.drainDelay >= 0 {
-		env = append(env, "DRAIN_DELAY="+s.drainDelay.String())
-	}
-	p, err := harness.StartProc(s.bins.Proxy, nil, env, s.pxLog)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.px = p
-	s.mu.Unlock()
-	return nil
+// startProxy starts a proxy on the stack's ports.
+func (r *chaosRun) startProxy() error {
+	fmt.Fprintf(r.pxLog, "---- chaos: %s starting proxy\n", time.Now().Format(time.RFC3339Nano))
+	return r.stack.StartProxy()
 }
 
 // waitReady polls /readyz until it answers 200, at most within; it returns
 // when that happened.
-func (s *chaosStack) waitReady(ctx context.Context, within time.Duration) (time.Time, error) {
-	err := harness.WaitReady(ctx, s.url, "stack", within, func() error {
-		if rt := s.runtime(); rt != nil && rt.Exited() {
-			return fmt.Errorf("the runtime exited (%s) before the stack was ready", rt.ExitText())
-		}
-		if px := s.proxy(); px != nil && px.Exited() {
-			return fmt.Errorf("the proxy exited (%s) before the stack was ready", px.ExitText())
-		}
-		return nil
-	})
-	if err != nil {
+func (r *chaosRun) waitReady(ctx context.Context, within time.Duration) (time.Time, error) {
+	if err := r.stack.WaitReady(ctx, within); err != nil {
 		return time.Time{}, err
 	}
 	return time.Now(), nil
-}
-
-func (s *chaosStack) stop() {
-	s.proxy().Stop(30 * time.Second)
-	s.runtime().Stop(30 * time.Second)
-	os.RemoveAll(s.dir)
 }
 
 // chaosImage is one test image with the top-1 class each model gives it.
@@ -364,7 +302,7 @@ type chaosProbes struct {
 	lags   []lagSample
 }
 
-func (p *chaosProbes) run(s *chaosStack, since time.Time, stop <-chan struct{}) {
+func (p *chaosProbes) run(s *harness.Stack, since time.Time, stop <-chan struct{}) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		c := &http.Client{Timeout: 500 * time.Millisecond}
@@ -373,7 +311,7 @@ func (p *chaosProbes) run(s *chaosStack, since time.Time, stop <-chan struct{}) 
 		for {
 			at := time.Since(since)
 			status := 0
-			if resp, err := c.Get(s.url + "/readyz"); err == nil {
+			if resp, err := c.Get(s.URL + "/readyz"); err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				status = resp.StatusCode
@@ -409,10 +347,10 @@ func (p *chaosProbes) run(s *chaosStack, since time.Time, stop <-chan struct{}) 
 		defer t.Stop()
 		for {
 			smp := rssSample{At: time.Since(since), Proxy: -1, Runtime: -1}
-			if px := s.proxy(); px != nil && !px.Exited() {
+			if px := s.Proxy(); px != nil && !px.Exited() {
 				smp.Proxy = harness.RSSMiB(px.Pid())
 			}
-			if rt := s.runtime(); rt != nil && !rt.Exited() {
+			if rt := s.Runtime(); rt != nil && !rt.Exited() {
 				smp.Runtime = harness.RSSMiB(rt.Pid())
 			}
 			p.mu.Lock()

@@ -1,12 +1,15 @@
 package harness
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -130,26 +133,47 @@ func TestZipf(t *testing.T) {
 	}
 }
 
-// TestExited: a running child is not exited; one that has ended is, before
-// anyone waits for it (a zombie), which is how StartStack notices a proxy
-// that could not listen.
-func TestExited(t *testing.T) {
-	run := exec.Command("sleep", "10")
-	end := exec.Command("true")
-	for _, c := range []*exec.Cmd{run, end} {
-		if err := c.Start(); err != nil {
-			t.Skip(err)
+// TestStartNoticesExit: a proxy that exits at start (as when another
+// process took its port) ends the wait at once with errProxyExited, which
+// StartStack retries on other ports, and the runtime it started is
+// stopped; a runtime that exits is named.
+func TestStartNoticesExit(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
 		}
+		return p
 	}
-	defer Terminate(run, end)
-	if exited(run.Process.Pid) {
-		t.Error("a running process counts as exited")
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !exited(end.Process.Pid) {
-		if time.Now().After(deadline) {
-			t.Fatal("an ended process does not count as exited")
-		}
-		time.Sleep(10 * time.Millisecond)
+	sleeper, failer := script("sleeper", "exec sleep 60"), script("failer", "exit 3")
+	for _, tc := range []struct {
+		name string
+		bins Binaries
+		want string
+	}{
+		{"proxy exits", Binaries{Runtime: sleeper, Proxy: failer}, "the proxy exited"},
+		{"runtime exits", Binaries{Runtime: failer, Proxy: sleeper}, "the runtime exited"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewStack(tc.bins, StackConfig{ProxyDefaults: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Stop()
+			err = s.Start(context.Background(), time.Minute)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start: %v, want an error saying %q", err, tc.want)
+			}
+			if got := errors.Is(err, errProxyExited); got != (tc.name == "proxy exits") {
+				t.Errorf("errors.Is(err, errProxyExited) = %v for %q", got, err)
+			}
+			s.Stop()
+			for _, p := range []*Proc{s.Runtime(), s.Proxy()} {
+				if p != nil && !p.Exited() {
+					t.Errorf("pid %d still runs after Stop", p.Pid())
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -14,7 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 )
 
@@ -89,21 +90,44 @@ func BuildBinaries(root, dir string) (Binaries, error) {
 // StackConfig is one setting of the system under test.
 type StackConfig struct {
 	Model, ORTLibrary, ORTCache string
-	MaxBatch                    int
-	Window                      time.Duration
-	CacheEntries                int
+	MaxBatch                    int // MAX_BATCH_SIZE of both; 0: their default
+	// Window and CacheEntries are the proxy's BATCH_WINDOW and
+	// CACHE_ENTRIES, set with DRAIN_DELAY=0s and QUEUE_CAPACITY=256 (the
+	// sweep's grid) unless ProxyDefaults.
+	Window       time.Duration
+	CacheEntries int
+	// ProxyDefaults leaves the proxy's batching, cache, queue and drain at
+	// the defaults users get (perf -chaos, perf -adversarial): only its
+	// ports, socket and Env are set.
+	ProxyDefaults bool
 	// Env is more environment for both processes (perf -tracing:
 	// OTEL_*); it wins over the stack's own settings (perf -protocols:
-	// GRPC_PORT).
-	Env []string
+	// GRPC_PORT). RuntimeEnv and ProxyEnv are more for one process alone,
+	// after Env.
+	Env, RuntimeEnv, ProxyEnv []string
+	// ProxyCgroup is a cgroup folder the proxy joins before it execs, so
+	// the cgroup's memory limit holds from its first allocation and
+	// automemlimit reads it (perf -adversarial). "": none.
+	ProxyCgroup string
+	// RuntimeLog and ProxyLog take each process's output; nil: stderr.
+	RuntimeLog, ProxyLog io.Writer
 }
 
-// Stack is a running runtime + proxy pair.
+// Stack is a runtime + proxy pair on one socket and one pair of ports.
+// Either process may be stopped and started again (perf -chaos) through
+// StartRuntime and StartProxy; mu guards which process is current.
 type Stack struct {
-	Runtime, Proxy *exec.Cmd
-	URL            string // base URL of the proxy's API (PORT)
-	Metrics        string // base URL of its /metrics (METRICS_PORT)
-	dir            string
+	URL     string // base URL of the proxy's API (PORT)
+	Metrics string // base URL of its /metrics (METRICS_PORT)
+	Socket  string // the runtime's unix socket
+	bins    Binaries
+	cfg     StackConfig
+	dir     string // temporary: the socket
+	port    int
+	mport   int
+
+	mu     sync.Mutex
+	rt, px *Proc
 }
 
 // freePorts returns n distinct free ports: each listener stays open until
@@ -186,8 +210,15 @@ func StartStack(bins Binaries, cfg StackConfig) (*Stack, error) {
 	var err error
 	for range 3 {
 		var s *Stack
-		if s, err = startStack(bins, cfg); !errors.Is(err, errProxyExited) {
-			return s, err
+		if s, err = NewStack(bins, cfg); err != nil {
+			return nil, err
+		}
+		if err = s.Start(context.Background(), 3*time.Minute); err == nil {
+			return s, nil
+		}
+		s.Stop()
+		if !errors.Is(err, errProxyExited) {
+			return nil, err
 		}
 	}
 	return nil, err
@@ -196,43 +227,108 @@ func StartStack(bins Binaries, cfg StackConfig) (*Stack, error) {
 // errProxyExited is the proxy of a stack exiting before it was ready.
 var errProxyExited = errors.New("the proxy exited at start (its log is above)")
 
-func startStack(bins Binaries, cfg StackConfig) (*Stack, error) {
+// NewStack chooses the stack's socket and ports and starts nothing: a
+// study that writes files naming the socket (a routing file) does so
+// before Start.
+func NewStack(bins Binaries, cfg StackConfig) (*Stack, error) {
 	dir, err := os.MkdirTemp("", "batchgate-perf-")
 	if err != nil {
 		return nil, err
 	}
 	port, mport, err := ProxyPorts()
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	socket := filepath.Join(dir, "rt.sock")
-	common := append([]string{"RUNTIME_SOCKET=" + socket, "MAX_BATCH_SIZE=" + strconv.Itoa(cfg.MaxBatch), "LOG_LEVEL=warn"}, cfg.Env...)
-	s := &Stack{dir: dir, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Metrics: fmt.Sprintf("http://127.0.0.1:%d", mport)}
-	s.Runtime = exec.Command(bins.Runtime, "serve")
-	s.Runtime.Env = append(os.Environ(), append(common, "MODEL_PATH="+cfg.Model, "ORT_LIBRARY="+cfg.ORTLibrary, "ORT_CACHE_DIR="+cfg.ORTCache)...)
-	s.Proxy = exec.Command(bins.Proxy)
-	proxyEnv := append(append(common, ProxyPortEnv(port, mport)...), "BATCH_WINDOW="+cfg.Window.String(),
-		"CACHE_ENTRIES="+strconv.Itoa(cfg.CacheEntries), "DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")
-	s.Proxy.Env = append(append(os.Environ(), proxyEnv...), cfg.Env...) // the last of a name wins
-	for _, c := range []*exec.Cmd{s.Runtime, s.Proxy} {
-		c.Stdout, c.Stderr = os.Stderr, os.Stderr
-		if err := c.Start(); err != nil {
-			s.Stop()
-			return nil, err
-		}
+	return &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Metrics: fmt.Sprintf("http://127.0.0.1:%d", mport),
+		Socket: filepath.Join(dir, "rt.sock"), bins: bins, cfg: cfg, dir: dir, port: port, mport: mport}, nil
+}
+
+// Start starts the runtime on the configured model and the proxy, and
+// waits at most within for /readyz.
+func (s *Stack) Start(ctx context.Context, within time.Duration) error {
+	if err := s.StartRuntime(s.cfg.Model); err != nil {
+		return err
 	}
-	what := fmt.Sprintf("stack (batch %d, window %v)", cfg.MaxBatch, cfg.Window)
-	proxyGone := func() error {
-		if exited(s.Proxy.Process.Pid) {
-			return fmt.Errorf("%s: %w", what, errProxyExited)
+	if err := s.StartProxy(); err != nil {
+		return err
+	}
+	return s.WaitReady(ctx, within)
+}
+
+// Runtime is the current runtime process (nil before the first start).
+func (s *Stack) Runtime() *Proc { s.mu.Lock(); defer s.mu.Unlock(); return s.rt }
+
+// Proxy is the current proxy process (nil before the first start).
+func (s *Stack) Proxy() *Proc { s.mu.Lock(); defer s.mu.Unlock(); return s.px }
+
+// logTo is w, or stderr.
+func logTo(w io.Writer) io.Writer {
+	if w == nil {
+		return os.Stderr
+	}
+	return w
+}
+
+// StartRuntime starts a runtime serving model on the stack's socket; it
+// becomes the current one.
+func (s *Stack) StartRuntime(model string) error {
+	env := []string{"RUNTIME_SOCKET=" + s.Socket, "MODEL_PATH=" + model, "ORT_LIBRARY=" + s.cfg.ORTLibrary,
+		"ORT_CACHE_DIR=" + s.cfg.ORTCache, "LOG_LEVEL=warn"}
+	if s.cfg.MaxBatch > 0 {
+		env = append(env, "MAX_BATCH_SIZE="+strconv.Itoa(s.cfg.MaxBatch))
+	}
+	p, err := StartProc(s.bins.Runtime, []string{"serve"}, append(append(env, s.cfg.Env...), s.cfg.RuntimeEnv...), logTo(s.cfg.RuntimeLog))
+	if err != nil {
+		return fmt.Errorf("cannot start the runtime: %w", err)
+	}
+	s.mu.Lock()
+	s.rt = p
+	s.mu.Unlock()
+	return nil
+}
+
+// StartProxy starts a proxy on the stack's ports and socket; it becomes the
+// current one.
+func (s *Stack) StartProxy() error {
+	env := append(ProxyPortEnv(s.port, s.mport), "RUNTIME_SOCKET="+s.Socket, "LOG_LEVEL=warn")
+	if s.cfg.MaxBatch > 0 {
+		env = append(env, "MAX_BATCH_SIZE="+strconv.Itoa(s.cfg.MaxBatch))
+	}
+	if !s.cfg.ProxyDefaults {
+		env = append(env, "BATCH_WINDOW="+s.cfg.Window.String(), "CACHE_ENTRIES="+strconv.Itoa(s.cfg.CacheEntries),
+			"DRAIN_DELAY=0s", "QUEUE_CAPACITY=256")
+	}
+	path, args := s.bins.Proxy, []string(nil)
+	if s.cfg.ProxyCgroup != "" {
+		path, args = "/bin/sh", []string{"-c", `echo $$ > "$1" && exec "$2"`, "sh", filepath.Join(s.cfg.ProxyCgroup, "cgroup.procs"), s.bins.Proxy}
+	}
+	p, err := StartProc(path, args, append(append(env, s.cfg.Env...), s.cfg.ProxyEnv...), logTo(s.cfg.ProxyLog)) // the last of a name wins
+	if err != nil {
+		return fmt.Errorf("cannot start the proxy: %w", err)
+	}
+	s.mu.Lock()
+	s.px = p
+	s.mu.Unlock()
+	return nil
+}
+
+// WaitReady waits at most within for the proxy's /readyz to answer 200;
+// it fails at once when the current runtime or proxy exits meanwhile.
+func (s *Stack) WaitReady(ctx context.Context, within time.Duration) error {
+	what := "stack"
+	if !s.cfg.ProxyDefaults {
+		what = fmt.Sprintf("stack (batch %d, window %v)", s.cfg.MaxBatch, s.cfg.Window)
+	}
+	return WaitReady(ctx, s.URL, what, within, func() error {
+		if rt := s.Runtime(); rt != nil && rt.Exited() {
+			return fmt.Errorf("%s: the runtime exited (%s) before it was ready (its log is above)", what, rt.ExitText())
+		}
+		if px := s.Proxy(); px != nil && px.Exited() {
+			return fmt.Errorf("%s: %w (%s)", what, errProxyExited, px.ExitText())
 		}
 		return nil
-	}
-	if err := WaitReady(context.Background(), s.URL, what, 3*time.Minute, proxyGone); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	return s, nil
+	})
 }
 
 // WaitReady polls the /readyz of the proxy at url until it answers 200,
@@ -259,39 +355,12 @@ func WaitReady(ctx context.Context, url, what string, within time.Duration, gone
 	return fmt.Errorf("%s not ready after %v", what, within)
 }
 
-// Stop sends SIGTERM to both processes and waits for them.
+// Stop ends the proxy, then the runtime (SIGTERM, SIGKILL after 30 s), and
+// removes the socket's folder.
 func (s *Stack) Stop() {
-	Terminate(s.Proxy, s.Runtime)
+	s.Proxy().Stop(30 * time.Second)
+	s.Runtime().Stop(30 * time.Second)
 	os.RemoveAll(s.dir)
-}
-
-// Terminate sends SIGTERM to each started process in turn and waits for it
-// to exit, killing it after 30 s.
-func Terminate(cmds ...*exec.Cmd) {
-	for _, c := range cmds {
-		if c != nil && c.Process != nil {
-			c.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { c.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				c.Process.Kill()
-				<-done
-			}
-		}
-	}
-}
-
-// exited says whether the child pid has exited: it is gone, or a zombie
-// not yet waited for.
-func exited(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	return len(f) == 0 || f[0] == "Z" || f[0] == "X"
 }
 
 // CPUSeconds returns the user+system CPU time of pid so far.

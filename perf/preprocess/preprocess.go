@@ -195,10 +195,14 @@ func exitErr(err error) error {
 
 // timer is a process that times one pipeline on request (ServeTimes, or
 // pil_reference.py serve): started once, asked for one image at a time.
+// Every answer has a deadline, and stop kills a process that does not
+// exit: a hung pipeline ends the run with an error, not a stall.
 type timer struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
+	cmd     *exec.Cmd
+	in      io.WriteCloser
+	outPipe *os.File // for its read deadline
+	out     *bufio.Scanner
+	done    chan struct{} // closed when cmd has exited
 }
 
 func startTimer(cmd *exec.Cmd) (*timer, error) {
@@ -210,19 +214,32 @@ func startTimer(cmd *exec.Cmd) (*timer, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = os.Stderr
+	f, ok := out.(*os.File)
+	if !ok {
+		return nil, fmt.Errorf("%s: its output is not a pipe that takes a deadline", cmd.Path)
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	return &timer{cmd: cmd, in: in, out: bufio.NewScanner(out)}, nil
+	t := &timer{cmd: cmd, in: in, outPipe: f, out: bufio.NewScanner(out), done: make(chan struct{})}
+	go func() { cmd.Wait(); close(t.done) }()
+	return t, nil
 }
 
-// time sends one request line and returns the median ms it answers.
-func (t *timer) time(request string) (float64, error) {
+// time sends one request line and returns the median ms it answers, or an
+// error when no answer comes within.
+func (t *timer) time(request string, within time.Duration) (float64, error) {
 	if _, err := io.WriteString(t.in, request+"\n"); err != nil {
 		return 0, fmt.Errorf("%s: %w", t.cmd.Path, err)
 	}
+	t.outPipe.SetReadDeadline(time.Now().Add(within))
 	if !t.out.Scan() {
+		if errors.Is(t.out.Err(), os.ErrDeadlineExceeded) {
+			return 0, fmt.Errorf("%s did not answer %q within %v", t.cmd.Path, request, within)
+		}
 		return 0, fmt.Errorf("%s stopped answering (its errors are above)", t.cmd.Path)
 	}
 	v, ok := strings.CutPrefix(t.out.Text(), "ms ")
@@ -233,8 +250,21 @@ func (t *timer) time(request string) (float64, error) {
 	return ms, nil
 }
 
-// stop ends the process: its input closed, it exits.
-func (t *timer) stop() { t.in.Close(); t.cmd.Wait() }
+// stop ends the process: its input closed, it exits; killed if it has not
+// within grace.
+func (t *timer) stop(grace time.Duration) {
+	t.in.Close()
+	select {
+	case <-t.done:
+	case <-time.After(grace):
+		t.cmd.Process.Kill()
+		<-t.done
+	}
+}
+
+// answerWithin is how long one timing request may take: runs decodes of a
+// 12 MP photo take well under a second each here.
+func answerWithin(runs int) time.Duration { return 30*time.Second + time.Duration(runs)*10*time.Second }
 
 // prepSpeed times the pipelines on the timed images, interleaved: in each
 // round, every image in turn through every pipeline in turn (the order
@@ -255,7 +285,7 @@ func prepSpeed(ctx context.Context, root, imgDir, script string, c Config, logf 
 	var timers []*timer
 	defer func() {
 		for _, t := range timers {
-			t.stop()
+			t.stop(10 * time.Second)
 		}
 	}()
 	start := func(cmd *exec.Cmd) (*timer, error) {
@@ -286,7 +316,7 @@ func prepSpeed(ctx context.Context, root, imgDir, script string, c Config, logf 
 		for i, name := range timedImages {
 			for j := range pipes {
 				k := (i + j + r) % len(pipes)
-				ms, err := pipes[k].t.time(pipes[k].req(c.Runs, filepath.Join(imgDir, name)))
+				ms, err := pipes[k].t.time(pipes[k].req(c.Runs, filepath.Join(imgDir, name)), answerWithin(c.Runs))
 				if err != nil {
 					return nil, err
 				}

@@ -2,8 +2,10 @@ package preprocess
 
 import (
 	"bytes"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/batchgate/batchgate/internal/testenv"
 )
@@ -48,5 +50,39 @@ func TestReportGoals(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("report lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestTimerDeadline: a timer process that answers is read; one that hangs
+// ends its request with an error naming the deadline, not a stall, and
+// stop kills it when closing its input does not end it.
+func TestTimerDeadline(t *testing.T) {
+	answers := exec.Command("/bin/sh", "-c", `while read l; do echo "ms 1.5"; done`)
+	hangs := exec.Command("/bin/sh", "-c", `trap "" TERM; read l; exec sleep 600`)
+	for _, tc := range []struct {
+		name    string
+		cmd     *exec.Cmd
+		wantErr string
+	}{
+		{"answers", answers, ""},
+		{"hangs", hangs, "did not answer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tm, err := startTimer(tc.cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms, err := tm.time("1 x.jpg", 300*time.Millisecond)
+			switch {
+			case tc.wantErr == "" && (err != nil || ms != 1.5):
+				t.Errorf("time = %v, %v; want 1.5, nil", ms, err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("time = %v, %v; want an error saying %q", ms, err, tc.wantErr)
+			}
+			tm.stop(200 * time.Millisecond)
+			if tc.cmd.ProcessState == nil {
+				t.Error("the process runs on after stop")
+			}
+		})
 	}
 }

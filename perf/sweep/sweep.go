@@ -267,7 +267,7 @@ func measure(s *harness.Stack, base point, load func(n *int, elapsed *time.Durat
 	if err != nil {
 		return base, err
 	}
-	pcpu, rcpu := harness.CPUSeconds(s.Proxy.Process.Pid), harness.CPUSeconds(s.Runtime.Process.Pid)
+	pcpu, rcpu := harness.CPUSeconds(s.Proxy().Pid()), harness.CPUSeconds(s.Runtime().Pid())
 	var n int
 	var took time.Duration
 	res := load(&n, &took)
@@ -280,8 +280,8 @@ func measure(s *harness.Stack, base point, load func(n *int, elapsed *time.Durat
 	// CPU per image: all the CPU spent, warm-up included, over every
 	// request answered, warm-up included (n).
 	if n > 0 {
-		p.ProxyCPUms = 1000 * (harness.CPUSeconds(s.Proxy.Process.Pid) - pcpu) / float64(n)
-		p.RtCPUms = 1000 * (harness.CPUSeconds(s.Runtime.Process.Pid) - rcpu) / float64(n)
+		p.ProxyCPUms = 1000 * (harness.CPUSeconds(s.Proxy().Pid()) - pcpu) / float64(n)
+		p.RtCPUms = 1000 * (harness.CPUSeconds(s.Runtime().Pid()) - rcpu) / float64(n)
 	}
 	if cnt := d["inference_batch_size_count"]; cnt > 0 {
 		p.MeanBatch = d["inference_batch_size_sum"] / cnt
