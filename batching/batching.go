@@ -141,10 +141,15 @@ type BatchInfo struct {
 
 type batchInfoKey struct{}
 
-// InfoFrom returns the BatchInfo of the batch whose RunBatch received ctx.
+// InfoFrom returns the BatchInfo of the batch whose RunBatch received ctx,
+// during that call: the batcher reuses the context for a later batch (one
+// context per in-flight slot, so that dispatching allocates nothing).
 func InfoFrom(ctx context.Context) (BatchInfo, bool) {
-	i, ok := ctx.Value(batchInfoKey{}).(BatchInfo)
-	return i, ok
+	i, ok := ctx.Value(batchInfoKey{}).(*BatchInfo)
+	if !ok {
+		return BatchInfo{}, false
+	}
+	return *i, true
 }
 
 // Observer receives batch events, for metrics. Its methods are called from
@@ -286,6 +291,9 @@ type batch[In, Out any] struct {
 	results []Result[Out]
 	waits   []time.Duration
 	info    BatchInfo
+	// ctx is the batcher's runCtx carrying &info, made once for the slot:
+	// RunBatch gets it without a per-batch allocation.
+	ctx context.Context
 }
 
 // New starts a Batcher for r.
@@ -437,7 +445,9 @@ func (b *Batcher[In, Out]) dispatch() {
 	)
 	timer.Stop()
 	for range b.cfg.MaxInFlight {
-		free = append(free, &batch[In, Out]{})
+		bt := &batch[In, Out]{}
+		bt.ctx = context.WithValue(b.runCtx, batchInfoKey{}, &bt.info)
+		free = append(free, bt)
 		workers.Go(func() {
 			for bt := range work {
 				b.run(bt)
@@ -540,7 +550,11 @@ func (b *Batcher[In, Out]) take(queue []*request[In, Out], bt *batch[In, Out]) [
 			bt.reqs = append(bt.reqs, r)
 		}
 	}
-	return queue[i:]
+	// Keep the rest at the front of the same array: re-slicing from i
+	// would shrink its capacity until an append allocates a new one.
+	n := copy(queue, queue[i:])
+	clear(queue[n:])
+	return queue[:n]
 }
 
 // compact drops the requests Submit abandoned from queue, keeping the order
@@ -582,7 +596,7 @@ func (b *Batcher[In, Out]) run(bt *batch[In, Out]) {
 	n := len(bt.reqs)
 	bt.results = slices.Grow(bt.results[:0], n)[:n]
 	start := time.Now()
-	err := b.runner.RunBatch(context.WithValue(b.runCtx, batchInfoKey{}, bt.info), bt.items, bt.results)
+	err := b.runner.RunBatch(bt.ctx, bt.items, bt.results)
 	end := time.Now()
 	exec := end.Sub(start)
 	b.observe(start, end, bt.results, err)
