@@ -128,7 +128,6 @@ type Point struct {
 	ProxyCPU float64 // core-seconds per 1000 images; the anchor's whole process here
 	RtCPU    float64 // core-seconds per 1000 images; 0 for the anchor
 	Reserved float64 // cores the pod requests
-	Pods     float64 // the load's share of one pod: 1 at saturation, the target below
 }
 
 // Used is the core-seconds both processes spent per 1000 images.
@@ -136,7 +135,7 @@ func (p Point) Used() float64 { return p.ProxyCPU + p.RtCPU }
 
 // ReservedPer1000 is what the scheduler bills per 1000 images: the pod's
 // request for as long as 1000 images take at the pod's throughput, which at
-// the autoscaling target is Pods of its saturated one.
+// the autoscaling target is the target's share of its saturated one.
 func (p Point) ReservedPer1000() float64 {
 	if p.PerSec <= 0 {
 		return math.Inf(1)
@@ -243,12 +242,12 @@ func measureBatchgate(ctx context.Context, root string, bins harness.Binaries, m
 	client := harness.NewClient(s.URL + "/predict")
 	server := "batchgate " + variant
 	sat := saturate(ctx, client, pool, pids, c)
-	sat.Server, sat.Reserved, sat.Pods = server, chart.Reserved(), 1
+	sat.Server, sat.Reserved = server, chart.Reserved()
 	if sat.Images == 0 {
 		return nil, fmt.Errorf("no image answered at saturation (%d failed)", sat.Failed)
 	}
 	at := paced(ctx, client, pool, pids, chart.Target*sat.PerSec, c)
-	at.Server, at.Load, at.Reserved, at.Pods = server, fmt.Sprintf("target %g", chart.Target), chart.Reserved(), chart.Target
+	at.Server, at.Load, at.Reserved = server, fmt.Sprintf("target %g", chart.Target), chart.Reserved()
 	return []Point{sat, at}, nil
 }
 
@@ -351,7 +350,7 @@ func measureAnchor(ctx context.Context, root string, pool []harness.Upload, c Co
 	ac := c
 	ac.Clients = 2
 	pt := saturate(ctx, harness.NewClient(url+"/predict"), pool, []int{p.Pid()}, ac)
-	pt.Server, pt.Reserved, pt.Pods = "FastAPI + PyTorch (seed-like)", 1, 1
+	pt.Server, pt.Reserved = "FastAPI + PyTorch (seed-like)", 1
 	if pt.Images == 0 {
 		return pt, fmt.Errorf("the anchor answered no image (%d failed)", pt.Failed)
 	}

@@ -68,9 +68,9 @@ func TestReadChart(t *testing.T) {
 func TestReport(t *testing.T) {
 	chart := Chart{ProxyCPU: 0.25, RuntimeCPU: 1, MaxBatch: 4, Target: 0.7}
 	pts := []Point{
-		{Server: "batchgate fp32", Load: "saturation", PerSec: 25, Images: 750, ProxyCPU: 3, RtCPU: 40, Reserved: 1.25, Pods: 1},
-		{Server: "batchgate fp32", Load: "target 0.7", PerSec: 17.5, Images: 525, ProxyCPU: 3, RtCPU: 38, Reserved: 1.25, Pods: 0.7},
-		{Server: "FastAPI + PyTorch (seed-like)", Load: "saturation", PerSec: 2, Images: 60, ProxyCPU: 500, Reserved: 1, Pods: 1},
+		{Server: "batchgate fp32", Load: "saturation", PerSec: 25, Images: 750, ProxyCPU: 3, RtCPU: 40, Reserved: 1.25},
+		{Server: "batchgate fp32", Load: "target 0.7", PerSec: 17.5, Images: 525, ProxyCPU: 3, RtCPU: 38, Reserved: 1.25},
+		{Server: "FastAPI + PyTorch (seed-like)", Load: "saturation", PerSec: 2, Images: 60, ProxyCPU: 500, Reserved: 1},
 	}
 	if got := pts[0].ReservedPer1000(); math.Abs(got-50) > 1e-9 {
 		t.Errorf("reserved per 1000 at 25/s on 1.25 cores = %v, want 50", got)
