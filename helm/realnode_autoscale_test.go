@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,7 +24,8 @@ import (
 // 1 s); only the timings are shorter so that the test waits less, and the
 // connections are recycled sooner (the proxy closes a keep-alive
 // connection past proxy.connMaxAge, so that kube-proxy spreads the
-// clients' new connections over the new pods).
+// clients' new connections over the new pods; 5 s, so that the share
+// check below sees many connections: rnShareClients).
 const rnAutoscaleValues = `
 keda:
   enabled: true
@@ -35,7 +37,7 @@ keda:
   maxReplicas: 3
   scaleDown: {stabilizationWindowSeconds: 20}
 proxy:
-  connMaxAge: 10s
+  connMaxAge: 5s
 `
 
 // rnAutoscale: KEDA's operator and metrics adapter, and a Prometheus that
@@ -101,7 +103,7 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 		t.Logf("%s: between the install and the load, at most %d replicas (the fallback while the first pod had no series)", r.ns, r.rec.maxReplicas())
 	}
 	clusterIP := strings.TrimSpace(n.KubectlT(t, "get", "service", "-n", ns, deploy, "-o", "jsonpath={.spec.clusterIP}"))
-	load := rnStartLoad(fmt.Sprintf("http://%s:9999/predict?top_k=1", clusterIP), 4, 100*time.Millisecond, 6000)
+	load := rnStartLoad(fmt.Sprintf("http://%s:9999/predict?top_k=1", clusterIP), rnShareClients, 200*time.Millisecond, 6000)
 	l0 := time.Now()
 	var grown time.Time
 	for deadline := l0.Add(150 * time.Second); ; time.Sleep(time.Second) {
@@ -117,7 +119,7 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	}
 	// Two connection ages: every client has reconnected since the new
 	// pods became Ready.
-	time.Sleep(20 * time.Second)
+	time.Sleep(10 * time.Second)
 	mid := rec.last()
 	// What each release's HPA sees now: the loaded one above its target,
 	// the idle one near 0 (its own pod has no load).
@@ -129,7 +131,7 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 			break
 		}
 	}
-	time.Sleep(10 * time.Second)
+	time.Sleep(rnShareWindow)
 	end := rec.last()
 	res := load.stop()
 	stopped := time.Now()
@@ -138,17 +140,16 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 	for _, p := range problems {
 		t.Error(p)
 	}
-	// Each pod Ready through the last 10 s of load served a share.
-	var total float64
-	for _, pod := range end.ready {
-		total += end.requests[pod] - mid.requests[pod]
-	}
-	for _, pod := range end.ready {
-		share := (end.requests[pod] - mid.requests[pod]) / total
-		t.Logf("pod %s: %.0f%% of the last 10 s of requests", pod, 100*share)
-		if share < 0.1 {
-			t.Errorf("pod %s Ready but served %.0f%% of the requests: the new pods do not take traffic", pod, 100*share)
+	// Each pod Ready through the last rnShareWindow of load served a share.
+	shares := rnShares(mid, end)
+	for _, s := range shares {
+		t.Logf("pod %s: %.0f%% of the last %v of requests", s.pod, 100*s.share, rnShareWindow)
+		if s.share < rnMinShare {
+			t.Errorf("pod %s Ready but served %.0f%% of the requests: the new pods do not take traffic", s.pod, 100*s.share)
 		}
+	}
+	if len(shares) < 2 {
+		t.Errorf("%d pods Ready through the last %v of load (%s, then %s): no new pod to check", len(shares), rnShareWindow, mid, end)
 	}
 	for deadline := stopped.Add(150 * time.Second); ; time.Sleep(time.Second) {
 		if r := rec.last(); r.replicas == 1 {
@@ -167,6 +168,47 @@ func rnAutoscale(t *testing.T, n *kubenode.Node, runHelm func(...string), values
 		t.Error(err)
 	}
 	t.Logf("replicas and per-pod requests over time: %s", dir)
+}
+
+// The share check. kube-proxy picks a pod per connection, at random, so
+// a pod's share of a window is its share of the connections opened in
+// it: with 3 pods and rnShareClients clients that reconnect every 5 s, a
+// 20 s window holds about 8 × 5 = 40 connections, and a pod that takes
+// traffic gets fewer than 5% of them with a probability below 1e-5
+// (binomial, p = 1/3). With 4 clients, 10 s connections and a 10 s window
+// (about 8 connections), a Ready pod got none in about one run in ten
+// (CI on 45806f2).
+const (
+	rnShareClients = 8
+	rnShareWindow  = 20 * time.Second
+	rnMinShare     = 0.05
+)
+
+type rnShare struct {
+	pod   string
+	share float64
+}
+
+// rnShares: each pod Ready at both samples, and its share of the
+// requests all those pods served between them.
+func rnShares(mid, end rnScaleRow) []rnShare {
+	var pods []string
+	var total float64
+	for _, pod := range end.ready {
+		if slices.Contains(mid.ready, pod) {
+			pods = append(pods, pod)
+			total += end.requests[pod] - mid.requests[pod]
+		}
+	}
+	out := make([]rnShare, 0, len(pods))
+	for _, pod := range pods {
+		share := 0.0
+		if total > 0 {
+			share = (end.requests[pod] - mid.requests[pod]) / total
+		}
+		out = append(out, rnShare{pod, share})
+	}
+	return out
 }
 
 // The release beside rnAutoscale's that gets no load.
@@ -194,6 +236,21 @@ func rnHPAMetrics(t *testing.T, n *kubenode.Node, ns string) []float64 {
 		t.Errorf("the HPA in %s has no current metric (%q)", ns, out)
 	}
 	return vs
+}
+
+// TestRNShares: only pods Ready at both samples count, and a pod that
+// served nothing in the window has share 0.
+func TestRNShares(t *testing.T) {
+	mid := rnScaleRow{ready: []string{"a", "b"}, requests: map[string]float64{"a": 100, "b": 10}}
+	end := rnScaleRow{ready: []string{"a", "b", "c"}, requests: map[string]float64{"a": 160, "b": 10, "c": 40}}
+	got := rnShares(mid, end)
+	want := []rnShare{{"a", 1}, {"b", 0}}
+	if !slices.Equal(got, want) {
+		t.Errorf("rnShares = %v, want %v", got, want)
+	}
+	if got := rnShares(rnScaleRow{}, end); len(got) != 0 {
+		t.Errorf("rnShares with none Ready at the first sample = %v, want none", got)
+	}
 }
 
 // TestRNQuantity: the HPA's quantities as rnHPAMetrics reads them.
