@@ -183,7 +183,7 @@ func Measure(ctx context.Context, root string, bins harness.Binaries, c Config, 
 	}
 	var pts []Point
 	for _, variant := range c.Variants {
-		model, err := fetchModel(ctx, root, bins, variant, c.Tiny)
+		model, err := bins.FetchModel(ctx, root, variant, c.Tiny)
 		if err != nil {
 			return nil, chart, err
 		}
@@ -206,26 +206,6 @@ func Measure(ctx context.Context, root string, bins harness.Binaries, c Config, 
 		}
 	}
 	return pts, chart, nil
-}
-
-// fetchModel is the path of a variant's model, as `runtime fetch-model`
-// gives it (the generated one offline).
-func fetchModel(ctx context.Context, root string, bins harness.Binaries, variant string, tiny bool) (string, error) {
-	args := []string{"fetch-model", "-variant", variant, "-dir", filepath.Join(root, ".deps/models")}
-	if tiny {
-		args = append(args, "-tiny")
-	}
-	cmd := exec.CommandContext(ctx, bins.Runtime, args...)
-	cmd.Env = append(os.Environ(), "ORT_LIBRARY="+harness.ORTLibrary(root))
-	out, err := cmd.Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return "", fmt.Errorf("runtime fetch-model -variant %s: %w\n%s", variant, err, ee.Stderr)
-		}
-		return "", err
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // measureBatchgate starts the default pod's processes on model and

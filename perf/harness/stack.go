@@ -25,8 +25,28 @@ type Binaries struct{ Runtime, Proxy string }
 // DefaultModel is the model `runtime fetch-model` gives (fetched into
 // root's .deps/models if need be): its path.
 func (b Binaries) DefaultModel(root string) (string, error) {
-	out, err := exec.Command(b.Runtime, "fetch-model", "-dir", filepath.Join(root, ".deps/models")).Output()
+	return b.FetchModel(context.Background(), root, "", false)
+}
+
+// FetchModel runs `runtime fetch-model` into root's .deps/models and
+// returns the model's path: variant ("" for the default, "int8"), the
+// small generated test model when tiny.
+func (b Binaries) FetchModel(ctx context.Context, root, variant string, tiny bool) (string, error) {
+	args := []string{"fetch-model", "-dir", filepath.Join(root, ".deps/models")}
+	if variant != "" {
+		args = append(args, "-variant", variant)
+	}
+	if tiny {
+		args = append(args, "-tiny")
+	}
+	cmd := exec.CommandContext(ctx, b.Runtime, args...)
+	cmd.Env = append(os.Environ(), "ORT_LIBRARY="+ORTLibrary(root))
+	out, err := cmd.Output()
 	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("cannot get the model (runtime %s): %w\n%s", strings.Join(args, " "), err, ee.Stderr)
+		}
 		return "", fmt.Errorf("cannot get the model: %w", err)
 	}
 	return strings.TrimSpace(string(out)), nil
