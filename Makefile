@@ -49,7 +49,7 @@ deps: deps-test
 
 tools:
 	@scripts/install-tools.sh
-	@scripts/build-k8s-tools.sh $(DEPS)/tools
+	@scripts/build-tools.sh $(DEPS)/tools
 	@scripts/build-jaeger.sh $(DEPS)/tools
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh

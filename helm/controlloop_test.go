@@ -658,14 +658,14 @@ func (l *controlLoop) kubectl(args ...string) []byte {
 }
 
 // kedaCRDs returns KEDA's CRD folder from the module the binaries are built
-// from (helm/kedatools pins it).
+// from (tools/go.mod pins it).
 func (l *controlLoop) kedaCRDs() string {
 	l.t.Helper()
-	out, err := exec.Command("go", "-C", filepath.Join(l.root, "helm", "kedatools"), "list", "-m", "-f", "{{.Dir}}",
+	out, err := exec.Command("go", "-C", filepath.Join(l.root, "tools"), "list", "-m", "-f", "{{.Dir}}",
 		"github.com/kedacore/keda/v2").CombinedOutput()
 	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "bases")
 	if err != nil || !fileExists(dir) {
-		l.t.Fatalf("KEDA's module (helm/kedatools) is not downloaded: run `make test`, which builds KEDA from it: %v\n%s", err, out)
+		l.t.Fatalf("KEDA's module (tools/go.mod) is not downloaded: run `make test`, which builds KEDA from it: %v\n%s", err, out)
 	}
 	return dir
 }

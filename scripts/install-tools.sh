@@ -36,29 +36,19 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# helm, built from its Go module (pinned), into .deps/tools.
+# The Kubernetes binaries, etcd, KEDA, helm and grpcurl: scripts/build-tools.sh,
+# from one module (tools/go.mod). Prometheus keeps its own (below).
+
 tools=$(cd "$(dirname "$0")/.." && pwd)/.deps/tools
-if [ ! -x "$tools/helm" ]; then
-  echo "install-tools: go install helm.sh/helm/v3/cmd/helm@v3.22.0 (about 1.5 minutes)" >&2
-  GOBIN="$tools" go install helm.sh/helm/v3/cmd/helm@v3.22.0
-fi
-
-# grpcurl, built from its Go module (pinned), into .deps/tools: the gRPC
-# test drives the proxy with it through server reflection
-# (proxy/gateway/grpcclients_test.go). The version ldflag is what
-# `grpcurl -version` prints.
-if [ ! -x "$tools/grpcurl" ]; then
-  echo "install-tools: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4 (about 3 minutes)" >&2
-  GOBIN="$tools" go install -trimpath -ldflags "-s -w -X main.version=v1.9.4" github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
-fi
-
+mkdir -p "$tools"
 # Prometheus with Kubernetes service discovery, built from its Go module
 # (pinned; v0.316.0 is Prometheus 3.16.0) with that discovery alone
 # (-tags remove_all_sd,enable_kubernetes_sd), into .deps/tools as
 # prometheus-k8s: the real-node autoscaling test (helm/realnode_autoscale_test.go)
 # has it discover the chart's pods by their prometheus.io annotations, as
 # users run it. Debian's Prometheus (2.42, the other chart tests') is built
-# without Kubernetes discovery.
+# without Kubernetes discovery. Not in tools/go.mod: its OpenTelemetry
+# Collector packages want gobwas/glob v0.2, and KEDA there v1.0.
 if [ ! -x "$tools/prometheus-k8s" ]; then
   echo "install-tools: go install github.com/prometheus/prometheus/cmd/prometheus@v0.316.0 (about 3 minutes)" >&2
   bin=$(mktemp -d)

@@ -1,7 +1,7 @@
 // Package kubenode starts a real single-node Kubernetes cluster for tests:
 // etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd,
 // the kubelet and kube-proxy (v1.37.2, built into .deps/tools by
-// scripts/build-k8s-tools.sh; containerd, runc and the CNI plugins from
+// scripts/build-tools.sh; containerd, runc and the CNI plugins from
 // Debian, installed by scripts/install-tools.sh), as child processes of the
 // test with their state in one folder, /tmp/kubenode-<prefix>.
 //
@@ -127,7 +127,7 @@ func Missing(tools string) string {
 	}
 	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(tools, name)); err != nil {
-			return fmt.Sprintf("kubenode: %s not built in %s: run `make tools` (scripts/build-k8s-tools.sh)", name, tools)
+			return fmt.Sprintf("kubenode: %s not built in %s: run `make tools` (scripts/build-tools.sh)", name, tools)
 		}
 	}
 	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip6tables", "ip", "gcc"} {
