@@ -292,7 +292,7 @@ func rnQuantity(q string) (float64, error) {
 // relabelling of Prometheus's own Kubernetes example, which is what users
 // run. Debian's Prometheus (2.42, the other chart tests') is built without
 // Kubernetes discovery, so this is Prometheus built from its Go module
-// with it (scripts/build-tools.sh: prometheus-k8s).
+// with it (scripts/install-tools.sh: prometheus-k8s).
 func rnPrometheus(t *testing.T, l *controlLoop, n *kubenode.Node) string {
 	dir := filepath.Join(l.dir, "prometheus")
 	os.MkdirAll(dir, 0o755)
