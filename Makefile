@@ -14,17 +14,19 @@ export ORT_LIBRARY ?= $(abspath $(ORT_LIB))
 FUZZTIME  ?= 10s
 # Every parser a client (or the runtime's socket) reaches: package:target.
 FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep:FuzzInspect \
-                proxy/imageprep:FuzzVP8LHuffmanCost \
+                proxy/imageprep:FuzzVP8LHuffmanCost proxy/imageprep:FuzzPNG \
                 proxy/imageprep/turbojpeg:FuzzDecode \
                 proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler \
                 proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck proxy/oipgrpc:FuzzDecodeInfer
-# JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) when its
-# header and library are installed (Debian: libturbojpeg0-dev; `make test`
-# installs it), else with Go's decoder (the nojpegturbo tag, with a note).
+# JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) and PNG's
+# image data inflates through libdeflate (static libdeflate.a) when their
+# headers and libraries are installed (Debian: libturbojpeg0-dev and
+# libdeflate-dev; `make test` installs them), else with Go's decoders (the
+# nojpegturbo and nolibdeflate tags, with a note).
 # Recursive (=), so it is checked again after deps-test installed it; the
 # caller's own GOFLAGS are kept.
 GOFLAGS_USER := $(GOFLAGS)
-export GOFLAGS = $(strip $(GOFLAGS_USER) $(shell scripts/jpeg-tags.sh))
+export GOFLAGS = $(strip $(GOFLAGS_USER) $(shell scripts/cgo-tags.sh))
 
 .PHONY: run run-ab test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
 
@@ -72,8 +74,8 @@ unit:
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/helm$$' -e '/internal/kubenode$$')
 	@echo "unit: the cluster tests, one package at a time"
 	$(GO) test -race -count=1 -timeout 45m -p 1 $(CLUSTER_PKGS)
-	@echo "unit: the JPEG path again with Go's decoder (-tags nojpegturbo), and the proxy without cgo"
-	$(GO) test -race -count=1 -tags nojpegturbo ./proxy/imageprep/... ./proxy/classify/...
+	@echo "unit: the JPEG and PNG paths again with Go's decoders (-tags nojpegturbo,nolibdeflate), and the proxy without cgo"
+	$(GO) test -race -count=1 -tags nojpegturbo,nolibdeflate ./proxy/imageprep/... ./proxy/classify/...
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./proxy
 
 # Each fuzz target for FUZZTIME, after its seed corpus; internal/fuzzrun

@@ -18,11 +18,11 @@ alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || return 1; done; 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # build: bin/runtime and bin/proxy, the proxy's JPEG through libjpeg-turbo
-# when installed, else Go's decoder with a note (make already put the tag in
-# GOFLAGS when needed).
+# and PNG through libdeflate when installed, else Go's decoders with a note
+# (make already put the tags in GOFLAGS when needed).
 build() {
   local tags=
-  [[ "${GOFLAGS:-}" == *nojpegturbo* ]] || tags=$(scripts/jpeg-tags.sh)
+  [[ "${GOFLAGS:-}" == *-tags=* ]] || tags=$(scripts/cgo-tags.sh)
   go build -o bin/runtime ./runtime
   go build $tags -o bin/proxy ./proxy
 }

@@ -28,10 +28,15 @@ func TestParityShort(t *testing.T) {
 	if len(par) < 16 {
 		t.Fatalf("%d images compared, want the whole set", len(par))
 	}
-	scaled := 0
+	scaled, pngs := 0, 0
 	for _, p := range par {
 		jpeg := strings.HasSuffix(p.Image, ".jpg")
-		if jpeg && (p.ExactMax != 0 || p.ServedMax != 0) {
+		// PNG too: its fast path (libdeflate) must give PIL's pixels.
+		png := strings.HasSuffix(p.Image, ".png")
+		if png {
+			pngs++
+		}
+		if (jpeg || png) && (p.ExactMax != 0 || p.ServedMax != 0) {
 			t.Errorf("%s: differs from PIL: exact path max %g (want 0), served path max %g against draft() (want 0)", p.Image, p.ExactMax, p.ServedMax)
 		}
 		if jpeg && p.Denom > 1 {
@@ -43,6 +48,9 @@ func TestParityShort(t *testing.T) {
 		if !p.Top1Exact || p.Top5Exact != 5 {
 			t.Errorf("%s: the exact path's top-1/top-5 differ from PIL's (top-1 same: %v, top-5 shared %d)", p.Image, p.Top1Exact, p.Top5Exact)
 		}
+	}
+	if pngs < 2 {
+		t.Errorf("%d PNGs compared, want 2", pngs)
 	}
 	if scaled < 8 {
 		t.Errorf("only %d images took the DCT-scaled path", scaled)

@@ -7,8 +7,11 @@
 // build has it (package turbojpeg: cgo on, no nojpegturbo tag), the library
 // PIL itself uses, with the same settings; a JPEG at least twice the resize
 // target on its shorter side is decoded at 1/2, 1/4 or 1/8 in the DCT domain
-// first, as PIL's draft() does (see ScaleDenom). Other formats, and JPEG in
-// a build without libjpeg-turbo, go through Go's decoders.
+// first, as PIL's draft() does (see ScaleDenom). 8-bit gray, RGB and RGBA
+// PNGs take a fast path (png.go: libdeflate where the build has it, package
+// libdeflate); image/png decides every other PNG and any file the fast path
+// does not take. Other formats, and JPEG in a build without libjpeg-turbo,
+// go through Go's decoders.
 //
 // The resize is PIL's own fixed-point antialiased bilinear filter, computed
 // only for the pixels inside the crop (resample.go): on the same decoded
@@ -24,6 +27,7 @@ import (
 	_ "image/jpeg"
 	_ "image/png"
 
+	"github.com/batchgate/batchgate/proxy/imageprep/libdeflate"
 	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 	_ "golang.org/x/image/webp"
 )
@@ -140,6 +144,12 @@ func Tensor(data []byte, h Header, p Params, dst []float32) error {
 // denom is ignored (1) for formats other than JPEG and in builds without
 // libjpeg-turbo.
 func TensorAt(data []byte, h Header, p Params, denom int, dst []float32) error {
+	return tensorAt(data, h, p, denom, dst, true)
+}
+
+// tensorAt is TensorAt; fastPNG false sends every PNG to image/png (the
+// fast path's tests compare both).
+func tensorAt(data []byte, h Header, p Params, denom int, dst []float32, fastPNG bool) error {
 	if len(dst) != 3*p.Height*p.Width {
 		return fmt.Errorf("BUG: dst holds %d values, want %d", len(dst), 3*p.Height*p.Width)
 	}
@@ -151,6 +161,14 @@ func TensorAt(data []byte, h Header, p Params, denom int, dst []float32) error {
 			return err
 		}
 		return resample(src, w, ht, p, dst, s)
+	}
+	if fastPNG && h.fastPNG {
+		if src, ok := decodePNGFast(data, h, s); ok {
+			return resample(src, h.Width, h.Height, p, dst, s)
+		}
+		// Not for the fast path after all: its buffers go before
+		// image/png allocates its own.
+		s.pix, s.idat = nil, nil
 	}
 	img, err := DecodeInspected(data, h)
 	if err != nil {
@@ -165,6 +183,15 @@ func TensorAt(data []byte, h Header, p Params, denom int, dst []float32) error {
 func JPEGDecoder() string {
 	if turbojpeg.Available {
 		return "libjpeg-turbo"
+	}
+	return "go"
+}
+
+// PNGInflater names what inflates the image data of PNG files on the fast
+// path (png.go) in this build, for logs: "libdeflate" or "go".
+func PNGInflater() string {
+	if libdeflate.Available {
+		return "libdeflate"
 	}
 	return "go"
 }
@@ -227,7 +254,7 @@ func decodeTurbo(data []byte, h Header, denom int, s *scratch) (*rowReader, int,
 	case turbojpeg.CMYK:
 		r.cmyk, r.cstride, r.inv = pix, 4*w, true
 	default:
-		r.rgb = pix
+		r.rgb, r.rstride = pix, 3*w
 	}
 	return r, w, ht, nil
 }

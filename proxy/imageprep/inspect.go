@@ -32,6 +32,10 @@ type Header struct {
 	samples     int64
 	progressive bool
 	fullSize    bool // Limits.FullSizeJPEG
+	// PNG only: the file's layout is the fast path's (png.go), which
+	// takes fastBytes.
+	fastPNG   bool
+	fastBytes int64
 }
 
 // MemoryBytes estimates the most memory that decoding and preprocessing the
@@ -40,6 +44,10 @@ type Header struct {
 // buffers. The proxy reserves it from its decode budget before decoding.
 func (h Header) MemoryBytes(p Params) int64 {
 	n := h.goDecodeBytes()
+	if h.fastPNG {
+		// The fast path, or image/png when it declines the file.
+		n = max(n, h.fastBytes)
+	}
 	width := int64(h.Width)
 	if h.Format == "jpeg" && turbojpeg.Available {
 		n = h.turboBytes(ScaleDenom(h, p)) + 64<<10
@@ -242,7 +250,7 @@ func inspectPNG(data []byte) (Header, error) {
 	}
 	h := Header{Format: "png", Width: int(w), Height: int(ht)}
 	depth, ctype, interlaced := ihdr[8], ihdr[9], ihdr[12] == 1
-	trns := false
+	trns, plte := false, false
 	for p += 8 + 13 + 4; p+8 <= len(data); {
 		n := int64(binary.BigEndian.Uint32(data[p:]))
 		typ := string(data[p+4 : p+8])
@@ -250,6 +258,7 @@ func inspectPNG(data []byte) (Header, error) {
 			break
 		}
 		trns = trns || typ == "tRNS"
+		plte = plte || typ == "PLTE"
 		if n > int64(len(data)) {
 			break
 		}
@@ -284,6 +293,9 @@ func inspectPNG(data []byte) (Header, error) {
 	h.decodeBytes += rows
 	// Read in place: 8-bit gray, paletted, RGBA and NRGBA.
 	h.direct = depth <= 8
+	if bpp, ok := fastPNGLayout(depth, ctype, ihdr[12]); ok && !trns && !plte {
+		h.fastPNG, h.fastBytes = true, pngFastBytes(h.Width, h.Height, bpp, len(data))
+	}
 	return h, nil
 }
 

@@ -271,6 +271,7 @@ func horizontal3(src, out []byte, xs coeffs, x0 int) {
 // idle buffers never hold more than pooledScratch*(maxPooled+...) bytes.
 type scratch struct {
 	pix, tmp, row, acc []byte
+	idat               []byte // a PNG's image data in one piece, for libdeflate
 	sums               []int32
 }
 
@@ -291,7 +292,7 @@ func getScratch() *scratch {
 }
 
 func putScratch(s *scratch) {
-	for _, b := range []*[]byte{&s.pix, &s.tmp, &s.row, &s.acc} {
+	for _, b := range []*[]byte{&s.pix, &s.tmp, &s.row, &s.acc, &s.idat} {
 		if cap(*b) > maxPooled {
 			*b = nil
 		}

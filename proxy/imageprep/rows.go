@@ -13,7 +13,8 @@ import (
 // the memory estimate).
 type rowReader struct {
 	b       image.Rectangle
-	rgb     []byte // packed RGB (libjpeg-turbo's output), 3*width a row
+	rgb     []byte // packed RGB (libjpeg-turbo's output, PNG's rows)...
+	rstride int    // ...rstride bytes a row
 	gray    *image.Gray
 	cmyk    []byte // 4 bytes a pixel, stride 4*width...
 	cstride int
@@ -76,8 +77,7 @@ func (r *rowReader) channels() int {
 func (r *rowReader) row(y, x0, x1 int, buf *[]byte) []byte {
 	switch {
 	case r.rgb != nil:
-		w := r.b.Dx()
-		return r.rgb[3*(y*w+x0) : 3*(y*w+x1)]
+		return r.rgb[y*r.rstride+3*x0 : y*r.rstride+3*x1]
 	case r.gray != nil:
 		m := r.gray
 		return m.Pix[y*m.Stride+x0 : y*m.Stride+x1]
