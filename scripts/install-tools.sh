@@ -27,6 +27,25 @@ for p in git curl prometheus chromium libturbojpeg0-dev libdeflate-dev python3-p
   python3-grpcio python3-grpc-tools; do
   installed "$p" || need+=("$p")
 done
+# While apt works, download the Go modules that the tool builds (below,
+# scripts/build-tools.sh, scripts/build-jaeger.sh) compile: on a cold machine
+# about 1.5 minutes of downloads that otherwise sit between their compiles.
+# Best effort (each build downloads what is still missing), only while a tool
+# is missing, and waited for below.
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools=$root/.deps/tools
+prefetch=
+if [ ! -x "$tools/prometheus-k8s" ] || [ ! -x "$tools/keda-operator" ] || [ ! -x "$tools/jaeger" ]; then
+  # setsid: a process group of its own, so that the kill below reaches go.
+  setsid bash -c '
+    cd "$1/tools" && go list -deps tool >/dev/null
+    cd "$1/internal/jaegertest/jaegertool" && go list -deps github.com/jaegertracing/jaeger/cmd/jaeger >/dev/null
+    prom=$(go mod download -json github.com/prometheus/prometheus@v0.316.0 | sed -n "s/^\t\"Dir\": \"\(.*\)\",\$/\1/p")
+    cd "$prom" && GOWORK=off go list -deps -tags remove_all_sd,enable_kubernetes_sd ./cmd/prometheus >/dev/null
+  ' _ "$root" >/dev/null 2>&1 &
+  prefetch=$!
+  trap 'kill -- -"$prefetch" 2>/dev/null' EXIT
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-tools: please install: ${need[*]}" >&2
@@ -36,11 +55,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+if [ -n "$prefetch" ]; then
+  # At most 5 minutes more; then the builds download the rest themselves.
+  for _ in $(seq 300); do kill -0 "$prefetch" 2>/dev/null || break; sleep 1; done
+  kill -- -"$prefetch" 2>/dev/null || true
+  wait "$prefetch" 2>/dev/null || true
+  trap - EXIT
+fi
 
 # The Kubernetes binaries, etcd, KEDA, helm and grpcurl: scripts/build-tools.sh,
 # from one module (tools/go.mod). Prometheus keeps its own (below).
 
-tools=$(cd "$(dirname "$0")/.." && pwd)/.deps/tools
 mkdir -p "$tools"
 # Prometheus with Kubernetes service discovery, built from its Go module
 # (pinned; v0.316.0 is Prometheus 3.16.0) with that discovery alone
