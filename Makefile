@@ -28,7 +28,7 @@ FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep
 GOFLAGS_USER := $(GOFLAGS)
 export GOFLAGS = $(strip $(GOFLAGS_USER) $(shell scripts/cgo-tags.sh))
 
-.PHONY: run run-ab test deps deps-run deps-test deps-cluster tools cluster-tools check fmt unit fuzz smoke containers-test bench perf perf-full clean
+.PHONY: run run-ab test deps deps-run deps-test tools check unit fuzz smoke containers-test bench perf perf-full clean
 
 run: deps-run
 	scripts/run.sh
@@ -37,8 +37,7 @@ run: deps-run
 run-ab: deps-run
 	scripts/run-ab.sh
 
-# go vet and Jaeger's build run beside the cluster tests (unit, below).
-test: deps-cluster fmt smoke unit fuzz containers-test
+test: deps-test check smoke unit fuzz containers-test
 
 # What serving needs: pinned and verified.
 deps-run: $(ORT_LIB) $(SWAGGER_UI)
@@ -50,16 +49,10 @@ deps-test: deps-run tools
 
 deps: deps-test
 
-# deps-cluster: all but Jaeger, which only the tracing tests need (make
-# test builds it beside the cluster tests).
-deps-cluster: deps-run cluster-tools
-
-tools: cluster-tools
-	@scripts/build-jaeger.sh $(DEPS)/tools
-
-cluster-tools:
+tools:
 	@scripts/install-tools.sh
 	@scripts/build-tools.sh $(DEPS)/tools
+	@scripts/build-jaeger.sh $(DEPS)/tools
 
 $(ORT_LIB): scripts/fetch-onnxruntime.sh
 	scripts/fetch-onnxruntime.sh $(DEPS)/onnxruntime
@@ -68,31 +61,21 @@ $(ORT_LIB): scripts/fetch-onnxruntime.sh
 $(SWAGGER_UI): scripts/fetch-swagger-ui.sh
 	scripts/fetch-swagger-ui.sh proxy/docs/swagger-ui
 
-check: fmt
+check:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
-fmt:
-	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
-
 # The packages that run whole clusters (./helm: real nodes, KEDA,
-# Prometheus, controller-manager; ./internal/kubenode) run first, one at a
-# time, and the others after them: beside them on 2 cores, the timing checks
-# of the chaos and gateway tests starve. While the cluster tests wait on their
-# clusters, scripts/cluster-tests.sh builds Jaeger, runs go vet and compiles
-# the later runs' test binaries (TEST_FLAGS, DECODER_FLAGS, the fuzz
-# targets) at idle CPU priority.
-CLUSTER_PKGS  := ./helm ./internal/kubenode
-TEST_FLAGS    := -race -count=1 -timeout 45m
-DECODER_FLAGS := -race -count=1 -tags nojpegturbo,nolibdeflate
-DECODER_PKGS  := ./proxy/imageprep/... ./proxy/classify/...
+# Prometheus, controller-manager; ./internal/kubenode) run after the others,
+# one at a time: beside them on 2 cores, the timing checks of the chaos and
+# gateway tests starve.
+CLUSTER_PKGS := ./helm ./internal/kubenode
 unit:
+	$(GO) test -race -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/helm$$' -e '/internal/kubenode$$')
 	@echo "unit: the cluster tests, one package at a time"
-	@GO=$(GO) TEST_FLAGS="$(TEST_FLAGS)" DECODER_FLAGS="$(DECODER_FLAGS)" DECODER_PKGS="$(DECODER_PKGS)" \
-	  FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/cluster-tests.sh $(CLUSTER_PKGS)
-	@echo "unit: every other package"
-	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v -e '/helm$$' -e '/internal/kubenode$$')
+	$(GO) test -race -count=1 -timeout 45m -p 1 $(CLUSTER_PKGS)
 	@echo "unit: the JPEG and PNG paths again with Go's decoders (-tags nojpegturbo,nolibdeflate), and the proxy without cgo"
-	$(GO) test $(DECODER_FLAGS) $(DECODER_PKGS)
+	$(GO) test -race -count=1 -tags nojpegturbo,nolibdeflate ./proxy/imageprep/... ./proxy/classify/...
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./proxy
 
 # Each fuzz target for FUZZTIME, after its seed corpus; internal/fuzzrun

@@ -745,10 +745,16 @@ spec:
 		o := l.object("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.external.metrics.k8s.io")
 		return condition(o, "Available") == "True", fmt.Sprint(get(o, "status", "conditions"))
 	})
-	// Through the aggregator, end to end: discovery of the external metrics API.
-	if _, err := l.raw("/apis/external.metrics.k8s.io/v1beta1"); err != nil {
-		t.Fatalf("external metrics API through the aggregator: %v", err)
-	}
+	// Through the aggregator, end to end: discovery of the external metrics
+	// API. Available can turn True a moment before the aggregator proxies
+	// the group: a cold run got 503 Service Unavailable from a single GET
+	// right after it, so the GET is retried (bounded like the waits above).
+	l.waitFor("external metrics API discovery through the aggregator", 30*time.Second, func() (bool, string) {
+		if _, err := l.raw("/apis/external.metrics.k8s.io/v1beta1"); err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
 }
 
 // freePortAnyAddress returns a TCP port free on every address now, for
