@@ -296,6 +296,16 @@ func TestControlLoop(t *testing.T) {
 	l.prom.stop()
 	l.waitFallback(loopFullname, "True", 90*time.Second)
 	l.waitReplicas(loopFullname, loopFallback, 90*time.Second)
+	// The HPA controller scales the Deployment before it writes its own
+	// status: read right after the scale, the status can still be the
+	// previous sync's, whose metric read failed (no current value; CI got
+	// -1). Wait, at most two syncs and a poll, for the status of the sync
+	// that scaled, then check the value KEDA served.
+	l.waitFor("the HPA's status at the fallback's replicas", 20*time.Second, func() (bool, string) {
+		hpa := l.hpa(loopFullname)
+		n, _ := get(hpa, "status", "currentReplicas").(float64)
+		return int(n) == loopFallback && l.hpaValue(hpa) >= 0, l.describe(loopFullname)
+	})
 	if total := l.hpaTotal(loopFullname); math.Abs(total-loopFallback*loopTarget) > 0.01 {
 		t.Errorf("HPA metric in fallback: %v in total, want %v (fallback %d x target %v)",
 			total, loopFallback*loopTarget, loopFallback, loopTarget)
