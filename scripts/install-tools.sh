@@ -34,15 +34,17 @@ done
 # is missing, and waited for below.
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools=$root/.deps/tools
+# Prometheus's pin and build tags, for the prefetch and the build below.
+prom_mod=github.com/prometheus/prometheus prom_ver=v0.316.0 prom_tags=remove_all_sd,enable_kubernetes_sd
 prefetch=
 if [ ! -x "$tools/prometheus-k8s" ] || [ ! -x "$tools/keda-operator" ] || [ ! -x "$tools/jaeger" ]; then
   # setsid: a process group of its own, so that the kill below reaches go.
   setsid bash -c '
     cd "$1/tools" && go list -deps tool >/dev/null
     cd "$1/internal/jaegertest/jaegertool" && go list -deps github.com/jaegertracing/jaeger/cmd/jaeger >/dev/null
-    prom=$(go mod download -json github.com/prometheus/prometheus@v0.316.0 | sed -n "s/^\t\"Dir\": \"\(.*\)\",\$/\1/p")
-    cd "$prom" && GOWORK=off go list -deps -tags remove_all_sd,enable_kubernetes_sd ./cmd/prometheus >/dev/null
-  ' _ "$root" >/dev/null 2>&1 &
+    prom=$(go mod download -json "$2@$3" | sed -n "s/^\t\"Dir\": \"\(.*\)\",\$/\1/p")
+    cd "$prom" && GOWORK=off go list -deps -tags "$4" ./cmd/prometheus >/dev/null
+  ' _ "$root" "$prom_mod" "$prom_ver" "$prom_tags" >/dev/null 2>&1 &
   prefetch=$!
   trap 'kill -- -"$prefetch" 2>/dev/null' EXIT
 fi
@@ -76,11 +78,11 @@ mkdir -p "$tools"
 # without Kubernetes discovery. Not in tools/go.mod: its OpenTelemetry
 # Collector packages want gobwas/glob v0.2, and KEDA there v1.0.
 if [ ! -x "$tools/prometheus-k8s" ]; then
-  echo "install-tools: go install github.com/prometheus/prometheus/cmd/prometheus@v0.316.0 (about 3 minutes)" >&2
+  echo "install-tools: go install $prom_mod/cmd/prometheus@$prom_ver (about 3 minutes)" >&2
   bin=$(mktemp -d)
-  GOBIN="$bin" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+  GOBIN="$bin" go install -trimpath -tags "$prom_tags" \
     -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.16.0" \
-    github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
+    "$prom_mod/cmd/prometheus@$prom_ver"
   mv "$bin/prometheus" "$tools/prometheus-k8s"
   rmdir "$bin"
 fi
