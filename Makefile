@@ -18,11 +18,12 @@ FUZZ_TARGETS := runtime/wire:FuzzDecode proxy/oip:FuzzParseInfer proxy/imageprep
                 proxy/imageprep/turbojpeg:FuzzDecode \
                 proxy/httpapi:FuzzReadImage proxy/httpapi:FuzzRequestParams proxy/httpapi:FuzzHandler \
                 proxy/httpapi:FuzzTraceHeaders proxy/auth:FuzzCheck proxy/oipgrpc:FuzzDecodeInfer
-# JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a) and PNG's
-# image data inflates through libdeflate (static libdeflate.a) when their
-# headers and libraries are installed (Debian: libturbojpeg0-dev and
-# libdeflate-dev; `make test` installs them), else with Go's decoders (the
-# nojpegturbo and nolibdeflate tags, with a note).
+# JPEG decodes through libjpeg-turbo (cgo, static libturbojpeg.a), PNG's
+# image data inflates through libdeflate (static libdeflate.a) and lossy
+# WebP decodes through libwebp (static libwebp.a) when their headers and
+# libraries are installed (Debian: libturbojpeg0-dev, libdeflate-dev and
+# libwebp-dev; `make test` installs them), else with Go's decoders (the
+# nojpegturbo, nolibdeflate and nolibwebp tags, with a note).
 # Recursive (=), so it is checked again after deps-test installed it; the
 # caller's own GOFLAGS are kept.
 GOFLAGS_USER := $(GOFLAGS)
@@ -74,8 +75,8 @@ unit:
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/helm$$' -e '/internal/kubenode$$')
 	@echo "unit: the cluster tests, one package at a time"
 	$(GO) test -race -count=1 -timeout 45m -p 1 $(CLUSTER_PKGS)
-	@echo "unit: the JPEG and PNG paths again with Go's decoders (-tags nojpegturbo,nolibdeflate), and the proxy without cgo"
-	$(GO) test -race -count=1 -tags nojpegturbo,nolibdeflate ./proxy/imageprep/... ./proxy/classify/...
+	@echo "unit: the JPEG, PNG and WebP paths again with Go's decoders (-tags nojpegturbo,nolibdeflate,nolibwebp), and the proxy without cgo"
+	$(GO) test -race -count=1 -tags nojpegturbo,nolibdeflate,nolibwebp ./proxy/imageprep/... ./proxy/classify/...
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./proxy
 
 # Each fuzz target for FUZZTIME, after its seed corpus; internal/fuzzrun

@@ -46,13 +46,13 @@ if ! podman image exists localhost/debian:bookworm; then
   [ -f "$images/debian-bookworm.tar" ] || mmdebstrap --quiet --variant=minbase bookworm "$images/debian-bookworm.tar"
   podman import -q --change "$path" "$images/debian-bookworm.tar" localhost/debian:bookworm >/dev/null
 fi
-# libturbojpeg0-dev and libdeflate-dev: the proxy links libjpeg-turbo and
-# libdeflate statically. The "-3" names a base with both, so an older local
-# base is not reused.
-gover=$(go env GOVERSION)-3
+# libturbojpeg0-dev, libdeflate-dev and libwebp-dev: the proxy links
+# libjpeg-turbo, libdeflate and libwebp statically. The "-4" names a base
+# with the three, so an older local base is not reused.
+gover=$(go env GOVERSION)-4
 if ! podman image exists "localhost/golang:$gover-bookworm"; then
   [ -f "$images/golang-$gover.tar" ] || mmdebstrap --quiet --variant=minbase \
-    --include=ca-certificates,curl,gcc,libc6-dev,libturbojpeg0-dev,libdeflate-dev \
+    --include=ca-certificates,curl,gcc,libc6-dev,libturbojpeg0-dev,libdeflate-dev,libwebp-dev \
     bookworm "$images/golang-$gover.tar" --customize-hook="copy-in $(go env GOROOT) /usr/local" \
     --customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs'
   podman import -q --change "$path" "$images/golang-$gover.tar" "localhost/golang:$gover-bookworm" >/dev/null
@@ -110,6 +110,8 @@ if [ $ready = 1 ]; then
     "podman logs batchgate-test-proxy 2>&1 | grep -q '\"jpeg_decoder\":\"libjpeg-turbo\"'"
   check "proxy inflates PNG with libdeflate (static)" bash -c \
     "podman logs batchgate-test-proxy 2>&1 | grep -q '\"png_inflater\":\"libdeflate\"'"
+  check "proxy decodes lossy WebP with libwebp (static)" bash -c \
+    "podman logs batchgate-test-proxy 2>&1 | grep -q '\"webp_decoder\":\"libwebp\"'"
 fi
 cleanup
 trap - EXIT

@@ -248,7 +248,7 @@ func main() {
 	log.Info("proxy listening", "addr", cfg.addr, "metrics_addr", cfg.metricsAddr, "grpc_port", g.GRPCPort, "runtime_socket", g.Socket, "max_batch_size", g.Batch.MaxBatchSize,
 		"batch_window", g.Batch.Window.String(), "queue_capacity", g.Batch.QueueCapacity, "gomaxprocs", runtime.GOMAXPROCS(0),
 		"upload_memory_mib", g.UploadMemory>>20, "decode_memory_mib", g.DecodeMemory>>20, "jpeg_decoder", imageprep.JPEGDecoder(),
-		"png_inflater", imageprep.PNGInflater())
+		"png_inflater", imageprep.PNGInflater(), "webp_decoder", imageprep.WebPDecoder())
 	served := make(chan error, 3)
 	go func() { served <- p.Serve(ln) }()
 	go func() {

@@ -11,8 +11,8 @@ command -v npm >/dev/null || need+=(npm)
 # git; curl (containers/test.sh talks to the pod with it); prometheus (the
 # chart's tests run a real Prometheus and promtool); chromium
 # (proxy/gateway/docs_browser_test.go drives Swagger UI in it);
-# libturbojpeg0-dev and libdeflate-dev (the proxy's JPEG decoder and PNG
-# inflater, cgo, static); python3-pil and
+# libturbojpeg0-dev, libdeflate-dev and libwebp-dev (the proxy's JPEG
+# decoder, PNG inflater and lossy WebP decoder, cgo, static); python3-pil and
 # python3-numpy (the PIL reference of the parity tests). The real-node tests
 # (internal/kubenode, helm/realnode_test.go): containerd, runc and the CNI
 # plugins from Debian bookworm (containerd 1.6.20, runc 1.1.5, plugins
@@ -22,7 +22,7 @@ command -v npm >/dev/null || need+=(npm)
 # checked-in code is current). python3-grpcio and python3-grpc-tools: the
 # gRPC test's Python client (proxy/gateway/grpcclients_test.go generates its
 # stubs with grpc_tools.protoc and runs examples/python/grpc_client.py).
-for p in git curl prometheus chromium libturbojpeg0-dev libdeflate-dev python3-pil python3-numpy \
+for p in git curl prometheus chromium libturbojpeg0-dev libdeflate-dev libwebp-dev python3-pil python3-numpy \
   containerd runc containernetworking-plugins iptables gcc libc6-dev protobuf-compiler \
   python3-grpcio python3-grpc-tools; do
   installed "$p" || need+=("$p")

@@ -3,9 +3,9 @@
 // machine, in one run (issue "native-speed preprocessing"). Two parts:
 //
 //   - speed: the time of the whole pipeline (decode, resize, crop,
-//     ToTensor, Normalize) per image, for this build (libjpeg-turbo and
-//     libdeflate), for Go's decoders (the same code built with -tags
-//     nojpegturbo,nolibdeflate), and for
+//     ToTensor, Normalize) per image, for this build (libjpeg-turbo,
+//     libdeflate and libwebp), for Go's decoders (the same code built with -tags
+//     nojpegturbo,nolibdeflate,nolibwebp), and for
 //     PIL without and with draft(). Each pipeline runs in a process of its
 //     own on one thread (GOMAXPROCS=1; PIL and numpy are single-threaded
 //     here), started once; the parent asks them in turn, image by image,
@@ -271,10 +271,10 @@ func answerWithin(runs int) time.Duration { return 30*time.Second + time.Duratio
 // round, every image in turn through every pipeline in turn (the order
 // rotating), never two at a time.
 func prepSpeed(ctx context.Context, root, imgDir, script string, c Config, logf func(string, ...any)) ([]prepTiming, error) {
-	logf("speed: building perf with -tags nojpegturbo,nolibdeflate for Go's decoders")
+	logf("speed: building perf with -tags nojpegturbo,nolibdeflate,nolibwebp for Go's decoders")
 	bin := filepath.Join(filepath.Dir(imgDir), "perf-nojpegturbo")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-tags", "nojpegturbo,nolibdeflate", "-o", bin, filepath.Join(root, "perf")).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build -tags nojpegturbo,nolibdeflate: %w\n%s", err, out)
+	if out, err := exec.CommandContext(ctx, "go", "build", "-tags", "nojpegturbo,nolibdeflate,nolibwebp", "-o", bin, filepath.Join(root, "perf")).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build -tags nojpegturbo,nolibdeflate,nolibwebp: %w\n%s", err, out)
 	}
 	defer os.Remove(bin)
 	self, err := os.Executable()
@@ -529,8 +529,8 @@ var speedGoals = []struct {
 
 func prepReport(tim []prepTiming, par []prepParity, c Config) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Preprocessing: batchgate against PIL + torchvision\n\n%s, %s. JPEG decoder in this build: %s; PNG inflater: %s. ",
-		harness.Machine(), runtime.Version(), imageprep.JPEGDecoder(), imageprep.PNGInflater())
+	fmt.Fprintf(&b, "# Preprocessing: batchgate against PIL + torchvision\n\n%s, %s. JPEG decoder in this build: %s; PNG inflater: %s; lossy WebP decoder: %s. ",
+		harness.Machine(), runtime.Version(), imageprep.JPEGDecoder(), imageprep.PNGInflater(), imageprep.WebPDecoder())
 	if c.Versions != "" {
 		fmt.Fprintf(&b, "PIL side: %s. ", c.Versions)
 	}

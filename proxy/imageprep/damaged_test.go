@@ -51,30 +51,12 @@ func TestDamagedLikePIL(t *testing.T) {
 	if !strings.Contains(strings.Join(names, " "), "warning-then-error") {
 		t.Fatal("no progressive file to put an error after a warning in")
 	}
-	args := []string{"../../scripts/pil_reference.py", "accepts"}
-	for _, n := range names {
-		args = append(args, filepath.Join(dir, n))
-	}
-	out, err := exec.Command("/usr/bin/python3", args...).Output()
-	if err != nil {
-		t.Fatalf("PIL (needs Debian's python3-pil; `make test` installs it): %v", err)
-	}
-	pil := map[string][2]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		var name, exact, draft string
-		if _, err := fmt.Sscan(line, new(string), &name, &exact, &draft); err != nil {
-			t.Fatalf("%q: %v", line, err)
-		}
-		pil[name] = [2]bool{exact == "ok", draft == "ok"}
-	}
+	pil := pilAccepts(t, dir, names)
 	refused, allowed := 0, 0
 	out32 := make([]float32, 3*224*224)
 	for _, name := range names {
 		data, _ := os.ReadFile(filepath.Join(dir, name))
-		want, ok := pil[name]
-		if !ok {
-			t.Fatalf("no verdict from PIL for %s", name)
-		}
+		want := pil(name)
 		h, err := Inspect(data, Limits{})
 		for i, denom := range []int{1, ScaleDenom(h, imagenet)} {
 			var terr error = err
@@ -184,4 +166,92 @@ func withoutDQT(data []byte) []byte {
 		i += n
 	}
 	return append(out, data[sos:]...)
+}
+
+// TestDamagedWebPLikePIL: a lossy WebP whose frame data is damaged (bytes
+// flipped or replaced inside the "VP8 " chunk, so the file's structure
+// holds) is refused exactly when PIL refuses it, as both decode the frame
+// with libwebp 1.2.4: 150 damaged copies each of a plain and an alpha
+// lossy file.
+func TestDamagedWebPLikePIL(t *testing.T) {
+	if WebPDecoder() != "libwebp" {
+		t.Skip("PIL's verdicts are libwebp's; this build decodes WebP with x/image/webp")
+	}
+	dir := t.TempDir()
+	r := rand.New(rand.NewSource(2))
+	var names []string
+	for _, file := range []string{"lossy.webp", "lossy_alpha.webp"} {
+		data := readLocal(t, file)
+		h, err := Inspect(data, Limits{})
+		if err != nil || h.vp8Len == 0 {
+			t.Fatalf("%s: not a lossy WebP (%v)", file, err)
+		}
+		for i := range 150 {
+			d := append([]byte(nil), data...)
+			for j := r.Intn(3) + 1; j > 0; j-- {
+				p := h.vp8Off + r.Intn(h.vp8Len)
+				if r.Intn(2) == 0 {
+					d[p] ^= byte(1 << r.Intn(8))
+				} else {
+					d[p] = byte(r.Intn(256))
+				}
+			}
+			name := fmt.Sprintf("%s-%03d.webp", strings.TrimSuffix(file, ".webp"), i)
+			if err := os.WriteFile(filepath.Join(dir, name), d, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, name)
+		}
+	}
+	pil := pilAccepts(t, dir, names)
+	refused := 0
+	out32 := make([]float32, 3*224*224)
+	for _, name := range names {
+		data, _ := os.ReadFile(filepath.Join(dir, name))
+		want := pil(name)[0] // without draft(), which WebP does not have
+		h, err := Inspect(data, Limits{})
+		if err == nil {
+			err = Tensor(data, h, imagenet, out32)
+		}
+		if got := err == nil; got != want {
+			t.Errorf("%s: accepted %v (%v), PIL %v", name, got, err, want)
+		}
+		if err != nil {
+			refused++
+		}
+	}
+	t.Logf("%d damaged lossy WebPs, %d refused", len(names), refused)
+	if refused == 0 || refused == len(names) {
+		t.Errorf("%d of %d refused: the set should have both", refused, len(names))
+	}
+}
+
+// pilAccepts asks PIL (scripts/pil_reference.py accepts) whether it decodes
+// each of names in dir, without and with draft(), and returns the lookup of
+// those verdicts (which fails the test for a name PIL gave none for).
+func pilAccepts(t *testing.T, dir string, names []string) func(name string) [2]bool {
+	t.Helper()
+	args := []string{"../../scripts/pil_reference.py", "accepts"}
+	for _, n := range names {
+		args = append(args, filepath.Join(dir, n))
+	}
+	out, err := exec.Command("/usr/bin/python3", args...).Output()
+	if err != nil {
+		t.Fatalf("PIL (needs Debian's python3-pil; `make test` installs it): %v", err)
+	}
+	pil := map[string][2]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var name, exact, draft string
+		if _, err := fmt.Sscan(line, new(string), &name, &exact, &draft); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		pil[name] = [2]bool{exact == "ok", draft == "ok"}
+	}
+	return func(name string) [2]bool {
+		v, ok := pil[name]
+		if !ok {
+			t.Fatalf("no verdict from PIL for %s", name)
+		}
+		return v
+	}
 }

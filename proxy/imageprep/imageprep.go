@@ -28,6 +28,7 @@ import (
 	_ "image/png"
 
 	"github.com/batchgate/batchgate/proxy/imageprep/libdeflate"
+	"github.com/batchgate/batchgate/proxy/imageprep/libwebp"
 	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 	_ "golang.org/x/image/webp"
 )
@@ -162,6 +163,13 @@ func tensorAt(data []byte, h Header, p Params, denom int, dst []float32, fastPNG
 		}
 		return resample(src, w, ht, p, dst, s)
 	}
+	if h.libwebp() {
+		src, err := decodeVP8(data, h, s)
+		if err != nil {
+			return err
+		}
+		return resample(src, h.Width, h.Height, p, dst, s)
+	}
 	if fastPNG && h.fastPNG {
 		if src, ok := decodePNGFast(data, h, s); ok {
 			return resample(src, h.Width, h.Height, p, dst, s)
@@ -194,6 +202,34 @@ func PNGInflater() string {
 		return "libdeflate"
 	}
 	return "go"
+}
+
+// WebPDecoder names the decoder of lossy WebP in this build, for logs:
+// "libwebp" or "go" (lossless WebP is always Go's).
+func WebPDecoder() string {
+	if libwebp.Available {
+		return "libwebp"
+	}
+	return "go"
+}
+
+// libwebp is true when the image is a lossy WebP that this build decodes
+// with libwebp.
+func (h Header) libwebp() bool {
+	return h.Format == "webp" && h.vp8Len > 0 && libwebp.Available
+}
+
+// decodeVP8 decodes a lossy WebP's frame with libwebp into s.pix as RGB, at
+// full size: PIL's pixels, bit for bit. An alpha plane, which PIL's
+// convert("RGB") drops, is not decoded.
+func decodeVP8(data []byte, h Header, s *scratch) (*rowReader, error) {
+	pix := grow(&s.pix, 3*h.Width*h.Height)
+	if err := libwebp.DecodeVP8(data[h.vp8Off:h.vp8Off+h.vp8Len], h.Width, h.Height, h.Width, h.Height, pix); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	r := &rowReader{b: image.Rect(0, 0, h.Width, h.Height)}
+	r.rgb, r.rstride = pix, 3*h.Width
+	return r, nil
 }
 
 // MinScaleDenom is the smallest DCT-domain downscale ScaleDenom picks: 2

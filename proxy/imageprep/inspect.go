@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"image"
 
+	"github.com/batchgate/batchgate/proxy/imageprep/libwebp"
 	"github.com/batchgate/batchgate/proxy/imageprep/turbojpeg"
 )
 
@@ -36,6 +37,9 @@ type Header struct {
 	// takes fastBytes.
 	fastPNG   bool
 	fastBytes int64
+	// WebP only: where the lossy frame (the "VP8 " chunk's payload)
+	// lies in the file; vp8Len 0 for lossless WebP.
+	vp8Off, vp8Len int
 }
 
 // MemoryBytes estimates the most memory that decoding and preprocessing the
@@ -52,6 +56,10 @@ func (h Header) MemoryBytes(p Params) int64 {
 	if h.Format == "jpeg" && turbojpeg.Available {
 		n = h.turboBytes(ScaleDenom(h, p)) + 64<<10
 		width = int64((h.Width + 7) / 8 * 8)
+	}
+	if h.libwebp() {
+		// The RGB pixels in Go, libwebp's state for the frame in C.
+		n = 3*int64(h.Width)*int64(h.Height) + libwebp.MemoryBytes(h.Width, h.Width)
 	}
 	// Resize: the horizontal pass keeps up to every source row of the
 	// crop, p.Width RGB bytes each, plus one converted source row and
@@ -470,6 +478,7 @@ chunks:
 			}
 			h.decodeBytes += vp8Bytes(w, ht, n)
 			h.direct = !alpha // with alpha, NYCbCrA: converted to NRGBA
+			h.vp8Off, h.vp8Len = p+8, int(n)
 			return h, nil
 		case "VP8L":
 			// x/image/webp decodes what the chunk holds of the file,
